@@ -1,0 +1,1 @@
+"""Spark transformations: DataFrame -> DataFrame functions, with Delta I/O at the edges."""

@@ -1,0 +1,77 @@
+"""Reading and writing tables at the job edges (Delta, JSON lines, Parquet).
+
+Transforms never read or write; jobs call these at their start and end.
+"""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from esmm.config import Config, FeatureSpec
+from pipelines.contract import RAW_REQUIRED, check_raw, feature_columns
+
+
+def read_delta(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
+    """Read a Delta table, with a clear error when the location holds none."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise FileNotFoundError(f"no Delta table at {path}; run the job that writes it first "
+                                f"(see README: pipeline order)")
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+def read_raw(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
+    """Read a raw source in its configured format and check it against the contract.
+
+    JSON sources are read with ``PERMISSIVE`` mode and a ``_corrupt_record`` column
+    so that corrupt lines can be quarantined by the label job rather than dropped.
+    """
+    src = getattr(cfg.sources, source)
+    path = src.path or cfg.lakehouse.path(source)
+    if src.format == "delta":
+        df = read_delta(spark, path)
+    elif src.format == "parquet":
+        df = spark.read.parquet(path)
+    else:
+        schema = raw_json_schema(source, cfg.features)
+        df = (spark.read.schema(schema)
+              .option("mode", "PERMISSIVE")
+              .option("columnNameOfCorruptRecord", "_corrupt_record")
+              .json(path))
+    return check_raw(df, source, cfg.features, path)
+
+
+def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
+    """Schema used to parse JSON-lines raw files (features as string/double)."""
+    fields = [T.StructField(n, tp, True) for n, tp in RAW_REQUIRED[source]]
+    if source == "impressions":
+        have = {n for n, _ in RAW_REQUIRED[source]}
+        for col, kind in feature_columns(spec):
+            if col not in have:
+                fields.append(T.StructField(col, T.StringType() if kind == "categorical"
+                                            else T.DoubleType(), True))
+                have.add(col)
+    fields.append(T.StructField("_corrupt_record", T.StringType(), True))
+    return T.StructType(fields)
+
+
+def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
+                replace_where: str | None = None) -> None:
+    """Atomically write ``df`` as a Delta table.
+
+    With ``replace_where`` only the matching rows are replaced (one Delta commit:
+    a reader sees the old or the new version, never a half-written one);
+    without it the whole table is overwritten. The schema may evolve.
+    """
+    w = df.write.format("delta").mode("overwrite")
+    if partition_by:
+        w = w.partitionBy(*partition_by)
+    if replace_where is not None:
+        w = w.option("replaceWhere", replace_where)
+    else:
+        w = w.option("overwriteSchema", "true")
+    w.save(path)

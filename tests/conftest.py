@@ -1,0 +1,50 @@
+"""Shared fixtures: one session-scoped SparkSession (local[2], UI off, few shuffle
+partitions, Delta configured, like delta-io's test base); tests never stop it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from esmm.config import SparkConfig, load_config
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pipelines.session import get_spark
+
+    cfg = SparkConfig(
+        app_name="esmm-tests",
+        master="local[2]",
+        local_conf={
+            "spark.sql.shuffle.partitions": "4",
+            "spark.default.parallelism": "2",
+            "spark.driver.memory": "3g",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.databricks.delta.snapshotPartitions": "2",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            # Small tables: skip the broadcast threshold checks' extra jobs.
+            "spark.sql.adaptive.enabled": "false",
+        },
+    )
+    session = get_spark(cfg)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Build a Config whose lakehouse lives in this test's tmp folder."""
+
+    def _make(*overrides: str):
+        return load_config(overrides=[f"lakehouse.root={tmp_path / 'lakehouse'}", *overrides])
+
+    return _make
+
+
+@pytest.fixture(autouse=True)
+def _no_cuda(monkeypatch):
+    # Tests are CPU-only by design; keep torch from probing for a GPU.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("ESMM_TEST_CUDA", ""))
