@@ -30,7 +30,9 @@ def command(name: str, help_: str, add_args: Callable[[argparse.ArgumentParser],
 def _spark(cfg: Config):
     from pipelines.session import get_spark
 
-    return get_spark(cfg.spark)
+    spark = get_spark(cfg.spark)
+    print(f"esmm: spark master {spark.sparkContext.master}, lakehouse {cfg.lakehouse.root}", file=sys.stderr)
+    return spark
 
 
 def _print_df(df, n: int = 50) -> None:
