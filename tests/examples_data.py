@@ -49,3 +49,22 @@ def write_examples(df: DataFrame, path: str, files_per_day: int = 1, replace_whe
     if replace_where:
         w = w.option("replaceWhere", replace_where)
     w.save(path)
+
+
+def ddp_worker(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
+    """Entry of one spawned rank: the env a launcher would set, then train(cfg)."""
+    import json
+    import os
+
+    import torch
+
+    from esmm.train import train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    r = train(cfg)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"steps": r.steps, "samples": r.samples, "model_id": r.model_id,
+                   "artifact_dir": r.artifact_dir, "checkpoint": r.checkpoint,
+                   "version": r.examples_version}, f)
