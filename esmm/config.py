@@ -367,6 +367,7 @@ class TrainConfig:
     shuffle_buffer: int = 50000
     reader_workers: int = 2
     device: str = "auto"  # auto | cpu | cuda
+    torch_threads: int = 0  # 0 = torch's default; 1 on a small shared CPU box
     checkpoint_every: int = 500
     checkpoint_dir: Optional[str] = None
     resume: bool = True
@@ -395,6 +396,7 @@ class TrainConfig:
         _require(self.device in ("auto", "cpu", "cuda"), f"{key}.device",
                  f"{self.device!r} is not one of auto, cpu, cuda")
         _require(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
+        _require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _require(self.reader_workers >= 1, f"{key}.reader_workers", "must be >= 1")
         _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
         if self.examples_version is not None:

@@ -49,7 +49,7 @@ from esmm.model import EntireSpaceModel, build_model
 # Fields that change how a run is observed, not what it computes: they do not
 # enter the checkpoint key, so a crashed run can be resumed with them changed.
 _OPERATIONAL = {"progress", "log_every", "fail_after_steps", "checkpoint_every", "checkpoint_dir",
-                "resume", "register", "reader_workers", "eval_batch_size", "eval_dates", "device"}
+                "resume", "register", "reader_workers", "eval_batch_size", "eval_dates", "device", "torch_threads"}
 
 
 @dataclass
@@ -94,6 +94,8 @@ def _setup(cfg: Config) -> _Dist:
     device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
                                 timeout=dt.timedelta(minutes=30))
