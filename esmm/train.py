@@ -169,6 +169,10 @@ def train(cfg: Config) -> TrainResult:
 
 def _train(cfg: Config, d: _Dist) -> TrainResult:
     t = cfg.train
+    if d.world_size > 1 and d.device.type == "cuda" and cfg.model.sparse_embedding:
+        # NCCL has no sparse all-reduce for DDP's sparse gradient buckets (gloo has).
+        raise RuntimeError("DDP over NCCL cannot all-reduce the sparse embedding gradient; "
+                           "run with --set model.sparse_embedding=false on GPUs (or gloo on CPU)")
     table = cfg.lakehouse.path("examples")
     # All ranks must read the same version: rank 0 picks it, the others receive it.
     version = t.examples_version if t.examples_version is not None else (
