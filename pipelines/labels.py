@@ -43,12 +43,12 @@ Rules (W = click_window, S = click_skew, T = attribution_window, L = max_latenes
 Which run quarantines a record (its *owner date*; the quarantine ``dt``)
 -----------------------------------------------------------------------
 * A record failing a record check: its arrival ``dt`` (``unknown`` when dt itself
-  is missing; those are re-derived by every run and merged by key, never doubled).
+  is missing; every run re-derives and replaces that set, so it is never doubled).
 * Any other record: its event date ``date(ts)``; a click or conversion after
   as_of is not looked at (a later as-of run will).
-Each record has exactly one owner date, and the run of that date (re)writes all
-quarantine rows of that date in one MERGE, so re-runs replace rather than add
-and two dates never quarantine the same record.
+Each record has exactly one owner date, and the run of that date replaces all
+quarantine rows of that date (replaceWhere dt IN (day, 'unknown'), one commit), so
+re-runs replace rather than add and two dates never quarantine the same record.
 
 The gate
 --------
@@ -612,30 +612,24 @@ def check_gate(report: DayReport, max_bad_fraction: float) -> None:
 
 
 def read_scope(spark: SparkSession, cfg: Config, source: str, first_dt: str, last_dt: str) -> DataFrame:
-    """The raw source restricted to arrival partitions [first_dt, last_dt] (plus rows
-    without dt), so Delta and partitioned folders prune and cost follows the window."""
+    """The raw source restricted to arrival partitions [first_dt, last_dt] (plus rows whose
+    dt is missing or malformed), so Delta and partitioned folders prune and cost follows
+    the window, not the history."""
     from pipelines.delta_io import read_raw
 
     df = read_raw(spark, cfg, source)
-    return df.where(((F.col("dt") >= first_dt) & (F.col("dt") <= last_dt)) | F.col("dt").isNull())
+    dt_ = F.col("dt")
+    return df.where(((dt_ >= first_dt) & (dt_ <= last_dt)) | dt_.isNull() | ~dt_.rlike(DATE_RE))
 
 
-def write_quarantine(spark: SparkSession, rows: DataFrame, path: str, day: str) -> None:
-    """Replace the quarantine rows owned by ``day`` (and merge the dt-less ones) in one commit."""
-    from delta.tables import DeltaTable
+def write_quarantine(rows: DataFrame, path: str, day: str) -> None:
+    """Replace the quarantine rows owned by ``day`` and the dt-less ('unknown') ones, in one
+    atomic commit. Every run re-derives the whole 'unknown' set (rows without a valid dt
+    are always read), so replacing it never loses or doubles a record."""
+    from pipelines.delta_io import write_delta
 
     rows = rows.select(*[F.col(f.name).cast(f.dataType) for f in QUARANTINE_SCHEMA.fields])
-    if not DeltaTable.isDeltaTable(spark, path):
-        rows.write.format("delta").partitionBy("dt").mode("append").save(path)
-        return
-    scope = f"t.dt IN ('{day}', '{UNKNOWN_DT}')"
-    (DeltaTable.forPath(spark, path).alias("t")
-     .merge(rows.alias("s"), "t.dt = s.dt AND t.source = s.source AND t.record_id = s.record_id "
-                             f"AND t.reason = s.reason AND {scope}")
-     .whenMatchedUpdateAll()
-     .whenNotMatchedInsertAll()
-     .whenNotMatchedBySourceDelete(condition=scope)
-     .execute())
+    write_delta(rows, path, ["dt"], replace_where=f"dt IN ('{day}', '{UNKNOWN_DT}')")
 
 
 def new_run_id(prefix: str = "labels") -> str:
@@ -646,7 +640,7 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
             run_id: str | None = None, log=print) -> DayReport:
     """Label one day: read the scope, compute, report, gate, then write.
 
-    Writes ``curated/quarantine`` (MERGE of the day's rows) and then
+    Writes ``curated/quarantine`` (replaceWhere dt IN (day, 'unknown')) and then
     ``curated/labels`` (replaceWhere dt = day), each one atomic Delta commit; a
     failed gate raises :class:`LabelGateError` before either write.
     """
@@ -670,7 +664,7 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
         now_us = utc_micros(dt.datetime.now(dt.timezone.utc))
         q = res.quarantine.select("*", F.lit(run_id).alias("run_id"),
                                   F.timestamp_micros(F.lit(now_us)).alias("quarantined_at"))
-        write_quarantine(spark, q, cfg.lakehouse.path("quarantine"), day)
+        write_quarantine(q, cfg.lakehouse.path("quarantine"), day)
         write_delta(labels, cfg.lakehouse.path("labels"), ["dt"], replace_where=f"dt = '{day}'")
         report.written = True
         report.seconds = time.time() - t0
