@@ -165,6 +165,70 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- labels and features (issue 3)
+
+
+def _dates_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--date", help="one UTC date yyyy-MM-dd")
+    g.add_argument("--start", help="first date of an inclusive range (with --end)")
+    p.add_argument("--end", help="last date of the range")
+
+
+def _labels_args(p: argparse.ArgumentParser) -> None:
+    _dates_args(p)
+    p.add_argument("--as-of", dest="as_of",
+                   help="count only events with ts <= this time: an ISO time (UTC) or a date "
+                        "(= its end); default: the end of each labelled date")
+
+
+def _dates(args: argparse.Namespace) -> list[str]:
+    from esmm.config import date_range, parse_date
+
+    if args.date:
+        if args.end:
+            raise ConfigError("--end goes with --start, not with --date")
+        return [parse_date(args.date, "--date").isoformat()]
+    if not args.end:
+        raise ConfigError("--start needs --end")
+    return date_range(args.start, args.end)
+
+
+@command("labels", "build curated/labels (and curated/quarantine) for dates", _labels_args)
+def cmd_labels(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines import labels
+
+    try:
+        dates = _dates(args)
+        as_of = labels.parse_as_of(args.as_of) if args.as_of else None
+    except ConfigError as e:
+        print(f"esmm labels: {e}", file=sys.stderr)
+        return 2
+    try:
+        labels.run(_spark(cfg), cfg, dates, as_of)
+    except labels.LabelGateError as e:
+        print(f"esmm labels: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("features", "build curated/examples from curated/labels for dates", _dates_args)
+def cmd_features(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines import features
+
+    try:
+        dates = _dates(args)
+    except ConfigError as e:
+        print(f"esmm features: {e}", file=sys.stderr)
+        return 2
+    try:
+        features.run(_spark(cfg), cfg, dates)
+    except FileNotFoundError as e:
+        print(f"esmm features: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 

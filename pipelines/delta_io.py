@@ -5,6 +5,7 @@ Transforms never read or write; jobs call these at their start and end.
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from esmm.config import Config, FeatureSpec
@@ -36,6 +37,10 @@ def read_raw(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
         df = read_delta(spark, path)
     elif src.format == "parquet":
         df = spark.read.parquet(path)
+        # Partition discovery infers dt=yyyy-MM-dd folders as DATE; the contract says STRING.
+        # (A filter on the cast column still prunes partitions.)
+        if "dt" in df.columns and not isinstance(df.schema["dt"].dataType, T.StringType):
+            df = df.withColumn("dt", F.date_format(F.col("dt"), "yyyy-MM-dd"))
     else:
         schema = raw_json_schema(source, cfg.features)
         df = (spark.read.schema(schema)

@@ -67,3 +67,55 @@ def encode_features(df: DataFrame, spec: FeatureSpec) -> DataFrame:
 def feature_names(spec: FeatureSpec) -> tuple[list[str], list[str]]:
     """(categorical names, numeric names) in spec order: the model's column order."""
     return [f.name for f in spec.categorical], [f.name for f in spec.numeric]
+
+
+# --------------------------------------------------------------------------- the feature job
+
+EXAMPLE_LABELS = ("impression_id", "dt", "click", "conversion", "label_mature")
+
+
+def build_examples(labels: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """``curated/labels`` rows -> ``curated/examples`` rows (pure).
+
+    Output schema, in this order: impression_id STRING, dt STRING, click INT,
+    conversion INT, label_mature BOOLEAN, one INT column per categorical field
+    (``field.name``, index in [0, buckets), 0 = NULL/empty), one FLOAT column per
+    numeric field (``field.name``), feature_mapping_id STRING (``spec.mapping_id``).
+    """
+    sources = list(dict.fromkeys(f.source for f in [*spec.categorical, *spec.numeric]))
+    missing = [c for c in [*EXAMPLE_LABELS, *sources] if c not in labels.columns]
+    if missing:
+        raise ValueError(f"curated/labels lacks columns {missing} needed by the feature spec "
+                         f"(features.categorical / features.numeric); present: {sorted(labels.columns)}")
+    base = labels.select(*EXAMPLE_LABELS, *[c for c in sources if c not in EXAMPLE_LABELS])
+    cat, num = feature_names(spec)
+    return encode_features(base, spec).select(
+        *EXAMPLE_LABELS, *cat, *num, "feature_mapping_id")
+
+
+def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
+    """Build ``curated/examples`` for ``dates`` from ``curated/labels``.
+
+    One atomic Delta commit replaces exactly those dates (replaceWhere on dt), so a
+    re-run gives the same table and other dates are untouched. Raises
+    FileNotFoundError naming the dates that have no labels yet. Returns rows per date.
+    """
+    from pipelines.delta_io import read_delta, write_delta
+
+    labels_path = cfg.lakehouse.path("labels")
+    labels = read_delta(spark, labels_path).where(F.col("dt").isin(*dates))
+    present = {r["dt"] for r in labels.select("dt").distinct().collect()}
+    absent = [d for d in dates if d not in present]
+    if absent:
+        raise FileNotFoundError(f"{labels_path} has no rows for dt {absent}; run "
+                                f"`esmm labels --date D` for them first")
+    examples = build_examples(labels, cfg.features)
+    in_dates = ", ".join(f"'{d}'" for d in dates)
+    path = cfg.lakehouse.path("examples")
+    write_delta(examples, path, ["dt"], replace_where=f"dt IN ({in_dates})")
+    counts = {r["dt"]: r["count"] for r in read_delta(spark, path).where(F.col("dt").isin(*dates))
+              .groupBy("dt").count().collect()}
+    for d in dates:
+        log(f"curated/examples dt={d}: {counts.get(d, 0):,} rows "
+            f"(feature mapping {cfg.features.mapping_id})")
+    return counts
