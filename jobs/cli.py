@@ -71,6 +71,58 @@ def cmd_summary(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serving (issue 5)
+
+
+def _date_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--date", required=True, help="run date yyyy-MM-dd (UTC)")
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    _date_arg(p)
+    p.add_argument("--model", help="registry model id (default: the champion)")
+
+
+@command("score", "score a day's candidates into serving/scores", _score_args)
+def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines import score
+
+    try:
+        score.run(_spark(cfg), cfg, args.date, model_id=args.model)
+    except score.ScoringInputError as e:
+        print(f"esmm score: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+@command("nightly", "labels, features, train, evaluate, gate, score, report for one date "
+                    "(exit 0 ok, 3 a step failed, 75 lock held)", _date_arg)
+def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines.nightly import EXIT_OK, run_nightly
+
+    r = run_nightly(cfg, args.date, lambda: _spark(cfg))
+    if r.exit_code != EXIT_OK:
+        what = f"step {r.failed_step!r} failed" if r.failed_step else "did not run"
+        print(f"esmm nightly {args.date}: {what} (exit {r.exit_code}): {r.message}", file=sys.stderr)
+    else:
+        page = (r.outputs.get("report") or {}).get("path")
+        print(f"esmm nightly {args.date}: ok (ran {', '.join(r.ran) or 'nothing'}; "
+              f"already done: {', '.join(r.reused) or 'none'})" + (f"; report {page}" if page else ""))
+    return r.exit_code
+
+
+@command("report", "write the run report of a date (HTML + PNG)", _date_arg)
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines import report
+
+    data = report.collect(_spark(cfg), cfg, args.date)
+    page = report.render(data, Path(cfg.lakehouse.path("reports")) / args.date)
+    print(page)
+    return 0
+
+
 @command("demo", "run the whole chain on generated logs")
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     rc = cmd_generate(cfg, args)

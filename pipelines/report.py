@@ -72,10 +72,11 @@ def _delta_rows(path: str) -> list[dict[str, Any]]:
 
 
 def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any]]] = None,
-            score_sample: int = 20_000) -> ReportData:
+            plan: Optional[dict[str, Any]] = None, score_sample: int = 20_000) -> ReportData:
     """Read what the page shows (small aggregates) for ``run_date``.
 
-    ``outputs``: the nightly steps' outputs (default: read from the runs table).
+    ``outputs``: the nightly steps' outputs (default: read from the runs table);
+    ``plan``: the run's date plan (default: the one the labels step recorded).
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
@@ -91,7 +92,7 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
     steps = runs.rows(run_date) if _delta_rows(cfg.lakehouse.path("runs")) else []
     if outputs is None:
         outputs = {s["step"]: json.loads(s["outputs"]) if s["outputs"] else {} for s in steps}
-    plan = (outputs.get("labels") or {}).get("plan") or {}
+    plan = plan or (outputs.get("labels") or {}).get("plan") or {}
 
     parts = []
     for name in ("impressions", "clicks", "conversions"):
