@@ -298,6 +298,118 @@ class GenerateConfig:
         return [(d0 + dt.timedelta(days=i)).isoformat() for i in range(self.days)]
 
 
+MODEL_KINDS = ("naive", "esmm", "escm2-ips", "escm2-dr")
+
+
+def _default_tower() -> list[int]:
+    return [360, 200, 80]  # the ESMM paper's MLP (Ma et al. 2018, section 3.2)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and loss of one model (see esmm/model.py, esmm/losses.py).
+
+    ``kind``: naive | esmm | escm2-ips | escm2-dr. ``tower``: hidden sizes of
+    each tower (CTR, CVR, and DR's imputation tower). ``cvr_risk_weight`` is
+    ESCM2's lambda on the counterfactual CVR risk, ``imputation_weight`` the
+    weight of DR's imputation loss, ``propensity_clip`` the lower clip of the
+    detached pCTR used as propensity (so IPS weights are at most 1/clip).
+    """
+
+    kind: str = "esmm"
+    embedding_dim: int = 18
+    tower: list[int] = field(default_factory=_default_tower)
+    dropout: float = 0.1
+    sparse_embedding: bool = True
+    ctcvr_weight: float = 1.0
+    cvr_risk_weight: float = 1.0
+    imputation_weight: float = 1.0
+    propensity_clip: float = 0.02
+
+    def validate(self, key: str) -> None:
+        _require(self.kind in MODEL_KINDS, f"{key}.kind",
+                 f"{self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        _require(self.embedding_dim >= 1, f"{key}.embedding_dim", f"{self.embedding_dim} must be >= 1")
+        _require(len(self.tower) >= 1 and all(h >= 1 for h in self.tower), f"{key}.tower",
+                 f"{self.tower} must be a non-empty list of positive sizes")
+        _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"{self.dropout} is outside [0, 1)")
+        _require(0.0 < self.propensity_clip <= 1.0, f"{key}.propensity_clip",
+                 f"{self.propensity_clip} is outside (0, 1]")
+        for name in ("ctcvr_weight", "cvr_risk_weight", "imputation_weight"):
+            _require(getattr(self, name) >= 0.0, f"{key}.{name}", f"{getattr(self, name)} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: data window, optimisation, checkpoints (see esmm/train.py).
+
+    ``train_start``/``train_end``: inclusive ``dt`` window of ``curated/examples``;
+    ``eval_dates``: dates evaluated after training; ``examples_version``: Delta
+    version to read (null = latest at start, recorded in the artifact).
+    ``lr`` drives Adam on the towers; ``embedding_lr`` the sparse optimizer
+    (``sparse_adam`` | ``adagrad``) of the embedding table. ``shuffle_buffer``
+    is in rows. ``checkpoint_dir`` null = ``<lakehouse.root>/checkpoints``.
+    ``fail_after_steps`` > 0 raises after that many steps (crash drills and tests).
+    """
+
+    train_start: Optional[str] = None
+    train_end: Optional[str] = None
+    eval_dates: list[str] = field(default_factory=list)
+    examples_version: Optional[int] = None
+    mature_only: bool = True
+    epochs: int = 1
+    batch_size: int = 1024
+    lr: float = 0.001
+    embedding_lr: float = 0.01
+    embedding_optimizer: str = "sparse_adam"
+    weight_decay: float = 0.0
+    seed: int = 2018
+    shuffle_buffer: int = 50000
+    reader_workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda
+    torch_threads: int = 0  # 0 = torch's default; 1 on a small shared CPU box
+    checkpoint_every: int = 500
+    checkpoint_dir: Optional[str] = None
+    resume: bool = True
+    max_steps: int = 0  # 0 = no limit
+    fail_after_steps: int = 0
+    log_every: int = 20
+    progress: bool = True
+    register: bool = True
+    eval_batch_size: int = 16384
+
+    def validate(self, key: str) -> None:
+        for name in ("train_start", "train_end"):
+            v = getattr(self, name)
+            if v is not None:
+                parse_date(v, f"{key}.{name}")
+        if self.train_start and self.train_end:
+            _require(parse_date(self.train_end) >= parse_date(self.train_start), f"{key}.train_end",
+                     f"{self.train_end} is before train_start {self.train_start}")
+        for i, d in enumerate(self.eval_dates):
+            parse_date(d, f"{key}.eval_dates[{i}]")
+        _require(self.epochs >= 1, f"{key}.epochs", f"{self.epochs} must be >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
+        _require(self.lr > 0 and self.embedding_lr > 0, f"{key}.lr", "lr and embedding_lr must be > 0")
+        _require(self.embedding_optimizer in ("sparse_adam", "adagrad"), f"{key}.embedding_optimizer",
+                 f"{self.embedding_optimizer!r} is not one of sparse_adam, adagrad")
+        _require(self.device in ("auto", "cpu", "cuda"), f"{key}.device",
+                 f"{self.device!r} is not one of auto, cpu, cuda")
+        _require(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
+        _require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
+        _require(self.reader_workers >= 1, f"{key}.reader_workers", "must be >= 1")
+        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
+        if self.examples_version is not None:
+            _require(self.examples_version >= 0, f"{key}.examples_version", "must be >= 0")
+
+    @property
+    def dates(self) -> list[str]:
+        if not (self.train_start and self.train_end):
+            raise ConfigError("train.train_start and train.train_end must be set "
+                              "(e.g. --train-start 2026-11-01 --train-end 2026-11-05)")
+        return date_range(self.train_start, self.train_end)
+
+
 @dataclass
 class ScoreConfig:
     """Batch scoring into ``serving/scores`` (see pipelines/score.py)."""
@@ -366,6 +478,8 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -505,6 +619,13 @@ def load_config(files: Optional[list[str | Path]] = None,
     cfg = _build(Config, data, "")
     _validate_children(cfg, "")
     return cfg
+
+
+def section_from_dict(cls: type, data: dict[str, Any], key: str) -> Any:
+    """Rebuild and validate one config section (e.g. ModelConfig) saved with asdict."""
+    obj = _build(cls, data, key)
+    _validate_children(obj, key)
+    return obj
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

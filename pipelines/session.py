@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from esmm.config import SparkConfig
@@ -38,8 +37,13 @@ def cached_delta_jars() -> list[str] | None:
 
 
 def launched_by_spark_submit() -> bool:
-    """True when a spark-submit (or pyspark shell) JVM already set a master for us."""
-    return SparkConf().contains("spark.master")
+    """True when spark-submit (or the pyspark shell) started this Python process.
+
+    spark-submit launches the JVM first and hands Python its gateway through
+    ``PYSPARK_GATEWAY_PORT``; the master and settings it was given are then the
+    JVM's, and we must not replace them with local defaults.
+    """
+    return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def get_spark(cfg: SparkConfig, extra_conf: dict[str, str] | None = None) -> SparkSession:

@@ -27,3 +27,5 @@ export ESMM_JARS_DIR="${ESMM_JARS_DIR:-$HOME/.cache/esmm/jars}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$(pwd)/.venv/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$(pwd)/.venv/bin/python}"
 export PATH="$(pwd)/.venv/bin:$PATH"
+# Local runs talk to themselves only: bind Spark to loopback, not the first NIC.
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"

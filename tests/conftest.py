@@ -9,6 +9,10 @@ import pytest
 from esmm.config import SparkConfig, load_config
 
 
+# Tests talk to this machine only: bind Spark (and the standalone cluster) to loopback.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pipelines.session import get_spark

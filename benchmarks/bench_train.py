@@ -1,0 +1,175 @@
+"""Training throughput and memory: Delta -> Petastorm -> model step vs in-memory tensors.
+
+Usage (from the repository root, venv active, PYTHONPATH=.)::
+
+    python benchmarks/bench_train.py                       # 1M-row ratio + 1M/10M memory
+    python benchmarks/bench_train.py --ratio-rows 1000000 --steps 300 --mem-rows 1000000 10000000
+
+1. ``ratio``: a synthetic ``curated/examples`` Delta table (the issue-3 contract,
+   default feature spec, written with the deltalake writer: no JVM needed) is
+   trained on with ``esmm.train.train`` for ``--steps`` steps (end to end: Delta
+   snapshot -> Petastorm batch reader -> BatchedDataLoader -> tensors -> step), then
+   the same model and optimizers run the same number of steps on batches already
+   in memory. Printed: both rows/s and their ratio (aim >= 0.85).
+2. ``memory``: for each ``--mem-rows`` size, one full epoch in a fresh subprocess
+   (``--mem-model small``: embedding 4, tower [16], so 10M rows fit the time), and
+   that process's peak RSS. It must stay flat as the table grows.
+
+The comparison with torch-rechub's ESMM is not included (see docs/model.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from esmm.config import Config, load_config  # noqa: E402
+
+DATES = [f"2026-11-{d:02d}" for d in range(1, 11)]
+
+
+def write_table(path: str, rows: int, cfg: Config, chunk: int = 1_000_000, seed: int = 0) -> None:
+    """Synthetic examples rows in ``chunk``-row appends, spread over 10 dates."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(seed)
+    spec = cfg.features
+    done = 0
+    while done < rows:
+        n = min(chunk, rows - done)
+        click = (rng.random(n) < 0.04).astype(np.int32)
+        cols = {
+            "impression_id": pa.array([f"imp-{done + i}" for i in range(n)]),
+            "dt": pa.array(np.array(DATES)[(np.arange(done, done + n) * len(DATES)) // rows]),
+            "click": click,
+            "conversion": (click * (rng.random(n) < 0.05)).astype(np.int32),
+            "label_mature": np.ones(n, dtype=bool),
+        }
+        for f in spec.categorical:
+            cols[f.name] = rng.integers(0, f.buckets, n, dtype=np.int32)
+        for f in spec.numeric:
+            cols[f.name] = rng.random(n, dtype=np.float32)
+        cols["feature_mapping_id"] = pa.array([spec.mapping_id] * n)
+        write_deltalake(path, pa.table(cols), mode="append" if done else "overwrite",
+                        partition_by=["dt"], max_rows_per_file=chunk, max_rows_per_group=65_536,
+                        min_rows_per_group=65_536)
+        done += n
+
+
+def _cfg(root: str, extra: list[str]) -> Config:
+    return load_config(overrides=[f"lakehouse.root={root}", f"train.train_start={DATES[0]}",
+                                  f"train.train_end={DATES[-1]}", "train.progress=false",
+                                  "train.register=false", "train.resume=false", *extra])
+
+
+def in_memory_rows_per_s(cfg: Config, steps: int) -> float:
+    """Same model, loss and optimizers as train(), on pre-built batches (no reader)."""
+    import torch
+
+    from esmm.losses import compute_loss
+    from esmm.model import build_model
+    from esmm.train import _optimizers
+
+    torch.manual_seed(0)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    model = build_model(cfg.model, cfg.features)
+    dense, emb = _optimizers(model, cfg)
+    b = cfg.train.batch_size
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(16):
+        cat = torch.stack([torch.randint(0, f.buckets, (b,), generator=g) for f in cfg.features.categorical], 1)
+        num = torch.rand(b, len(cfg.features.numeric), generator=g)
+        click = (torch.rand(b, generator=g) < 0.04).float()
+        batches.append((cat, num, click, click * (torch.rand(b, generator=g) < 0.05).float()))
+    model.train()
+    t0 = None
+    for i in range(steps + 5):
+        if i == 5:  # warm-up excluded, as train()'s first steps include reader start-up
+            t0 = time.perf_counter()
+        cat, num, click, conv = batches[i % len(batches)]
+        loss = compute_loss(model(cat, num), click, conv, cfg.model)
+        dense.zero_grad(set_to_none=True)
+        emb.zero_grad(set_to_none=True)
+        loss.total.backward()
+        dense.step()
+        emb.step()
+    return steps * b / (time.perf_counter() - t0)
+
+
+def ratio(root: str, rows: int, steps: int, extra: list[str]) -> dict:
+    from esmm.train import train
+
+    cfg = _cfg(root, [f"train.max_steps={steps}", *extra])
+    if not Path(cfg.lakehouse.path("examples")).exists():
+        write_table(cfg.lakehouse.path("examples"), rows, cfg)
+    r = train(cfg)
+    mem = in_memory_rows_per_s(cfg, steps)
+    return {"rows": rows, "steps": r.steps, "e2e_rows_per_s": r.samples_per_s, "in_memory_rows_per_s": mem,
+            "ratio": r.samples_per_s / mem}
+
+
+def memory_child(root: str, extra: list[str]) -> None:
+    """One full epoch; prints JSON with rows/s and this process's peak RSS."""
+    from esmm.train import train
+
+    r = train(_cfg(root, extra))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"samples": r.samples, "rows_per_s": r.samples_per_s, "peak_rss_mb": peak_mb}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "esmm-bench-train"))
+    ap.add_argument("--ratio-rows", type=int, default=1_000_000)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (train.torch_threads)")
+    ap.add_argument("--mem-rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
+    ap.add_argument("--mem-model", choices=["small", "paper"], default="small")
+    ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    args = ap.parse_args()
+    common = [f"train.batch_size={args.batch_size}", f"train.torch_threads={args.threads}", *args.overrides]
+    small = ["model.embedding_dim=4", "model.tower=[16]"] if args.mem_model == "small" else []
+    if args.child:
+        memory_child(args.child[0], common + small)
+        return
+    if args.ratio_rows:
+        res = ratio(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.ratio_rows, args.steps, common)
+        print(f"throughput ({res['steps']} steps x batch {args.batch_size}, paper-size model, "
+              f"{args.threads} thread(s)): end-to-end {res['e2e_rows_per_s']:,.0f} rows/s, in-memory "
+              f"{res['in_memory_rows_per_s']:,.0f} rows/s, ratio {res['ratio']:.2f} (aim >= 0.85)", flush=True)
+    for rows in args.mem_rows:
+        root = os.path.join(args.workdir, f"rows{rows}")
+        cfg = _cfg(root, [])
+        if not Path(cfg.lakehouse.path("examples")).exists():
+            t0 = time.time()
+            write_table(cfg.lakehouse.path("examples"), rows, cfg)
+            print(f"wrote {rows:,} rows in {time.time() - t0:.0f}s", flush=True)
+        out = subprocess.run([sys.executable, __file__, "--child", root, "--batch-size", str(args.batch_size),
+                              "--threads", str(args.threads), "--mem-model", args.mem_model,
+                              *sum((["--set", o] for o in args.overrides), [])],
+                             capture_output=True, text=True, cwd=REPO)
+        if out.returncode != 0:
+            raise SystemExit(f"memory run for {rows:,} rows failed:\n{out.stderr[-3000:]}")
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"memory ({args.mem_model} model, one epoch): {rows:>12,} rows -> {res['samples']:,} trained at "
+              f"{res['rows_per_s']:,.0f} rows/s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Data path of the trainer: one Delta snapshot of ``curated/examples`` -> Petastorm -> tensors.
+
+No JVM: the snapshot's file list comes from the ``deltalake`` package, so torchrun
+ranks and TorchDistributor tasks read Delta without Spark.
+
+Exactly the files of one Delta version are read (never the folder): Parquet
+files of overwritten or vacuum-pending versions stay in the folder until VACUUM,
+and a folder read would mix them in.
+
+Input table ``curated/examples`` (contract of issue 3), partitioned by ``dt``::
+
+    impression_id STRING, dt STRING, click INT, conversion INT, label_mature BOOLEAN,
+    <categorical feature name> INT (one per spec.categorical, in [0, buckets)),
+    <numeric feature name> FLOAT (one per spec.numeric), feature_mapping_id STRING
+
+A :class:`Batch` holds ``cat`` [B, F] long, ``num`` [B, N] float, ``click`` [B]
+float and ``conversion`` [B] float, column order = spec order.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from esmm.config import FeatureSpec
+
+LABEL_COLUMNS = ("click", "conversion", "label_mature")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The files of one Delta version of a table restricted to some ``dt`` partitions."""
+
+    table_path: str
+    version: int
+    dates: tuple[str, ...]
+    files: tuple[str, ...]  # absolute URLs (file:///... locally)
+
+
+def _url(path: str) -> str:
+    return path if "://" in path else "file://" + path
+
+
+def latest_version(table_path: str) -> int:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(table_path).version()
+    except TableNotFoundError as e:
+        raise FileNotFoundError(f"no Delta table at {table_path}; run `esmm features` (the examples "
+                                f"job) first") from e
+
+
+def resolve_snapshot(table_path: str, dates: list[str], version: Optional[int] = None) -> Snapshot:
+    """File URLs of ``dates`` in Delta ``version`` (latest when None) of ``table_path``.
+
+    Raises FileNotFoundError naming the table, version and dates when none match.
+    """
+    from deltalake import DeltaTable
+
+    if version is None:
+        version = latest_version(table_path)
+    try:
+        table = DeltaTable(table_path, version=version)
+    except Exception as e:  # deltalake raises several types for a missing version
+        raise FileNotFoundError(f"{table_path}: cannot open Delta version {version}: {e}") from e
+    files = table.file_uris(partition_filters=[("dt", "in", list(dates))])
+    if not files:
+        raise FileNotFoundError(f"{table_path} version {version} has no files for dt in "
+                                f"{dates[0]}..{dates[-1]}; build the examples for these dates first")
+    return Snapshot(table_path, version, tuple(dates), tuple(sorted(_url(f) for f in files)))
+
+
+@dataclass
+class Batch:
+    cat: Tensor         # [B, F] long
+    num: Tensor         # [B, N] float
+    click: Tensor       # [B] float
+    conversion: Tensor  # [B] float
+
+    def __len__(self) -> int:
+        return self.click.shape[0]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.cat, self.num, self.click,
+                                                                    self.conversion)))
+
+
+def to_batch(cols: dict[str, Tensor], spec: FeatureSpec, mature_only: bool) -> Batch:
+    """Column tensors (names of the examples contract) -> a :class:`Batch`.
+
+    With ``mature_only`` rows whose ``label_mature`` is false are dropped: their
+    conversions may still arrive, so they would be learned as false negatives.
+    """
+    cat = torch.stack([cols[f.name] for f in spec.categorical], 1).long()
+    if spec.numeric:
+        num = torch.stack([cols[f.name] for f in spec.numeric], 1).float()
+    else:
+        num = torch.zeros(cat.shape[0], 0)
+    click, conv = cols["click"].float(), cols["conversion"].float()
+    if mature_only:
+        keep = cols["label_mature"].bool()
+        if not bool(keep.all()):
+            cat, num, click, conv = cat[keep], num[keep], click[keep], conv[keep]
+    return Batch(cat, num, click, conv)
+
+
+def _columns(spec: FeatureSpec) -> list[str]:
+    return [*LABEL_COLUMNS, *(f.name for f in spec.categorical), *(f.name for f in spec.numeric)]
+
+
+@contextlib.contextmanager
+def example_batches(snapshot: Snapshot, spec: FeatureSpec, batch_size: int, *,
+                    mature_only: bool = True, shuffle: bool = True, seed: int = 0,
+                    shuffle_buffer: int = 50_000, cur_shard: int = 0, shard_count: int = 1,
+                    workers: int = 2) -> Iterator[Iterator[Batch]]:
+    """One pass over this rank's shard of ``snapshot`` as :class:`Batch` es.
+
+    Petastorm's ``make_batch_reader`` reads the snapshot's files (row groups in
+    a seeded random order when ``shuffle``; row group k goes to shard
+    k mod ``shard_count``), ``BatchedDataLoader`` turns column batches into
+    tensors through a shuffle buffer of ``shuffle_buffer`` rows. A shard with no
+    row group yields nothing (the trainer's stop flag handles it). Batches may be
+    smaller than ``batch_size`` after the ``mature_only`` filter.
+
+    Use as ``with example_batches(...) as batches: for b in batches: ...``.
+    """
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
+
+    # petastorm 0.12 uses pyarrow's legacy dataset API (pinned pyarrow < 15): silence its
+    # per-call deprecation noise, which would bury the training log.
+    for cat in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=cat, module=r"petastorm(\..*)?$")
+    try:
+        reader = make_batch_reader(list(snapshot.files), schema_fields=_columns(spec), num_epochs=1,
+                                   shuffle_row_groups=shuffle, seed=seed, cur_shard=cur_shard,
+                                   shard_count=shard_count, workers_count=workers)
+    except Exception as e:
+        # petastorm refuses a shard without row groups; a rank with nothing to read is legal.
+        if "shard" in str(e).lower() and shard_count > 1:
+            yield iter(())
+            return
+        raise ValueError(f"{snapshot.table_path} v{snapshot.version}: cannot read examples "
+                         f"(columns {_columns(spec)}): {e}") from e
+    with reader:
+        loader = BatchedDataLoader(reader, batch_size=batch_size,
+                                   shuffling_queue_capacity=shuffle_buffer if shuffle else 0)
+        yield (b for b in (to_batch(cols, spec, mature_only) for cols in loader) if len(b))
+
+
+def read_arrow(snapshot: Snapshot, columns: list[str], filter_mature: bool = False):
+    """The snapshot's rows as one pyarrow Table (evaluation: one or a few days)."""
+    import pyarrow.dataset as ds
+
+    paths = [f[len("file://"):] if f.startswith("file://") else f for f in snapshot.files]
+    table = ds.dataset(paths, format="parquet").to_table(columns=columns)
+    if filter_mature:
+        mask = np.asarray(table.column("label_mature").to_numpy(zero_copy_only=False), dtype=bool)
+        table = table.filter(mask)
+    return table

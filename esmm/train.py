@@ -1,0 +1,321 @@
+"""``train(config) -> TrainResult``: one function for every launcher.
+
+* single process: ``train(cfg)``;
+* ``torchrun --nproc_per_node N -m jobs.train_entry ...`` (or any launcher that
+  sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``):
+  DDP over gloo on CPU, NCCL on GPU;
+* Spark: ``TorchDistributor(num_processes=N, local_mode=True, use_gpu=False).run(train, cfg)``.
+
+Per step: every rank reads its own shard of one Delta snapshot (esmm.data), runs
+the model, the loss of ``cfg.model.kind`` (esmm.losses), and two optimizers: Adam
+on the towers, SparseAdam (or Adagrad) on the embedding table, whose gradient is
+sparse so a step touches only the rows of the batch.
+
+Uneven shards: before each step the ranks all-reduce (MIN) a "have a batch"
+flag and the epoch ends for all when any rank runs dry, so no rank waits forever
+in a gradient all-reduce. The cost is that the longer shards' tail of the epoch
+is skipped (at most the difference between shard sizes, and a different tail
+each epoch since the row-group order is reshuffled).
+
+Rank 0 shows a progress bar (rows/s, running losses), writes checkpoints
+atomically every ``checkpoint_every`` steps and at each epoch end, evaluates,
+saves the artifact and registers it. A rerun of the same configuration (same
+model, data window, Delta version, world size) resumes from the last checkpoint.
+Resuming inside an epoch skips the number of batches already done; with a
+shuffle buffer fed by parallel readers the skipped rows are the same number,
+not exactly the same rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from esmm.config import Config
+from esmm.data import Batch, Snapshot, example_batches, latest_version, resolve_snapshot
+from esmm.losses import compute_loss
+from esmm.model import EntireSpaceModel, build_model
+
+# Fields that change how a run is observed, not what it computes: they do not
+# enter the checkpoint key, so a crashed run can be resumed with them changed.
+_OPERATIONAL = {"progress", "log_every", "fail_after_steps", "checkpoint_every", "checkpoint_dir",
+                "resume", "register", "reader_workers", "eval_batch_size", "eval_dates", "device", "torch_threads"}
+
+
+@dataclass
+class TrainResult:
+    """What a run did. Ranks other than 0 return their own counts and no model id."""
+
+    rank: int
+    world_size: int
+    model_id: Optional[str]
+    artifact_dir: Optional[str]
+    examples_version: int
+    steps: int
+    samples: int
+    seconds: float
+    samples_per_s: float
+    resumed_from_step: int
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(cfg: Config) -> _Dist:
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but torch sees no GPU; use train.device=cpu or auto")
+    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                                timeout=dt.timedelta(minutes=30))
+    return _Dist(rank, world, local, device)
+
+
+def _run_key(cfg: Config, table: str, version: int, world: int) -> str:
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _OPERATIONAL}
+    payload = json.dumps({"model": dataclasses.asdict(cfg.model), "train": train,
+                          "features": cfg.features.mapping_id, "table": table, "version": version,
+                          "world": world}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    if cfg.train.checkpoint_dir:
+        return Path(cfg.train.checkpoint_dir)
+    return Path(cfg.lakehouse.root).expanduser().resolve() / "checkpoints"
+
+
+def _optimizers(model: EntireSpaceModel, cfg: Config) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    t = cfg.train
+    dense = torch.optim.Adam(model.dense_parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    emb = [model.embedding.table.weight]
+    if t.embedding_optimizer == "adagrad":
+        sparse = torch.optim.Adagrad(emb, lr=t.embedding_lr)
+    elif cfg.model.sparse_embedding:
+        sparse = torch.optim.SparseAdam(emb, lr=t.embedding_lr)
+    else:  # dense gradients (e.g. NCCL without sparse all-reduce): plain Adam
+        sparse = torch.optim.Adam(emb, lr=t.embedding_lr)
+    return dense, sparse
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # readers see the old or the new checkpoint, never half of one
+
+
+def _all_have_batch(have: bool, d: _Dist) -> bool:
+    if d.world_size == 1:
+        return have
+    flag = torch.tensor([1 if have else 0], dtype=torch.int32,
+                        device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class _Running:
+    """Exponential moving averages of the loss parts (for the progress bar)."""
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        self.alpha, self.values = alpha, {}
+
+    def update(self, parts: dict[str, torch.Tensor]) -> None:
+        for k, v in parts.items():
+            x = float(v)
+            self.values[k] = x if k not in self.values else (1 - self.alpha) * self.values[k] + self.alpha * x
+
+
+def train(cfg: Config) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.train``'s window of ``curated/examples`` (see module doc)."""
+    d = _setup(cfg)
+    try:
+        return _train(cfg, d)
+    finally:
+        if d.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: Config, d: _Dist) -> TrainResult:
+    t = cfg.train
+    if d.world_size > 1 and d.device.type == "cuda" and cfg.model.sparse_embedding:
+        # NCCL has no sparse all-reduce for DDP's sparse gradient buckets (gloo has).
+        raise RuntimeError("DDP over NCCL cannot all-reduce the sparse embedding gradient; "
+                           "run with --set model.sparse_embedding=false on GPUs (or gloo on CPU)")
+    table = cfg.lakehouse.path("examples")
+    # All ranks must read the same version: rank 0 picks it, the others receive it.
+    version = t.examples_version if t.examples_version is not None else (
+        latest_version(table) if d.is_main else -1)
+    if d.world_size > 1:
+        box = [version]
+        dist.broadcast_object_list(box, src=0)
+        version = box[0]
+    snapshot = resolve_snapshot(table, t.dates, version)
+
+    # Seeds differ per rank (dropout, shuffling); DDP broadcasts rank 0's initial weights.
+    torch.manual_seed(t.seed + d.rank)
+    model = build_model(cfg.model, cfg.features)
+    model.to(d.device)
+    dense_opt, emb_opt = _optimizers(model, cfg)
+
+    key = _run_key(cfg, table, version, d.world_size)
+    ckpt_path = checkpoint_dir(cfg) / key / "last.pt"
+    step, epoch0, skip, samples, resumed = 0, 0, 0, 0, 0
+    resume = t.resume and ckpt_path.exists()
+    if d.world_size > 1:  # every rank must take the same decision
+        box = [resume]
+        dist.broadcast_object_list(box, src=0)
+        resume = box[0]
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"rank {d.rank}: rank 0 resumes from {ckpt_path} but this rank "
+                                    f"cannot see it; put train.checkpoint_dir on a shared filesystem")
+        state = torch.load(ckpt_path, map_location=d.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        dense_opt.load_state_dict(state["dense_opt"])
+        emb_opt.load_state_dict(state["emb_opt"])
+        step, epoch0, skip, samples = state["step"], state["epoch"], state["batches_in_epoch"], state["samples"]
+        resumed = step
+
+    net: nn.Module = model
+    if d.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+
+    def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
+        if d.is_main:
+            _atomic_save({"model": model.state_dict(), "dense_opt": dense_opt.state_dict(),
+                          "emb_opt": emb_opt.state_dict(), "step": step, "epoch": epoch,
+                          "batches_in_epoch": batches_in_epoch, "samples": samples,
+                          "config": cfg.to_dict(), "examples_version": version, "run_key": key},
+                         ckpt_path)
+
+    from tqdm import tqdm
+
+    bar = tqdm(disable=not (t.progress and d.is_main), unit="row", unit_scale=True,
+               desc=f"train {cfg.model.kind}", initial=samples, mininterval=1.0)
+    running = _Running()
+    t0, samples0 = time.perf_counter(), samples
+    net.train()
+    stop = False
+    for epoch in range(epoch0, t.epochs):
+        with example_batches(snapshot, cfg.features, t.batch_size, mature_only=t.mature_only,
+                             shuffle=True, seed=t.seed + 1000 * epoch + d.rank,
+                             shuffle_buffer=t.shuffle_buffer, cur_shard=d.rank,
+                             shard_count=d.world_size, workers=t.reader_workers) as batches:
+            it = iter(batches)
+            done_in_epoch = 0
+            while True:
+                batch: Optional[Batch] = next(it, None)
+                if not _all_have_batch(batch is not None, d):
+                    break
+                if epoch == epoch0 and done_in_epoch < skip:  # resume: batches already trained
+                    done_in_epoch += 1
+                    continue
+                b = batch.to(d.device)
+                out = net(b.cat, b.num)
+                loss = compute_loss(out, b.click, b.conversion, cfg.model)
+                dense_opt.zero_grad(set_to_none=True)
+                emb_opt.zero_grad(set_to_none=True)
+                loss.total.backward()
+                dense_opt.step()
+                emb_opt.step()
+                step += 1
+                done_in_epoch += 1
+                samples += len(b)
+                bar.update(len(b))
+                if d.is_main and (step % t.log_every == 0 or step == 1):
+                    running.update(loss.parts)
+                    secs = time.perf_counter() - t0
+                    bar.set_postfix({"rows/s": f"{(samples - samples0) / max(secs, 1e-9):,.0f}",
+                                     **{k: f"{v:.4f}" for k, v in running.values.items()}}, refresh=False)
+                if step % t.checkpoint_every == 0:
+                    save_checkpoint(epoch, done_in_epoch)
+                if t.fail_after_steps and step >= t.fail_after_steps:
+                    raise RuntimeError(f"train.fail_after_steps={t.fail_after_steps}: simulated crash "
+                                       f"at step {step}")
+                if t.max_steps and step >= t.max_steps:
+                    # Every rank counts the same steps, so all stop here together.
+                    stop = True
+                    break
+        save_checkpoint(epoch + 1, 0)
+        if stop:
+            break
+    seconds = time.perf_counter() - t0
+    bar.close()
+    result = TrainResult(rank=d.rank, world_size=d.world_size, model_id=None, artifact_dir=None,
+                         examples_version=version, steps=step, samples=samples, seconds=seconds,
+                         samples_per_s=(samples - samples0) / max(seconds, 1e-9),
+                         resumed_from_step=resumed, losses=dict(running.values),
+                         checkpoint=str(ckpt_path))
+    if d.is_main:
+        _finish(cfg, model, snapshot, result, key, d)
+    return result
+
+
+def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult,
+            key: str, d: _Dist) -> None:
+    """Rank 0: evaluate on ``eval_dates``, save the artifact, register it."""
+    from esmm import registry
+    from esmm.evaluate import evaluate
+
+    t = cfg.train
+    now = dt.datetime.now(dt.timezone.utc)
+    model_id = f"{cfg.model.kind}-{now.strftime('%Y%m%dT%H%M%S')}-{key[:8]}"
+    artifact_dir = Path(cfg.lakehouse.path("models")) / model_id
+    metrics: dict[str, float] = {}
+    if t.eval_dates:
+        eval_snap = resolve_snapshot(snapshot.table_path, list(t.eval_dates), snapshot.version)
+        metrics = evaluate(model, eval_snap, cfg.features, truth_path=cfg.lakehouse.path("truth"),
+                           mature_only=t.mature_only, batch_size=t.eval_batch_size,
+                           out_dir=artifact_dir, device=d.device)
+    meta = {
+        "model_id": model_id, "kind": cfg.model.kind, "created_at": now.isoformat(),
+        "model": dataclasses.asdict(cfg.model), "features": dataclasses.asdict(cfg.features),
+        "feature_mapping_id": cfg.features.mapping_id,
+        "examples": {"path": snapshot.table_path, "version": snapshot.version,
+                     "dates": list(snapshot.dates)},
+        "window": {"train_start": t.train_start, "train_end": t.train_end,
+                   "eval_dates": list(t.eval_dates)},
+        "train": dataclasses.asdict(t),
+        "training": {"steps": result.steps, "samples": result.samples, "seconds": result.seconds,
+                     "samples_per_s": result.samples_per_s, "world_size": d.world_size,
+                     "losses": result.losses, "resumed_from_step": result.resumed_from_step},
+        "metrics": metrics, "code_version": registry.code_version(),
+    }
+    registry.save_artifact(artifact_dir, model, meta)
+    if t.register:
+        registry.register(cfg.lakehouse.path("registry"), artifact_dir)
+    result.model_id, result.artifact_dir, result.metrics = model_id, str(artifact_dir), metrics
