@@ -411,6 +411,64 @@ class TrainConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """Batch scoring into ``serving/scores`` (see pipelines/score.py)."""
+
+    candidates: Optional[str] = None  # null: the day's raw impressions; else a table name or a Delta path
+    date_column: str = "dt"  # partition column of the candidates selecting a day
+    key_columns: list[str] = field(default_factory=lambda: ["impression_id"])
+    batch_size: int = 4096  # rows per Arrow batch handed to the model
+    torch_threads: int = 0  # 0: spark.task.cpus (one intra-op thread per core the task holds)
+    write_mode: str = "replace"  # replace: replaceWhere dt = D | merge: MERGE on keys + dt
+
+    def validate(self, key: str) -> None:
+        _require(len(self.key_columns) > 0, f"{key}.key_columns", "needs at least one column")
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
+        _require(self.torch_threads >= 0, f"{key}.torch_threads", f"{self.torch_threads} must be >= 0")
+        _require(self.write_mode in ("replace", "merge"), f"{key}.write_mode",
+                 f"{self.write_mode!r} is not one of replace, merge")
+
+
+@dataclass
+class GateConfig:
+    """When a freshly trained candidate replaces the champion."""
+
+    max_auc_drop: float = 0.002  # candidate CTCVR AUC may trail the champion's by at most this
+    calibration_min: float = 0.8  # mean(pCTCVR) / observed CTCVR rate on the evaluation day
+    calibration_max: float = 1.25
+
+    def validate(self, key: str) -> None:
+        _require(self.max_auc_drop >= 0.0, f"{key}.max_auc_drop", f"{self.max_auc_drop} must be >= 0")
+        _require(0.0 < self.calibration_min <= 1.0 <= self.calibration_max, f"{key}.calibration_min",
+                 f"need 0 < calibration_min <= 1 <= calibration_max, got "
+                 f"[{self.calibration_min}, {self.calibration_max}]")
+
+
+@dataclass
+class NightlyConfig:
+    """The nightly pipeline (pipelines/nightly.py): windows, gate, lock."""
+
+    train_days: int = 7  # trailing window of days the model trains on (ends the day before eval)
+    eval_day: str = "mature"  # mature: newest label-mature day | latest: the run date (immature labels)
+    score_days: int = 1  # score the candidates of the last N days ending at the run date
+    lock_path: Optional[str] = None  # null: <runs table>.lock (needs a local or shared POSIX path)
+    lock_stale_after: str = "6h"  # a lock not heart-beaten for this long is taken over
+    train_launcher: str = "inprocess"  # inprocess: train(config) in this process | torchrun
+    torchrun_nproc: int = 2
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def validate(self, key: str) -> None:
+        _require(self.train_days >= 1, f"{key}.train_days", f"{self.train_days} must be >= 1")
+        _require(self.score_days >= 1, f"{key}.score_days", f"{self.score_days} must be >= 1")
+        _require(self.eval_day in ("mature", "latest"), f"{key}.eval_day",
+                 f"{self.eval_day!r} is not one of mature, latest")
+        _require(self.train_launcher in ("inprocess", "torchrun"), f"{key}.train_launcher",
+                 f"{self.train_launcher!r} is not one of inprocess, torchrun")
+        _require(self.torchrun_nproc >= 1, f"{key}.torchrun_nproc", "must be >= 1")
+        parse_duration(self.lock_stale_after, f"{key}.lock_stale_after")
+
+
+@dataclass
 class Config:
     lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
@@ -418,6 +476,8 @@ class Config:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     labels: LabelConfig = field(default_factory=LabelConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -1,0 +1,146 @@
+"""Spark scoring throughput against in-memory inference of the same model on the same cores.
+
+    python benchmarks/bench_score.py [--rows 200000] [--cores 2] [--batch 4096]
+
+Builds a model of the configured architecture (random weights: throughput does not
+depend on their values), registers nothing, and measures on ``--rows`` synthetic
+candidates with the raw feature columns:
+
+* in-memory: the encoded features already in NumPy, ``torch.set_num_threads(cores)``,
+  forward passes over batches of ``--batch`` rows (the ceiling: no I/O, no encoding);
+* Spark: ``local[cores]``, the scoring job's own path (encode_features -> mapInPandas
+  with broadcast weights, ``torch`` threads = spark.task.cpus = 1 per task) up to a
+  Delta write of serving/scores-shaped rows.
+
+Reports rows/s of each, the ratio (aim >= 0.5) and peak RSS of the driver process and
+of its children (the JVM and the Python workers).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import resource
+import tempfile
+import time
+
+
+def _descendant_peaks_mb() -> dict[str, int]:
+    """Peak RSS (VmHWM) of each live descendant process (the JVM, Python workers), by name."""
+    import os
+
+    parent = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            pass
+    me, out = os.getpid(), {}
+    for pid in parent:
+        p = pid
+        while p in parent and p != me and p > 1:
+            p = parent[p]
+        if p != me or pid == me:
+            continue
+        try:
+            status = open(f"/proc/{pid}/status").read()
+        except OSError:
+            continue
+        name = status.split("Name:", 1)[1].split()[0]
+        hwm = [int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:")]
+        if hwm:
+            key = f"{name}_{pid}"
+            out[key] = round(hwm[0] / 1024)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4096)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from pyspark.sql import functions as F
+
+    from esmm.config import load_config
+    from esmm.model import build_model
+    from pipelines import score
+    from pipelines.features import encode_features, feature_names
+    from pipelines.session import get_spark
+
+    root = tempfile.mkdtemp(prefix="bench_score_")
+    cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{args.cores}]",
+                                 f"score.batch_size={args.batch}"])
+    spec = cfg.features
+    torch.manual_seed(0)
+    net = build_model(cfg.model, spec).eval()
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    meta = {"model_id": "bench", "model": dataclasses.asdict(cfg.model),
+            "features": dataclasses.asdict(spec), "feature_mapping_id": spec.mapping_id}
+    model = score.ScoringModel("bench", json.loads(json.dumps(meta)), buf.getvalue())
+
+    spark = get_spark(cfg.spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    n = args.rows
+    # Raw candidates with the generator's column types, from a hash of the row id.
+    h = lambda tag, m: F.pmod(F.xxhash64(F.lit(tag), F.col("id")), F.lit(m))  # noqa: E731
+    cand = spark.range(n).select(
+        F.concat(F.lit("imp"), F.col("id").cast("string")).alias("impression_id"),
+        F.concat(F.lit("u"), h("u", 100000).cast("string")).alias("user_id"),
+        F.concat(F.lit("i"), h("i", 50000).cast("string")).alias("item_id"),
+        h("g", 3).alias("user_gender"), h("a", 8).alias("user_age"),
+        F.concat(F.lit("city"), h("c", 1500).cast("string")).alias("user_city"),
+        h("cat", 300).alias("item_category"),
+        F.concat(F.lit("b"), h("b", 3000).cast("string")).alias("item_brand"),
+        F.concat(F.lit("s"), h("s", 12000).cast("string")).alias("item_shop"),
+        (h("p", 10) + 1).alias("position"), F.element_at(F.array(*[F.lit(d) for d in ("ios", "android", "pc", "mweb")]),
+                                                         (h("d", 4) + 1).cast("int")).alias("device"),
+        h("h", 24).alias("hour"), (h("pr", 100000) / 100.0).alias("price"),
+        (h("r", 50) / 10.0).alias("item_rating"), h("ua", 200).cast("double").alias("user_activity"),
+        F.lit("2026-11-01").alias("dt"))
+    cand_path = f"{root}/candidates"
+    cand.repartition(args.cores * 2).write.format("delta").save(cand_path)
+
+    # In-memory reference: the same encoded rows, in NumPy.
+    cat_names, num_names = feature_names(spec)
+    enc = encode_features(spark.read.format("delta").load(cand_path), spec).toPandas()
+    cat = enc[cat_names].to_numpy(np.int64)
+    num = enc[num_names].to_numpy(np.float32)
+    torch.set_num_threads(args.cores)
+    with torch.inference_mode():
+        net(torch.from_numpy(cat[:args.batch]), torch.from_numpy(num[:args.batch]))  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, n, args.batch):
+            net(torch.from_numpy(cat[i:i + args.batch]), torch.from_numpy(num[i:i + args.batch]))
+        mem_s = time.perf_counter() - t0
+    mem_rps = n / mem_s
+
+    # Spark: the scoring job's path, end to end from the Delta candidates to a Delta write.
+    cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{args.cores}]",
+                                 f"score.batch_size={args.batch}", f"score.candidates={cand_path}"])
+    score.run(spark, cfg, "2026-11-01", model=model, log=lambda m: None)  # warm-up (JIT, workers)
+    t0 = time.perf_counter()
+    rep = score.run(spark, cfg, "2026-11-01", model=model, log=lambda m: None)
+    spark_s = time.perf_counter() - t0
+    assert rep.scored == n, rep
+    spark_rps = n / spark_s
+
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = _descendant_peaks_mb()
+    print(json.dumps({
+        "rows": n, "cores": args.cores, "batch": args.batch,
+        "model": f"{cfg.model.kind} dim {cfg.model.embedding_dim} tower {cfg.model.tower}",
+        "in_memory_rows_per_s": round(mem_rps), "spark_rows_per_s": round(spark_rps),
+        "ratio": round(spark_rps / mem_rps, 3), "spark_seconds": round(spark_s, 1),
+        "peak_rss_mb": {"driver_python": round(self_mb), **kids},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Batch scoring: pCTR, pCVR and pCTCVR of a day's candidates into ``serving/scores``.
+
+``esmm score --date D [--model MODEL_ID]``. Steps:
+
+1. Read the candidates of day ``D``: by default the raw impressions with
+   ``dt = D``; ``score.candidates`` may name any lakehouse table or Delta path
+   holding the configured ``score.key_columns``, the raw feature columns of the
+   model's feature spec and ``score.date_column``.
+2. Split off the rows that cannot be scored (:func:`split_unscorable`) into
+   ``curated/quarantine`` with ``source = 'score'`` and a reason; exact
+   duplicate rows collapse to one.
+3. Encode with :func:`pipelines.features.encode_features` and the *model's own*
+   feature spec (from its ``meta.json``), so the mapping is the one it was
+   trained with; a model whose spec does not hash to its recorded
+   ``feature_mapping_id``, or candidates lacking a column it needs, are refused
+   (:class:`ScoringInputError`) before any work.
+4. Run the network inside the executors (:func:`score_frame`): ``mapInPandas``
+   over Arrow batches of ``score.batch_size`` rows. The weights travel once per
+   executor as a broadcast of the ``model.pt`` bytes; each Python worker builds
+   the network once and keeps it in a per-process cache keyed by model id
+   (Spark reuses Python workers across tasks). ``torch.set_num_threads`` is
+   the task's cores (``spark.task.cpus``) unless ``score.torch_threads`` says
+   otherwise, so N concurrent tasks use N x threads = the executor's cores.
+5. Write ``serving/scores`` in one Delta commit (:func:`write_scores`):
+   ``replaceWhere dt = D`` (default) or MERGE on the keys and dt. A job killed
+   before the commit leaves the previous version as it was.
+
+``serving/scores`` (Delta, partitioned by dt)::
+
+    <key columns>  as in the candidates (default impression_id STRING)
+    pctr           FLOAT  P(click | impression)
+    pcvr           FLOAT  P(conversion | click, impression), over the entire space
+    pctcvr         FLOAT  P(click and conversion | impression) = pctr * pcvr
+    model_id       STRING the registry model that scored the row
+    scored_at      TIMESTAMP UTC, one value per job
+    dt             STRING yyyy-MM-dd, the candidates' day
+
+One row per key per dt. Quarantine rows (``curated/quarantine``, the label
+job's schema): source 'score', record_id (the key, or 'sha256:<hex>' of the
+record when the key is NULL), reason (``missing_key``, ``unparseable:<column>``,
+``conflicting_duplicate_key``), record (JSON), run_id, quarantined_at, dt.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from esmm.config import Config, FeatureSpec, ScoreConfig
+from pipelines.features import encode_features, feature_names
+
+SCORE_COLUMNS = ("pctr", "pcvr", "pctcvr")
+
+
+class ScoringInputError(ValueError):
+    """The model and the candidates do not fit together; nothing was scored."""
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+@dataclass
+class ScoringModel:
+    """What the executors need: the id, the meta (config + spec) and the weights as bytes."""
+
+    model_id: str
+    meta: dict[str, Any]
+    state_bytes: bytes
+
+    @property
+    def spec(self) -> FeatureSpec:
+        from esmm.registry import spec_of
+
+        return spec_of(self.meta)
+
+
+def resolve_model(cfg: Config, model_id: Optional[str] = None) -> ScoringModel:
+    """The artifact of ``model_id`` (default: the registry's champion), checked for consistency."""
+    from esmm import registry
+
+    if model_id is None:
+        champ = registry.champion(cfg.lakehouse.path("registry"))
+        if champ is None:
+            raise ScoringInputError(
+                f"no champion in the registry {cfg.lakehouse.path('registry')}: train and promote a "
+                f"model first (esmm nightly, or esmm train then promote), or pass --model MODEL_ID")
+        model_id, artifact_dir = champ["model_id"], champ["artifact_dir"]
+    else:
+        rows = [r for r in registry.list_models(cfg.lakehouse.path("registry")) if r["model_id"] == model_id]
+        artifact_dir = rows[0]["artifact_dir"] if rows else str(Path(cfg.lakehouse.path("models")) / model_id)
+    meta = registry.read_meta(artifact_dir)
+    spec = registry.spec_of(meta)
+    if spec.mapping_id != meta.get("feature_mapping_id"):
+        raise ScoringInputError(
+            f"model {model_id} ({artifact_dir}/meta.json): its feature spec hashes to "
+            f"{spec.mapping_id} but it was trained on feature mapping {meta.get('feature_mapping_id')}; "
+            f"the artifact does not describe its own inputs, refusing to score with it")
+    state_bytes = (Path(artifact_dir) / "model.pt").read_bytes()
+    return ScoringModel(model_id, meta, state_bytes)
+
+
+_MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: model id -> network in eval mode
+
+
+def _cached_network(model_id: str, meta_json: str, state_bytes_bc) -> Any:
+    """Build the network once per worker process; later tasks of the job reuse it."""
+    net = _MODEL_CACHE.get(model_id)
+    if net is None:
+        import torch
+
+        from esmm.config import ModelConfig, section_from_dict
+        from esmm.model import build_model
+        from esmm.registry import spec_of
+
+        meta = json.loads(meta_json)
+        net = build_model(section_from_dict(ModelConfig, meta["model"], "meta.model"), spec_of(meta))
+        state = torch.load(io.BytesIO(state_bytes_bc.value), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        net.eval()
+        _MODEL_CACHE.clear()  # one model per worker at a time: old champions do not pile up
+        _MODEL_CACHE[model_id] = net
+    return net
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def check_candidates(df: DataFrame, spec: FeatureSpec, keys: list[str], where: str) -> None:
+    """Raise :class:`ScoringInputError` if ``df`` lacks a key or raw feature column of ``spec``."""
+    have = set(df.columns)
+    missing_keys = [k for k in keys if k not in have]
+    needed = {f.source for f in spec.categorical} | {f.source for f in spec.numeric}
+    missing_feats = sorted(needed - have)
+    if missing_keys or missing_feats:
+        raise ScoringInputError(
+            f"candidates {where}: missing key column(s) {missing_keys} and raw feature column(s) "
+            f"{missing_feats} that the model's feature spec ({spec.mapping_id}) reads; present: "
+            f"{sorted(have)}. Score a table with these columns, or a model trained on this table's features")
+
+
+def _blank(c: str) -> Column:
+    return F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == "")
+
+
+def split_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str]) -> tuple[DataFrame, DataFrame]:
+    """(scorable rows, rows with a ``reason`` column) of the candidates ``df``.
+
+    Exact duplicate rows (at-least-once delivery) collapse to one. A row is
+    unscorable when a key is NULL/blank (``missing_key``), when a numeric
+    feature holds a value that does not parse as a number (``unparseable:<col>``;
+    NULL is a legitimate missing value and is filled by the mapping), or when
+    its key repeats with different values (``conflicting_duplicate_key``: no row
+    can be chosen honestly, so none is scored). Output rows keep ``df``'s columns.
+    """
+    cols = df.columns
+    reason = F.lit(None).cast("string")
+    for f in reversed(spec.numeric):
+        raw = F.col(f.source)
+        bad = raw.isNotNull() & raw.cast("double").isNull()
+        reason = F.when(bad, F.lit(f"unparseable:{f.source}")).otherwise(reason)
+    missing = None
+    for k in keys:
+        missing = _blank(k) if missing is None else (missing | _blank(k))
+    reason = F.when(missing, F.lit("missing_key")).otherwise(reason)
+    distinct = df.dropDuplicates()
+    per_key = Window.partitionBy(*[F.col(k) for k in keys])
+    tagged = distinct.withColumn("reason", reason)
+    tagged = tagged.withColumn(
+        "reason", F.when(F.col("reason").isNull() & (F.count(F.lit(1)).over(per_key) > 1),
+                         F.lit("conflicting_duplicate_key")).otherwise(F.col("reason")))
+    good = tagged.where(F.col("reason").isNull()).select(*cols)
+    bad = tagged.where(F.col("reason").isNotNull())
+    return good, bad
+
+
+def quarantine_records(bad: DataFrame, keys: list[str], day: str, run_id: str,
+                       now: dt.datetime) -> DataFrame:
+    """Quarantine rows (curated/quarantine schema) of ``bad`` (candidates + ``reason``)."""
+    data_cols = [c for c in bad.columns if c != "reason"]
+    record = F.to_json(F.struct(*[F.col(c) for c in data_cols]))
+    if len(keys) == 1:
+        key = F.col(keys[0]).cast("string")
+    else:
+        key = F.to_json(F.struct(*[F.col(k) for k in keys]))
+    missing = None
+    for k in keys:
+        missing = _blank(k) if missing is None else (missing | _blank(k))
+    rid = F.when(missing, F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(key)
+    return bad.select(F.lit("score").alias("source"), rid.alias("record_id"), F.col("reason"),
+                      record.alias("record"), F.lit(run_id).alias("run_id"),
+                      F.lit(now).cast("timestamp").alias("quarantined_at"), F.lit(day).alias("dt"))
+
+
+def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_threads: int,
+                fail_after_batches: Optional[int] = None) -> DataFrame:
+    """Run the model over ``encoded`` (keys + encoded features) inside the executors.
+
+    Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT. Tensor shapes
+    per Arrow batch of B rows: ``cat`` LongTensor[B, n_cat], ``num``
+    FloatTensor[B, n_num], in the spec's column order. ``fail_after_batches``
+    (tests only) raises inside a task after that many batches, to prove a
+    killed job leaves the table untouched.
+    """
+    spark = encoded.sparkSession
+    cat_names, num_names = feature_names(model.spec)
+    bc = spark.sparkContext.broadcast(model.state_bytes)
+    meta_json = json.dumps(model.meta)
+    model_id = model.model_id
+    key_fields = [encoded.schema[k] for k in keys]
+    out_schema = T.StructType(key_fields + [T.StructField(c, T.FloatType(), True) for c in SCORE_COLUMNS])
+
+    def predict(batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        net = _cached_network(model_id, meta_json, bc)
+        for i, pdf in enumerate(batches):
+            if fail_after_batches is not None and i >= fail_after_batches:
+                raise RuntimeError(f"injected scoring fault after {i} batch(es)")
+            if len(pdf) == 0:
+                continue
+            cat = torch.from_numpy(pdf[cat_names].to_numpy(dtype=np.int64, copy=True))
+            num = torch.from_numpy(pdf[num_names].to_numpy(dtype=np.float32, copy=True)) if num_names \
+                else torch.zeros((len(pdf), 0), dtype=torch.float32)
+            with torch.inference_mode():
+                out = net(cat, num)
+            res = pd.DataFrame({k: pdf[k].to_numpy() for k in keys})
+            for c in SCORE_COLUMNS:
+                res[c] = out[c].reshape(-1).numpy().astype(np.float32, copy=False)
+            yield res
+
+    return encoded.select(*keys, *cat_names, *num_names).mapInPandas(predict, out_schema)
+
+
+def task_threads(spark: SparkSession, score_cfg: ScoreConfig) -> int:
+    """Intra-op threads per task: ``score.torch_threads``, else ``spark.task.cpus``."""
+    if score_cfg.torch_threads > 0:
+        return score_cfg.torch_threads
+    return max(1, int(spark.conf.get("spark.task.cpus", "1")))
+
+
+# --------------------------------------------------------------------------- job edge
+
+
+def read_candidates(spark: SparkSession, cfg: Config, day: str) -> tuple[DataFrame, str]:
+    """The candidates of ``day`` and where they came from (for messages)."""
+    from pipelines.delta_io import read_delta, read_raw
+
+    sc = cfg.score
+    if sc.candidates is None:
+        df, where = read_raw(spark, cfg, "impressions"), cfg.sources.impressions.path or cfg.lakehouse.path("impressions")
+    else:
+        try:
+            where = cfg.lakehouse.path(sc.candidates)
+        except AttributeError:
+            where = sc.candidates
+        df = read_delta(spark, where)
+    if sc.date_column not in df.columns:
+        raise ScoringInputError(f"candidates {where}: no column {sc.date_column!r} (score.date_column) "
+                                f"to select day {day} by; present: {sorted(df.columns)}")
+    return df.where(F.col(sc.date_column) == day), where
+
+
+def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: str) -> None:
+    """One Delta commit replacing day ``day`` of ``serving/scores`` (see module docstring)."""
+    from delta.tables import DeltaTable
+
+    spark = scores.sparkSession
+    if mode == "merge" and DeltaTable.isDeltaTable(spark, path):
+        on = " AND ".join([f"t.`{k}` = s.`{k}`" for k in keys] + [f"t.dt = '{day}'", "s.dt = t.dt"])
+        (DeltaTable.forPath(spark, path).alias("t").merge(scores.alias("s"), on)
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll()
+         .whenNotMatchedBySourceDelete(condition=f"t.dt = '{day}'").execute())
+        return
+    (scores.write.format("delta").mode("overwrite").partitionBy("dt")
+     .option("replaceWhere", f"dt = '{day}'").save(path))
+
+
+def write_quarantine(spark: SparkSession, rows: DataFrame, path: str, day: str) -> None:
+    """Replace this job's quarantine rows of ``day`` (source 'score') in one commit."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        rows.write.format("delta").partitionBy("dt").mode("append").save(path)
+        return
+    scope = f"t.dt = '{day}' AND t.source = 'score'"
+    (DeltaTable.forPath(spark, path).alias("t")
+     .merge(rows.alias("s"), f"t.dt = s.dt AND t.source = s.source AND t.record_id = s.record_id "
+                             f"AND t.reason = s.reason AND {scope}")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll()
+     .whenNotMatchedBySourceDelete(condition=scope).execute())
+
+
+@dataclass
+class ScoreReport:
+    day: str
+    model_id: str
+    scored: int
+    quarantined: dict[str, int]
+    seconds: float
+    candidates: str
+
+    def line(self) -> str:
+        q = ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())) or "none"
+        return (f"score {self.day}: {self.scored:,} rows scored by {self.model_id} from {self.candidates} "
+                f"in {self.seconds:.1f}s; quarantined: {q}")
+
+
+def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = None,
+        model: Optional[ScoringModel] = None, run_id: Optional[str] = None,
+        fail_after_batches: Optional[int] = None, log=print) -> ScoreReport:
+    """Score the candidates of ``day`` and write ``serving/scores`` (see the module docstring)."""
+    t0 = time.time()
+    sc = cfg.score
+    model = model or resolve_model(cfg, model_id)
+    spec = model.spec
+    if spec.mapping_id != cfg.features.mapping_id:
+        log(f"score {day}: model {model.model_id} uses feature mapping {spec.mapping_id}, the "
+            f"configuration {cfg.features.mapping_id}; encoding with the model's own spec")
+    run_id = run_id or f"score-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    cand, where = read_candidates(spark, cfg, day)
+    check_candidates(cand, spec, sc.key_columns, where)
+    raw_cols = list(dict.fromkeys(sc.key_columns + [f.source for f in spec.categorical]
+                                  + [f.source for f in spec.numeric]))
+    good, bad = split_unscorable(cand.select(*raw_cols), spec, sc.key_columns)
+    bad = bad.persist()
+    try:
+        quarantined = {r["reason"]: int(r["n"]) for r in bad.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        encoded = encode_features(good, spec)
+        prev_batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.batch_size))
+        try:
+            scores = score_frame(encoded, model, sc.key_columns, task_threads(spark, sc), fail_after_batches)
+            scores = scores.select(*sc.key_columns, *SCORE_COLUMNS,
+                                   F.lit(model.model_id).alias("model_id"),
+                                   F.lit(now).cast("timestamp").alias("scored_at"),
+                                   F.lit(day).alias("dt"))
+            write_scores(scores, cfg.lakehouse.path("scores"), day, sc.key_columns, sc.write_mode)
+        finally:
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", prev_batch)
+        # Quarantine after the scores commit: a failed scoring run leaves both tables as they were.
+        write_quarantine(spark, quarantine_records(bad, sc.key_columns, day, run_id, now),
+                         cfg.lakehouse.path("quarantine"), day)
+    finally:
+        bad.unpersist()
+    scored = (spark.read.format("delta").load(cfg.lakehouse.path("scores"))
+              .where(F.col("dt") == day).count())
+    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where)
+    log(report.line())
+    return report

@@ -1,0 +1,61 @@
+"""Scoring's pure parts: unscorable rows, the candidates check, the gate rule."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.sql import types as T
+
+from esmm.config import CategoricalField, FeatureSpec, GateConfig, NumericField
+from pipelines.nightly_steps import gate_decision
+from pipelines.score import ScoringInputError, check_candidates, split_unscorable
+
+SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8)],
+                   numeric=[NumericField("price", transform="log1p")])
+SCHEMA = T.StructType([T.StructField("impression_id", T.StringType()),
+                       T.StructField("device", T.StringType()),
+                       T.StructField("price", T.StringType()),  # e.g. a JSON-landed table
+                       T.StructField("dt", T.StringType())])
+
+
+def test_split_unscorable_exact_rows(spark):
+    rows = [("a", "ios", "1.5", "d"), ("a", "ios", "1.5", "d"),  # exact duplicate: one row
+            ("b", None, None, "d"),  # NULL features are legitimate (filled by the mapping)
+            (None, "pc", "2", "d"), ("  ", "pc", "2", "d"),  # missing keys
+            ("c", "pc", "cheap", "d"),  # unparseable number
+            ("e", "pc", "1", "d"), ("e", "ios", "1", "d")]  # same key, different values
+    good, bad = split_unscorable(spark.createDataFrame(rows, SCHEMA), SPEC, ["impression_id"])
+    assert good.columns == ["impression_id", "device", "price", "dt"]
+    assert sorted(good.collect(), key=str) == sorted([("a", "ios", "1.5", "d"), ("b", None, None, "d")], key=str)
+    got = sorted(((r["impression_id"], r["device"], r["reason"]) for r in bad.collect()),
+                 key=lambda t: (str(t[0]), t[1]))
+    assert got == sorted([(None, "pc", "missing_key"), ("  ", "pc", "missing_key"),
+                          ("c", "pc", "unparseable:price"), ("e", "pc", "conflicting_duplicate_key"),
+                          ("e", "ios", "conflicting_duplicate_key")], key=lambda t: (str(t[0]), t[1]))
+
+
+def test_candidates_missing_columns_are_refused_by_name(spark):
+    df = spark.createDataFrame([("a", "ios", "d")], "impression_id string, device string, dt string")
+    with pytest.raises(ScoringInputError, match=r"candidates cand_table: missing key column\(s\) \[\] "
+                                                r"and raw feature column\(s\) \['price'\]"):
+        check_candidates(df, SPEC, ["impression_id"], "cand_table")
+    with pytest.raises(ScoringInputError, match=r"missing key column\(s\) \['request_id'\]"):
+        check_candidates(df.withColumn("price", df.device), SPEC, ["request_id"], "t")
+
+
+G = GateConfig(max_auc_drop=0.01, calibration_min=0.8, calibration_max=1.25)
+
+
+@pytest.mark.parametrize("cand, champ, promote", [
+    ({"ctcvr_auc": 0.70, "ctcvr_calibration": 1.0}, None, True),  # first model
+    ({"ctcvr_auc": 0.40, "ctcvr_calibration": 9.0}, None, True),  # first model, even if poor
+    ({"ctcvr_auc": 0.695, "ctcvr_calibration": 1.1}, {"ctcvr_auc": 0.70}, True),  # within the margin
+    ({"ctcvr_auc": 0.689, "ctcvr_calibration": 1.1}, {"ctcvr_auc": 0.70}, False),  # worse by > margin
+    ({"ctcvr_auc": 0.75, "ctcvr_calibration": 1.3}, {"ctcvr_auc": 0.70}, False),  # miscalibrated
+    ({"ctcvr_auc": 0.75, "ctcvr_calibration": 0.79}, {"ctcvr_auc": 0.70}, False),
+    ({"ctcvr_auc": math.nan, "ctcvr_calibration": 1.0}, {"ctcvr_auc": 0.70}, False),  # no AUC
+])
+def test_gate(cand, champ, promote):
+    ok, why = gate_decision(cand, champ, G)
+    assert ok is promote, why
+    assert why.startswith("promoted" if promote else "kept the champion")
