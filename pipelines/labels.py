@@ -629,7 +629,10 @@ def write_quarantine(rows: DataFrame, path: str, day: str) -> None:
     from pipelines.delta_io import write_delta
 
     rows = rows.select(*[F.col(f.name).cast(f.dataType) for f in QUARANTINE_SCHEMA.fields])
-    write_delta(rows, path, ["dt"], replace_where=f"dt IN ('{day}', '{UNKNOWN_DT}')")
+    # Only the label job's own sources: the scorer quarantines into the same table.
+    sources = ", ".join(f"'{x}'" for x in SOURCES)
+    write_delta(rows, path, ["dt"],
+                replace_where=f"dt IN ('{day}', '{UNKNOWN_DT}') AND source IN ({sources})")
 
 
 def new_run_id(prefix: str = "labels") -> str:
