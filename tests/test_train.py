@@ -116,3 +116,15 @@ def test_registry_round_trip_and_spark_reads_it(spark, lake, tmp_path):
     assert meta["kind"] == "escm2-ips" and meta["feature_mapping_id"] == TINY_SPEC.mapping_id
     out = model(torch.tensor([[1, 2]]), torch.tensor([[0.5]]))
     assert 0 < out["pcvr"].item() < 1
+
+
+def test_torch_distributor_runs_train(spark, lake, tmp_path):
+    """Spark's TorchDistributor launches train(cfg) on 2 local processes (gloo) and returns rank 0's result."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    cfg = make(lake, f"train.checkpoint_dir={tmp_path / 'ck'}", "train.register=false", "train.torch_threads=1",
+               f"lakehouse.tables.models={tmp_path / 'models'}")
+    r = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False).run(train, cfg)
+    assert r.rank == 0 and r.world_size == 2 and r.steps > 0
+    model, meta = registry.load_model(r.artifact_dir)
+    assert meta["training"]["world_size"] == 2
