@@ -63,13 +63,14 @@ class TrainResult:
     artifact_dir: Optional[str]
     examples_version: int
     steps: int
-    samples: int
+    samples: int  # rows this rank trained on (over all epochs, including before a resume)
     seconds: float
     samples_per_s: float
     resumed_from_step: int
     losses: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
+    total_samples: int = 0  # rows trained on by all ranks together
 
 
 @dataclass
@@ -282,11 +283,16 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
             break
     seconds = time.perf_counter() - t0
     bar.close()
+    total = samples
+    if d.world_size > 1:
+        box = torch.tensor([samples], dtype=torch.long, device=d.device)
+        dist.all_reduce(box)
+        total = int(box.item())
     result = TrainResult(rank=d.rank, world_size=d.world_size, model_id=None, artifact_dir=None,
                          examples_version=version, steps=step, samples=samples, seconds=seconds,
                          samples_per_s=(samples - samples0) / max(seconds, 1e-9),
                          resumed_from_step=resumed, losses=dict(running.values),
-                         checkpoint=str(ckpt_path))
+                         checkpoint=str(ckpt_path), total_samples=total)
     if d.is_main:
         _finish(cfg, model, snapshot, result, key, d)
     return result

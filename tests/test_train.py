@@ -57,7 +57,8 @@ def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path):
     # Both ranks stepped together (same count) although their shards hold 2 and 1 row groups,
     # and no row was skipped: 2 epochs x 1,800 rows between them.
     assert r0["steps"] == r1["steps"] > 0
-    assert r0["samples"] + r1["samples"] == 2 * 3 * ROWS_PER_DAY and r0["samples"] != r1["samples"]
+    assert r0["samples"] + r1["samples"] == 2 * 3 * ROWS_PER_DAY == r0["total"] == r1["total"]
+    assert r0["samples"] != r1["samples"]
     assert r1["model_id"] is None and r0["model_id"]
     state = torch.load(r0["checkpoint"], weights_only=True)
     assert state["step"] == r0["steps"] and state["epoch"] == 2
