@@ -15,7 +15,11 @@ Usage (from the repository root, venv active, PYTHONPATH=.)::
    (``--mem-model small``: embedding 4, tower [16], so 10M rows fit the time), and
    that process's peak RSS. It must stay flat as the table grows.
 
-The comparison with torch-rechub's ESMM is not included (see docs/model.md).
+3. ``rechub`` (with ``--rechub-python``, a python of a throwaway venv holding
+   torch-rechub): the same rows as the ratio run (exported to .npz) trained for one
+   epoch by torch-rechub's ESMM and trainer (benchmarks/rechub_esmm.py), same batch
+   size, embedding dimension and towers. Printed: our end-to-end rows/s over
+   rechub's (aim >= 3).
 """
 from __future__ import annotations
 
@@ -122,6 +126,27 @@ def ratio(root: str, rows: int, steps: int, extra: list[str]) -> dict:
             "ratio": r.samples_per_s / mem}
 
 
+def rechub(root: str, steps: int, rechub_python: str, threads: int, extra: list[str]) -> float:
+    """rows/s of torch-rechub's ESMM on the first steps*batch rows of the ratio table."""
+    from esmm.data import read_arrow, resolve_snapshot
+
+    cfg = _cfg(root, extra)
+    n = steps * cfg.train.batch_size
+    snap = resolve_snapshot(cfg.lakehouse.path("examples"), DATES)
+    cat_names = [f.name for f in cfg.features.categorical]
+    table = read_arrow(snap, ["click", "conversion", *cat_names]).slice(0, n)
+    npz = os.path.join(root, "rechub_rows.npz")
+    np.savez(npz, click=table.column("click").to_numpy(), conversion=table.column("conversion").to_numpy(),
+             buckets=json.dumps({f"cat_{f.name}": f.buckets for f in cfg.features.categorical}),
+             **{f"cat_{c}": table.column(c).to_numpy() for c in cat_names})
+    out = subprocess.run([rechub_python, str(REPO / "benchmarks" / "rechub_esmm.py"), npz,
+                          str(cfg.train.batch_size), str(threads), str(cfg.model.embedding_dim),
+                          *[str(h) for h in cfg.model.tower]], capture_output=True, text=True, cwd="/tmp")
+    if out.returncode != 0:
+        raise SystemExit(f"torch-rechub run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["rows_per_s"]
+
+
 def memory_child(root: str, extra: list[str]) -> None:
     """One full epoch; prints JSON with rows/s and this process's peak RSS."""
     from esmm.train import train
@@ -140,6 +165,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (train.torch_threads)")
     ap.add_argument("--mem-rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
     ap.add_argument("--mem-model", choices=["small", "paper"], default="small")
+    ap.add_argument("--rechub-python", help="python of a venv with torch-rechub (e.g. /tmp/rechub-venv/bin/python)")
     ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
@@ -153,6 +179,12 @@ def main() -> None:
         print(f"throughput ({res['steps']} steps x batch {args.batch_size}, paper-size model, "
               f"{args.threads} thread(s)): end-to-end {res['e2e_rows_per_s']:,.0f} rows/s, in-memory "
               f"{res['in_memory_rows_per_s']:,.0f} rows/s, ratio {res['ratio']:.2f} (aim >= 0.85)", flush=True)
+        if args.rechub_python:
+            rh = rechub(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.steps, args.rechub_python,
+                        args.threads, common)
+            print(f"torch-rechub ESMM (same {args.steps * args.batch_size:,} rows, batch, embedding, towers): "
+                  f"{rh:,.0f} rows/s; ours end-to-end / rechub = {res['e2e_rows_per_s'] / rh:.2f}x (aim >= 3)",
+                  flush=True)
     for rows in args.mem_rows:
         root = os.path.join(args.workdir, f"rows{rows}")
         cfg = _cfg(root, [])

@@ -124,9 +124,10 @@ def example_batches(snapshot: Snapshot, spec: FeatureSpec, batch_size: int, *,
 
     Petastorm's ``make_batch_reader`` reads the snapshot's files (row groups in
     a seeded random order when ``shuffle``; row group k goes to shard
-    k mod ``shard_count``), ``BatchedDataLoader`` turns column batches into
+    k mod ``shard_count``; with fewer row groups than shards, whole files
+    round-robin), ``BatchedDataLoader`` turns column batches into
     tensors through a shuffle buffer of ``shuffle_buffer`` rows. A shard with no
-    row group yields nothing (the trainer's stop flag handles it). Batches may be
+    file yields nothing (the trainer's stop flag ends the epoch for all ranks). Batches may be
     smaller than ``batch_size`` after the ``mature_only`` filter.
 
     Use as ``with example_batches(...) as batches: for b in batches: ...``.
@@ -138,21 +139,38 @@ def example_batches(snapshot: Snapshot, spec: FeatureSpec, batch_size: int, *,
     # per-call deprecation noise, which would bury the training log.
     for cat in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=cat, module=r"petastorm(\..*)?$")
+    files = list(snapshot.files)
+    if shard_count > 1 and _row_group_count(files) < shard_count:
+        # petastorm refuses to shard fewer row groups than shards (on every rank):
+        # give whole files round-robin instead; a rank left without one reads nothing.
+        files, cur_shard, shard_count = files[cur_shard::shard_count], None, None
+        if not files:
+            yield iter(())
+            return
     try:
-        reader = make_batch_reader(list(snapshot.files), schema_fields=_columns(spec), num_epochs=1,
+        reader = make_batch_reader(files, schema_fields=_columns(spec), num_epochs=1,
                                    shuffle_row_groups=shuffle, seed=seed, cur_shard=cur_shard,
                                    shard_count=shard_count, workers_count=workers)
     except Exception as e:
-        # petastorm refuses a shard without row groups; a rank with nothing to read is legal.
-        if "shard" in str(e).lower() and shard_count > 1:
-            yield iter(())
-            return
         raise ValueError(f"{snapshot.table_path} v{snapshot.version}: cannot read examples "
                          f"(columns {_columns(spec)}): {e}") from e
     with reader:
         loader = BatchedDataLoader(reader, batch_size=batch_size,
                                    shuffling_queue_capacity=shuffle_buffer if shuffle else 0)
         yield (b for b in (to_batch(cols, spec, mature_only) for cols in loader) if len(b))
+
+
+def _row_group_count(files: list[str]) -> int:
+    """Total Parquet row groups of ``files`` (footers only)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    total = 0
+    for url in files:
+        fs, path = pafs.FileSystem.from_uri(url)
+        with fs.open_input_file(path) as f:
+            total += pq.ParquetFile(f).metadata.num_row_groups
+    return total
 
 
 def read_arrow(snapshot: Snapshot, columns: list[str], filter_mature: bool = False):

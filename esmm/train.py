@@ -11,11 +11,12 @@ the model, the loss of ``cfg.model.kind`` (esmm.losses), and two optimizers: Ada
 on the towers, SparseAdam (or Adagrad) on the embedding table, whose gradient is
 sparse so a step touches only the rows of the batch.
 
-Uneven shards: before each step the ranks all-reduce (MIN) a "have a batch"
-flag and the epoch ends for all when any rank runs dry, so no rank waits forever
-in a gradient all-reduce. The cost is that the longer shards' tail of the epoch
-is skipped (at most the difference between shard sizes, and a different tail
-each epoch since the row-group order is reshuffled).
+Uneven shards (a rank may even have no file at all): before each step the ranks
+all-reduce (MAX) a "have a batch" flag. While any rank has data, a rank that ran
+dry still steps, on a one-row dummy batch whose loss is multiplied by 0, so every
+rank joins every gradient all-reduce (what DDP's Join context does) and the
+replicas stay identical; the epoch ends when all ranks are dry. No row is skipped;
+in those tail steps the gradient average includes the dry ranks' zeros.
 
 Rank 0 shows a progress bar (rows/s, running losses), writes checkpoints
 atomically every ``checkpoint_every`` steps and at each epoch end, evaluates,
@@ -62,13 +63,14 @@ class TrainResult:
     artifact_dir: Optional[str]
     examples_version: int
     steps: int
-    samples: int
+    samples: int  # rows this rank trained on (over all epochs, including before a resume)
     seconds: float
     samples_per_s: float
     resumed_from_step: int
     losses: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
+    total_samples: int = 0  # rows trained on by all ranks together
 
 
 @dataclass
@@ -136,13 +138,18 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)  # readers see the old or the new checkpoint, never half of one
 
 
-def _all_have_batch(have: bool, d: _Dist) -> bool:
+def _any_has_batch(have: bool, d: _Dist) -> bool:
     if d.world_size == 1:
         return have
-    flag = torch.tensor([1 if have else 0], dtype=torch.int32,
-                        device=d.device if d.device.type == "cuda" else "cpu")
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    flag = torch.tensor([1 if have else 0], dtype=torch.int32, device=d.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def _dummy_batch(cfg: Config) -> Batch:
+    """One all-zero row: a dry rank's stand-in so it joins the gradient all-reduce."""
+    return Batch(torch.zeros(1, len(cfg.features.categorical), dtype=torch.long),
+                 torch.zeros(1, len(cfg.features.numeric)), torch.zeros(1), torch.zeros(1))
 
 
 class _Running:
@@ -239,24 +246,25 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
             done_in_epoch = 0
             while True:
                 batch: Optional[Batch] = next(it, None)
-                if not _all_have_batch(batch is not None, d):
+                if not _any_has_batch(batch is not None, d):
                     break
                 if epoch == epoch0 and done_in_epoch < skip:  # resume: batches already trained
                     done_in_epoch += 1
                     continue
-                b = batch.to(d.device)
+                dry = batch is None
+                b = (_dummy_batch(cfg) if dry else batch).to(d.device)
                 out = net(b.cat, b.num)
                 loss = compute_loss(out, b.click, b.conversion, cfg.model)
                 dense_opt.zero_grad(set_to_none=True)
                 emb_opt.zero_grad(set_to_none=True)
-                loss.total.backward()
+                (loss.total * 0.0 if dry else loss.total).backward()
                 dense_opt.step()
                 emb_opt.step()
                 step += 1
                 done_in_epoch += 1
-                samples += len(b)
-                bar.update(len(b))
-                if d.is_main and (step % t.log_every == 0 or step == 1):
+                samples += 0 if dry else len(b)
+                bar.update(0 if dry else len(b))
+                if d.is_main and not dry and (step % t.log_every == 0 or step == 1):
                     running.update(loss.parts)
                     secs = time.perf_counter() - t0
                     bar.set_postfix({"rows/s": f"{(samples - samples0) / max(secs, 1e-9):,.0f}",
@@ -275,11 +283,16 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
             break
     seconds = time.perf_counter() - t0
     bar.close()
+    total = samples
+    if d.world_size > 1:
+        box = torch.tensor([samples], dtype=torch.long, device=d.device)
+        dist.all_reduce(box)
+        total = int(box.item())
     result = TrainResult(rank=d.rank, world_size=d.world_size, model_id=None, artifact_dir=None,
                          examples_version=version, steps=step, samples=samples, seconds=seconds,
                          samples_per_s=(samples - samples0) / max(seconds, 1e-9),
                          resumed_from_step=resumed, losses=dict(running.values),
-                         checkpoint=str(ckpt_path))
+                         checkpoint=str(ckpt_path), total_samples=total)
     if d.is_main:
         _finish(cfg, model, snapshot, result, key, d)
     return result

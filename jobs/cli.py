@@ -187,8 +187,8 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     r = train(cfg)
     if r.rank == 0:
         print(f"trained {cfg.model.kind} on {cfg.lakehouse.path('examples')} v{r.examples_version} "
-              f"({cfg.train.train_start}..{cfg.train.train_end}): {r.steps:,} steps, {r.samples:,} rows "
-              f"in {r.seconds:.1f}s ({r.samples_per_s:,.0f} rows/s x {r.world_size} rank(s))")
+              f"({cfg.train.train_start}..{cfg.train.train_end}): {r.steps:,} steps, {r.total_samples:,} rows "
+              f"on {r.world_size} rank(s) in {r.seconds:.1f}s (rank 0: {r.samples_per_s:,.0f} rows/s)")
         print(f"model {r.model_id} -> {r.artifact_dir}")
         if r.metrics:
             print(format_table({r.model_id or cfg.model.kind: r.metrics}))

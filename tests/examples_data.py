@@ -65,6 +65,6 @@ def ddp_worker(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
     torch.set_num_threads(1)
     r = train(cfg)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"steps": r.steps, "samples": r.samples, "model_id": r.model_id,
+        json.dump({"steps": r.steps, "samples": r.samples, "total": r.total_samples, "model_id": r.model_id,
                    "artifact_dir": r.artifact_dir, "checkpoint": r.checkpoint,
                    "version": r.examples_version}, f)

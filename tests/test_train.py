@@ -54,8 +54,11 @@ def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path):
     torch.multiprocessing.spawn(ddp_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
-    # Both ranks stepped together (same count) although their shards hold 2 and 1 row groups.
+    # Both ranks stepped together (same count) although their shards hold 2 and 1 row groups,
+    # and no row was skipped: 2 epochs x 1,800 rows between them.
     assert r0["steps"] == r1["steps"] > 0
+    assert r0["samples"] + r1["samples"] == 2 * 3 * ROWS_PER_DAY == r0["total"] == r1["total"]
+    assert r0["samples"] != r1["samples"]
     assert r1["model_id"] is None and r0["model_id"]
     state = torch.load(r0["checkpoint"], weights_only=True)
     assert state["step"] == r0["steps"] and state["epoch"] == 2
@@ -116,3 +119,15 @@ def test_registry_round_trip_and_spark_reads_it(spark, lake, tmp_path):
     assert meta["kind"] == "escm2-ips" and meta["feature_mapping_id"] == TINY_SPEC.mapping_id
     out = model(torch.tensor([[1, 2]]), torch.tensor([[0.5]]))
     assert 0 < out["pcvr"].item() < 1
+
+
+def test_torch_distributor_runs_train(spark, lake, tmp_path):
+    """Spark's TorchDistributor launches train(cfg) on 2 local processes (gloo) and returns rank 0's result."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    cfg = make(lake, f"train.checkpoint_dir={tmp_path / 'ck'}", "train.register=false", "train.torch_threads=1",
+               f"lakehouse.tables.models={tmp_path / 'models'}")
+    r = TorchDistributor(num_processes=2, local_mode=True, use_gpu=False).run(train, cfg)
+    assert r.rank == 0 and r.world_size == 2 and r.steps > 0
+    model, meta = registry.load_model(r.artifact_dir)
+    assert meta["training"]["world_size"] == 2
