@@ -253,6 +253,12 @@ def _between(c: Column, lo: int, hi: int) -> Column:
     return (c >= F.lit(lo)) & (c <= F.lit(hi))
 
 
+def arrived_between(first: str, last: str) -> Column:
+    """Partition filter on dt (pushed down to Delta / partitioned folders): the branches
+    that need one day's rows must not scan the whole lookback at full width."""
+    return (F.col("dt") >= first) & (F.col("dt") <= last)
+
+
 def raw_columns(df: DataFrame) -> list[str]:
     """The source's own columns (without Spark's corrupt-record and our ``__`` columns)."""
     return [c for c in df.columns if c != CORRUPT and not c.startswith("__")]
@@ -308,10 +314,12 @@ def impressions_of_day(imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
     also outranked by a copy on one of the ``dedupe_days`` days before, so such an
     impression is left to the earlier day (that run keeps it).
     """
-    day = imps_ok.where(F.col("__date") == sc.day)
+    L_us = w.max_lateness * US
+    day = imps_ok.where(arrived_between(sc.day, _date_str(sc.day_hi + L_us)) & (F.col("__date") == sc.day))
     first = _date_str(sc.day_lo - w.dedupe_days * DAY_US)
     narrow = ["impression_id", "__us", "dt", "__h", "__date"]
-    earlier = (imps_ok.where((F.col("__date") >= first) & (F.col("__date") < sc.day))
+    earlier = (imps_ok.where(arrived_between(first, _date_str(sc.day_lo - 1 + L_us))
+                             & (F.col("__date") >= first) & (F.col("__date") < sc.day))
                .select(*narrow))
     fields = {f.name: f.dataType for f in day.schema.fields}
     padded = earlier.select(*[F.col(c) if c in narrow else F.lit(None).cast(fields[c]).alias(c)
@@ -478,9 +486,13 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
         persisted += [imps_day, status, attributed]
     labels = label_rows(imps_day, status, attributed, sc, w)
 
-    owned_bad = {s: df.where(F.col("__reason").isNotNull() & F.col("__owner").isin(day, UNKNOWN_DT))
+    # A bad record's owner is its dt (or 'unknown'), so only those partitions are scanned.
+    dt_ = F.col("dt")
+    own_dt = (dt_ == day) | dt_.isNull() | ~dt_.rlike(DATE_RE)
+    owned_bad = {s: df.where(own_dt & F.col("__reason").isNotNull() & F.col("__owner").isin(day, UNKNOWN_DT))
                  for s, df in chk.items()}
     is_day = F.col("__date") == day
+    day_arrivals = arrived_between(day, _date_str(sc.day_hi + w.max_lateness * US))
     q = [quarantine_rows(owned_bad[s], s, F.col("__owner")) for s in SOURCES]
     q.append(quarantine_rows(status.where(is_day & F.col("__reason").isNotNull()), "clicks", F.lit(day)))
     q.append(quarantine_rows(attributed.where(is_day & F.col("__reason").isNotNull()), "conversions",
@@ -491,7 +503,8 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
     def fate(df: DataFrame, source: str, f: Column, reason: Column) -> DataFrame:
         return df.select(F.lit(source).alias("source"), f.alias("fate"), reason.alias("reason"))
 
-    late = {s: chk[s].where(F.col("__reason").isNull() & is_day & (F.col("__us") > a)) for s in SOURCES}
+    late = {s: chk[s].where(day_arrivals & F.col("__reason").isNull() & is_day & (F.col("__us") > a))
+            for s in SOURCES}
     rows = [fate(owned_bad[s], s, F.lit("quarantined"), F.col("__reason")) for s in SOURCES]
     rows += [fate(late[s], s, F.lit("after_as_of"), F.lit(None).cast("string")) for s in SOURCES]
     rows.append(fate(imps_day, "impressions",

@@ -26,8 +26,8 @@ def _ok_id(c: str) -> str:
 def _visible(as_of: str, w: Windows) -> str:
     """ts present, arrived in time (date(ts) <= dt <= date(ts + L)), and ts <= as_of."""
     return (f"ts IS NOT NULL AND dt IS NOT NULL AND ts <= TIMESTAMP '{as_of}' "
-            f"AND dt >= CAST(CAST(ts AS DATE) AS VARCHAR) "
-            f"AND dt <= CAST(CAST(ts + INTERVAL {w.max_lateness} SECOND AS DATE) AS VARCHAR)")
+            f"AND dt >= CAST(CAST(ts AS DATE) AS STRING) "
+            f"AND dt <= CAST(CAST(ts + INTERVAL {w.max_lateness} SECOND AS DATE) AS STRING)")
 
 
 def label_sql(impressions: str, clicks: str, conversions: str, day: str,
@@ -79,7 +79,7 @@ LEFT JOIN (SELECT impression_id, min(ts) AS first_click_ts FROM valid_clk GROUP 
   ON d.impression_id = c.impression_id
 LEFT JOIN (SELECT impression_id, min(ts) AS conversion_ts FROM attributed GROUP BY impression_id) a
   ON d.impression_id = a.impression_id
-WHERE CAST(CAST(d.ts AS DATE) AS VARCHAR) = '{day}'
+WHERE CAST(CAST(d.ts AS DATE) AS STRING) = '{day}'
 """
 
 
