@@ -1,30 +1,41 @@
 """``esmm bench quality``: naive vs ESMM vs ESCM2-IPS/DR on generated logs, several seeds.
 
-Steps: generate logs (``pipelines.generate``) -> label and encode into
-``curated/examples`` -> train each model kind with each seed on days 1..n-1 ->
-evaluate on day n -> one table of mean ± std per metric (like Table 2 of the
-ESMM paper, plus the truth-based metrics).
+Steps (the production pipeline, nothing bench-specific in between):
 
-TEMPORARY minimal labelling (:func:`minimal_examples`): the label and feature
-jobs of issue 3 are not on main yet, so this bench labels the generator output
-itself: impressions deduplicated by id; click = a click with that impression id
-within ``labels.click_window``; conversion = a conversion whose click_id belongs
-to a click of the impression, within ``labels.attribution_window`` of that click.
-Conversions without click_id (which need last-touch attribution) are not
-generated here (``generate.no_click_id_rate=0``) rather than mis-attributed;
-malformed records are off (the generator's default). All generated conversions
-are in the raw table already (the generator writes future ones too), so every
-label is mature (``label_mature`` = true). Replace by the issue-3 jobs when they land.
+1. ``pipelines.generate.run``: raw/impressions, raw/clicks, raw/conversions and
+   sim/truth for ``generate.days`` days, with the generator's defaults (duplicates,
+   late arrivals, multi-clicks and ``no_click_id_rate`` = 0.1 conversions that need
+   last-touch attribution: the label job's attribution is part of what is measured).
+   Only the size (``--size``) and, with ``--cvr``, ``generate.cvr`` are set.
+2. ``pipelines.labels.run`` for every generated day, all with one as-of time
+   (:func:`backfill_as_of`)::
+
+       as_of = end of the last generated day (next midnight UTC)
+               + labels.click_window + labels.attribution_window
+
+   i.e. a backfill run once the logs are complete. The generator writes every
+   event at once, including clicks and conversions that happen after the last day
+   (with their own future ``dt``); ``as_of`` decides what counts. With this as-of
+   every impression of every generated day has ``ts + click_window +
+   attribution_window <= as_of``, so all its rows have ``label_mature`` = true
+   (checked: :func:`prepare` fails otherwise). A smaller as-of (e.g. each day's
+   own end, the nightly default) would leave the last days' conversions
+   unobserved and their rows immature, which ``train.mature_only`` would drop.
+3. ``pipelines.features.run`` for the same days -> ``curated/examples``.
+4. ``esmm.train.train(cfg)`` for each model kind and seed: train on days
+   1..n-1, evaluate on day n (with sim/truth metrics).
+5. One table of mean ± sample std over seeds per metric (like Table 2 of the
+   ESMM paper, plus the truth-based metrics).
 """
 from __future__ import annotations
 
-import dataclasses
+import datetime as dt
 import math
 import time
 from typing import Optional
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from esmm.config import MODEL_KINDS, Config, load_config
@@ -38,52 +49,47 @@ SIZES = {  # name: (days, impressions per day); the last day is the evaluation d
 }
 
 
-def minimal_examples(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame,
-                     cfg: Config) -> DataFrame:
-    """Raw logs -> rows of the ``curated/examples`` contract (see module docstring)."""
-    from pipelines.features import encode_features
-
-    click_window = cfg.labels.seconds("click_window")
-    attribution = cfg.labels.seconds("attribution_window")
-    imp = impressions.dropDuplicates(["impression_id"])
-    clk = clicks.dropDuplicates(["click_id"]).select(
-        "click_id", F.col("impression_id"), F.col("ts").alias("click_ts"))
-    clk = clk.join(imp.select("impression_id", F.col("ts").alias("imp_ts")), "impression_id").where(
-        F.col("click_ts").cast("long") - F.col("imp_ts").cast("long") <= click_window)
-    clicked = clk.groupBy("impression_id").agg(F.lit(1).alias("click"))
-    conv = conversions.dropDuplicates(["conversion_id"]).where(F.col("click_id").isNotNull()).select(
-        "click_id", F.col("ts").alias("conv_ts")).join(clk, "click_id").where(
-        (F.col("conv_ts").cast("long") - F.col("click_ts").cast("long")).between(0, attribution))
-    converted = conv.groupBy("impression_id").agg(F.lit(1).alias("conversion"))
-    labelled = (imp.join(clicked, "impression_id", "left").join(converted, "impression_id", "left")
-                .select("*", F.coalesce("click", F.lit(0)).cast("int").alias("_c"),
-                        F.coalesce("conversion", F.lit(0)).cast("int").alias("_v"))
-                .drop("click", "conversion", "dt")
-                .withColumnRenamed("_c", "click").withColumnRenamed("_v", "conversion")
-                .withColumn("dt", F.date_format(F.col("ts"), "yyyy-MM-dd"))
-                .withColumn("label_mature", F.lit(True)))
-    enc = encode_features(labelled, cfg.features)
-    cols = ["impression_id", "dt", "click", "conversion", "label_mature",
-            *[f.name for f in cfg.features.categorical], *[f.name for f in cfg.features.numeric],
-            "feature_mapping_id"]
-    return enc.select(*cols)
+def bench_overrides(size: str, cvr: Optional[float] = None) -> list[str]:
+    """Config overrides of a bench size: only the amount of data (and the conversion
+    rate when asked); every other generator setting keeps its default."""
+    days, per_day = SIZES[size]
+    gen = [f"generate.days={days}", f"generate.impressions_per_day={per_day}"]
+    if cvr is not None:
+        gen.append(f"generate.cvr={cvr}")
+    return gen
 
 
-def prepare(spark: SparkSession, cfg: Config) -> dict[str, int]:
-    """Generate raw logs and sim/truth, then write curated/examples. Returns row counts."""
-    from pipelines import generate
-    from pipelines.delta_io import read_delta, write_delta
+def backfill_as_of(cfg: Config) -> dt.datetime:
+    """As-of time of the bench's label runs: the end of the last generated day plus
+    click_window + attribution_window, so every generated day's labels are mature."""
+    from pipelines.labels import default_as_of
 
+    return default_as_of(cfg.generate.dates[-1]) + dt.timedelta(
+        seconds=cfg.labels.seconds("click_window") + cfg.labels.seconds("attribution_window"))
+
+
+def prepare(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
+    """Generate logs, label every generated day (as of :func:`backfill_as_of`) and build
+    ``curated/examples`` for them. Returns counts (raw tables, labelled clicks and
+    conversions, examples). Raises RuntimeError when any example row is immature."""
+    from pipelines import features, generate, labels
+    from pipelines.delta_io import read_delta
+
+    dates = cfg.generate.dates
     counts = generate.run(spark, cfg)
-    ex = minimal_examples(read_delta(spark, cfg.lakehouse.path("impressions")),
-                          read_delta(spark, cfg.lakehouse.path("clicks")),
-                          read_delta(spark, cfg.lakehouse.path("conversions")), cfg)
-    # One file per day and a few row groups per file: row-group shuffling has units to shuffle.
+    as_of = backfill_as_of(cfg)
+    log(f"bench quality: labelling {dates[0]}..{dates[-1]} as of {as_of.isoformat()}")
+    reports = labels.run(spark, cfg, dates, as_of, log=log)
+    counts["label_clicks"] = sum(r.clicks for r in reports)
+    counts["label_conversions"] = sum(r.conversions for r in reports)
+    per_day = features.run(spark, cfg, dates, log=log)
+    counts["examples"] = sum(per_day.values())
     path = cfg.lakehouse.path("examples")
-    (ex.repartition(len(cfg.generate.dates), "dt").write.format("delta").mode("overwrite")
-     .option("overwriteSchema", "true").option("parquet.block.size", str(4 * 1024 * 1024))
-     .partitionBy("dt").save(path))
-    counts["examples"] = spark.read.format("delta").load(path).count()
+    immature = {r["dt"]: r["count"] for r in read_delta(spark, path)
+                .where(F.col("dt").isin(*dates) & ~F.col("label_mature")).groupBy("dt").count().collect()}
+    if immature:
+        raise RuntimeError(f"{path}: rows with label_mature=false on {immature} although labelled "
+                           f"as of {as_of.isoformat()}; training would drop them")
     return counts
 
 
@@ -101,10 +107,7 @@ def run(spark: Optional[SparkSession], conf_files: list[str], base_overrides: li
     from esmm.train import train
 
     days, per_day = SIZES[size]
-    gen = [f"generate.days={days}", f"generate.impressions_per_day={per_day}",
-           "generate.no_click_id_rate=0.0", "generate.malformed_rate=0.0"]
-    if cvr is not None:
-        gen.append(f"generate.cvr={cvr}")
+    gen = bench_overrides(size, cvr)
     cfg = load_config(conf_files, [*base_overrides, *gen])
     dates = cfg.generate.dates
     t0 = time.time()
@@ -132,7 +135,7 @@ def run(spark: Optional[SparkSession], conf_files: list[str], base_overrides: li
     first = next(iter(results.values()))[0]
     head = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train "
             f"{dates[0]}..{dates[-2]}, eval {dates[-1]}), ctr={cfg.generate.ctr}, cvr={cfg.generate.cvr}, "
-            f"{seeds} seed(s), {epochs} epoch(s); eval rows={first.get('rows', 0):,.0f} "
+            f"labels as of {backfill_as_of(cfg):%Y-%m-%dT%H:%MZ}, {seeds} seed(s), {epochs} epoch(s); eval rows={first.get('rows', 0):,.0f} "
             f"clicks={first.get('clicks', 0):,.0f} conversions={first.get('conversions', 0):,.0f}; "
             f"{time.time() - t0:.0f}s")
     # Transposed (metrics as rows) so the four models fit side by side.
