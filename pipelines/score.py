@@ -47,7 +47,7 @@ import io
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -151,35 +151,88 @@ def _blank(c: str) -> Column:
     return F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == "")
 
 
-def split_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str]) -> tuple[DataFrame, DataFrame]:
-    """(scorable rows, rows with a ``reason`` column) of the candidates ``df``.
-
-    Exact duplicate rows (at-least-once delivery) collapse to one. A row is
-    unscorable when a key is NULL/blank (``missing_key``), when a numeric
-    feature holds a value that does not parse as a number (``unparseable:<col>``;
-    NULL is a legitimate missing value and is filled by the mapping), or when
-    its key repeats with different values (``conflicting_duplicate_key``: no row
-    can be chosen honestly, so none is scored). Output rows keep ``df``'s columns.
-    """
-    cols = df.columns
+def _row_reason(spec: FeatureSpec, keys: list[str]) -> Column:
+    """The reason a single row cannot be scored (NULL: it can), before any duplicate check."""
     reason = F.lit(None).cast("string")
     for f in reversed(spec.numeric):
         raw = F.col(f.source)
         bad = raw.isNotNull() & raw.cast("double").isNull()
         reason = F.when(bad, F.lit(f"unparseable:{f.source}")).otherwise(reason)
+    return F.when(_missing_key(keys), F.lit("missing_key")).otherwise(reason)
+
+
+def _missing_key(keys: list[str]) -> Column:
     missing = None
     for k in keys:
         missing = _blank(k) if missing is None else (missing | _blank(k))
-    reason = F.when(missing, F.lit("missing_key")).otherwise(reason)
-    distinct = df.dropDuplicates()
+    return missing
+
+
+def row_reason_counts(df: DataFrame, spec: FeatureSpec, keys: list[str]) -> tuple[dict[str, int], bool]:
+    """(rows per per-row reason, whether a non-blank key repeats) of ``df`` in one Spark job.
+
+    Per-row reasons are ``missing_key`` and ``unparseable:<col>`` (a known set);
+    a key repeats when the non-blank-key rows outnumber their distinct keys. The
+    distinct count shuffles only the key columns. This replaces a duplicate
+    check and a count of the unscorable rows by one pass over the candidates.
+    """
+    reason = _row_reason(spec, keys)
+    known = ["missing_key"] + [f"unparseable:{f.source}" for f in spec.numeric]
+    keyed = ~_missing_key(keys)
+    aggs = [F.count(F.when(reason == r, 1)).alias(f"r{i}") for i, r in enumerate(known)]
+    aggs += [F.count(F.when(keyed, 1)).alias("n_keyed"),
+             F.countDistinct(*[F.when(keyed, F.col(k)) for k in keys]).alias("n_keys")]
+    row = df.agg(*aggs).collect()[0]
+    counts = {r: int(row[f"r{i}"]) for i, r in enumerate(known) if row[f"r{i}"]}
+    return counts, int(row["n_keyed"]) > int(row["n_keys"])
+
+
+def tag_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str], keys_unique: bool = False) -> DataFrame:
+    """``df`` with exact duplicate rows collapsed and a ``reason`` column (NULL: scorable).
+
+    Reasons, first match wins: ``missing_key`` (a key NULL/blank),
+    ``unparseable:<col>`` (a numeric feature holds a value that does not parse
+    as a number; NULL is a legitimate missing value filled by the mapping),
+    ``conflicting_duplicate_key`` (the key repeats with different values: no row
+    can be chosen honestly, so none is scored).
+
+    ``keys_unique=True`` promises that no non-blank key repeats (see
+    :func:`row_reason_counts`): then no row can be a duplicate of another
+    except among the blank-key rows, and the tagging is a per-row projection
+    without any shuffle. Otherwise one shuffle, by the keys: rows are
+    hash-partitioned on the keys, which also co-locates exact duplicates (they
+    share the keys), so the duplicate collapse and the per-key window both run
+    on that one exchange instead of each adding its own.
+    """
+    if keys_unique:
+        return df.withColumn("reason", _row_reason(spec, keys))
     per_key = Window.partitionBy(*[F.col(k) for k in keys])
-    tagged = distinct.withColumn("reason", reason)
-    tagged = tagged.withColumn(
+    tagged = df.repartition(*[F.col(k) for k in keys]).dropDuplicates().withColumn("reason", _row_reason(spec, keys))
+    return tagged.withColumn(
         "reason", F.when(F.col("reason").isNull() & (F.count(F.lit(1)).over(per_key) > 1),
                          F.lit("conflicting_duplicate_key")).otherwise(F.col("reason")))
+
+
+def split_tagged(tagged: DataFrame, keys_unique: bool = False) -> tuple[DataFrame, DataFrame]:
+    """(scorable rows without ``reason``, unscorable rows with it) of :func:`tag_unscorable`'s output."""
+    cols = [c for c in tagged.columns if c != "reason"]
     good = tagged.where(F.col("reason").isNull()).select(*cols)
     bad = tagged.where(F.col("reason").isNotNull())
+    if keys_unique:
+        # Only blank-key rows can repeat here; collapse them among the (few) unscorable rows.
+        bad = bad.dropDuplicates()
     return good, bad
+
+
+def split_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str],
+                     keys_unique: bool = False) -> tuple[DataFrame, DataFrame]:
+    """(scorable rows, rows with a ``reason`` column) of the candidates ``df``.
+
+    Exact duplicate rows (at-least-once delivery) collapse to one; the reasons
+    are :func:`tag_unscorable`'s. ``keys_unique`` as there: the result is the
+    same either way when the promise holds. Output rows keep ``df``'s columns.
+    """
+    return split_tagged(tag_unscorable(df, spec, keys, keys_unique), keys_unique)
 
 
 def quarantine_records(bad: DataFrame, keys: list[str], day: str, run_id: str,
@@ -191,10 +244,7 @@ def quarantine_records(bad: DataFrame, keys: list[str], day: str, run_id: str,
         key = F.col(keys[0]).cast("string")
     else:
         key = F.to_json(F.struct(*[F.col(k) for k in keys]))
-    missing = None
-    for k in keys:
-        missing = _blank(k) if missing is None else (missing | _blank(k))
-    rid = F.when(missing, F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(key)
+    rid = F.when(_missing_key(keys), F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(key)
     return bad.select(F.lit("score").alias("source"), rid.alias("record_id"), F.col("reason"),
                       record.alias("record"), F.lit(run_id).alias("run_id"),
                       F.lit(now).cast("timestamp").alias("quarantined_at"), F.lit(day).alias("dt"))
@@ -272,27 +322,68 @@ def read_candidates(spark: SparkSession, cfg: Config, day: str) -> tuple[DataFra
     return df.where(F.col(sc.date_column) == day), where
 
 
-def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: str) -> None:
-    """One Delta commit replacing day ``day`` of ``serving/scores`` (see module docstring)."""
+def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: str,
+                 run_id: Optional[str] = None) -> None:
+    """One Delta commit replacing day ``day`` of ``serving/scores`` (see module docstring).
+
+    ``run_id`` is recorded as the commit's userMetadata, so the job can read its
+    row count from its own commit (:func:`_committed_rows`) instead of a scan.
+    """
     from delta.tables import DeltaTable
 
     spark = scores.sparkSession
     if mode == "merge" and DeltaTable.isDeltaTable(spark, path):
         on = " AND ".join([f"t.`{k}` = s.`{k}`" for k in keys] + [f"t.dt = '{day}'", "s.dt = t.dt"])
-        (DeltaTable.forPath(spark, path).alias("t").merge(scores.alias("s"), on)
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll()
-         .whenNotMatchedBySourceDelete(condition=f"t.dt = '{day}'").execute())
+        key = "spark.databricks.delta.commitInfo.userMetadata"
+        prev = spark.conf.get(key, None)
+        if run_id:
+            spark.conf.set(key, run_id)
+        try:
+            (DeltaTable.forPath(spark, path).alias("t").merge(scores.alias("s"), on)
+             .whenMatchedUpdateAll().whenNotMatchedInsertAll()
+             .whenNotMatchedBySourceDelete(condition=f"t.dt = '{day}'").execute())
+        finally:
+            if prev is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, prev)
         return
-    (scores.write.format("delta").mode("overwrite").partitionBy("dt")
-     .option("replaceWhere", f"dt = '{day}'").save(path))
+    w = scores.write.format("delta").mode("overwrite").partitionBy("dt").option("replaceWhere", f"dt = '{day}'")
+    if run_id:
+        w = w.option("userMetadata", run_id)
+    w.save(path)
 
 
-def write_quarantine(spark: SparkSession, rows: DataFrame, path: str, day: str) -> None:
-    """Replace this job's quarantine rows of ``day`` (source 'score') in one commit."""
+def _committed_rows(spark: SparkSession, path: str, run_id: str) -> Optional[int]:
+    """Rows of day D after this run's commit (tagged ``run_id``), from its metrics; None if not found.
+
+    A replaceWhere commit's ``numOutputRows`` and a MERGE's ``numSourceRows`` both
+    equal the day's rows afterwards (the MERGE deletes what the source lacks).
+    """
+    from delta.tables import DeltaTable
+
+    for r in DeltaTable.forPath(spark, path).history(20).select("userMetadata", "operationMetrics").collect():
+        if r["userMetadata"] == run_id:
+            m = r["operationMetrics"] or {}
+            n = m.get("numOutputRows") if "numOutputRows" in m else m.get("numSourceRows")
+            return int(n) if n is not None else None
+    return None
+
+
+def write_quarantine(spark: SparkSession, rows: DataFrame, path: str, day: str, empty: bool = False) -> None:
+    """Replace this job's quarantine rows of ``day`` (source 'score') in one commit.
+
+    ``empty=True`` (the caller knows ``rows`` has none, the usual case) deletes
+    the day's earlier score rows instead of running a MERGE, which would scan
+    both sides for nothing; no commit happens when there were none.
+    """
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, path):
         rows.write.format("delta").partitionBy("dt").mode("append").save(path)
+        return
+    if empty:
+        DeltaTable.forPath(spark, path).delete(f"dt = '{day}' AND source = 'score'")
         return
     scope = f"t.dt = '{day}' AND t.source = 'score'"
     (DeltaTable.forPath(spark, path).alias("t")
@@ -310,6 +401,7 @@ class ScoreReport:
     quarantined: dict[str, int]
     seconds: float
     candidates: str
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the job, for tuning
 
     def line(self) -> str:
         q = ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())) or "none"
@@ -330,15 +422,49 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
             f"configuration {cfg.features.mapping_id}; encoding with the model's own spec")
     run_id = run_id or f"score-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    phases: dict[str, float] = {}
+    t = time.time()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now_ = time.time()
+        phases[name] = round(now_ - t, 2)
+        t = now_
+
     cand, where = read_candidates(spark, cfg, day)
     check_candidates(cand, spec, sc.key_columns, where)
     raw_cols = list(dict.fromkeys(sc.key_columns + [f.source for f in spec.categorical]
                                   + [f.source for f in spec.numeric]))
-    good, bad = split_unscorable(cand.select(*raw_cols), spec, sc.key_columns)
+    base = cand.select(*raw_cols)
+    # Usually every key is unique: then the split is a per-row projection and the
+    # scoring pass reads the candidates without any shuffle of whole rows.
+    row_counts, repeats = row_reason_counts(base, spec, sc.key_columns)
+    keys_unique = not repeats
+    lap("check")
+    tagged = tag_unscorable(base, spec, sc.key_columns, keys_unique)
+    if not keys_unique:
+        # The shuffled split feeds both the scores and the quarantine: compute it once.
+        tagged = tagged.persist()
+    good, bad = split_tagged(tagged, keys_unique)
     bad = bad.persist()
     try:
-        quarantined = {r["reason"]: int(r["n"]) for r in bad.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        if keys_unique:
+            # The unscorable rows are exactly the per-row reasons counted above (blank-key
+            # exact duplicates collapse in the quarantine, so count those rows only if any).
+            quarantined = row_counts
+            if row_counts.get("missing_key"):
+                quarantined = {r["reason"]: int(r["n"]) for r in
+                               bad.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        else:
+            quarantined = {r["reason"]: int(r["n"]) for r in
+                           bad.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+        lap("split")
         encoded = encode_features(good, spec)
+        parallelism = spark.sparkContext.defaultParallelism
+        if keys_unique and encoded.rdd.getNumPartitions() < parallelism:
+            # Unshuffled, a day landed as one or two files would run the model in one or two
+            # tasks. (Only planned here: the plan holds no exchange, so nothing executes.)
+            encoded = encoded.repartition(parallelism)
         prev_batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.batch_size))
         try:
@@ -347,16 +473,23 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
                                    F.lit(model.model_id).alias("model_id"),
                                    F.lit(now).cast("timestamp").alias("scored_at"),
                                    F.lit(day).alias("dt"))
-            write_scores(scores, cfg.lakehouse.path("scores"), day, sc.key_columns, sc.write_mode)
+            write_scores(scores, cfg.lakehouse.path("scores"), day, sc.key_columns, sc.write_mode, run_id)
         finally:
             spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", prev_batch)
+        lap("score_write")
         # Quarantine after the scores commit: a failed scoring run leaves both tables as they were.
         write_quarantine(spark, quarantine_records(bad, sc.key_columns, day, run_id, now),
-                         cfg.lakehouse.path("quarantine"), day)
+                         cfg.lakehouse.path("quarantine"), day, empty=not quarantined)
+        lap("quarantine_write")
     finally:
         bad.unpersist()
-    scored = (spark.read.format("delta").load(cfg.lakehouse.path("scores"))
-              .where(F.col("dt") == day).count())
-    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where)
+        if not keys_unique:
+            tagged.unpersist()
+    scored = _committed_rows(spark, cfg.lakehouse.path("scores"), run_id)
+    if scored is None:
+        scored = (spark.read.format("delta").load(cfg.lakehouse.path("scores"))
+                  .where(F.col("dt") == day).count())
+    lap("count")
+    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases)
     log(report.line())
     return report

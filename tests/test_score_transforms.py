@@ -8,7 +8,7 @@ from pyspark.sql import types as T
 
 from esmm.config import CategoricalField, FeatureSpec, GateConfig, NumericField
 from pipelines.nightly_steps import gate_decision
-from pipelines.score import ScoringInputError, check_candidates, split_unscorable
+from pipelines.score import ScoringInputError, check_candidates, row_reason_counts, split_unscorable
 
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8)],
                    numeric=[NumericField("price", transform="log1p")])
@@ -32,6 +32,26 @@ def test_split_unscorable_exact_rows(spark):
     assert got == sorted([(None, "pc", "missing_key"), ("  ", "pc", "missing_key"),
                           ("c", "pc", "unparseable:price"), ("e", "pc", "conflicting_duplicate_key"),
                           ("e", "ios", "conflicting_duplicate_key")], key=lambda t: (str(t[0]), t[1]))
+
+
+def test_split_unscorable_without_repeated_keys_needs_no_shuffle(spark):
+    rows = [("a", "ios", "1.5", "d"), ("b", None, None, "d"),
+            (None, "pc", "2", "d"), (None, "pc", "2", "d"),  # blank-key exact duplicates: one row
+            ("  ", "pc", "2", "d"), ("c", "pc", "cheap", "d")]
+    df = spark.createDataFrame(rows, SCHEMA)
+    assert row_reason_counts(df, SPEC, ["impression_id"]) == (
+        {"missing_key": 3, "unparseable:price": 1}, False)
+    good, bad = split_unscorable(df, SPEC, ["impression_id"], keys_unique=True)
+    assert "Exchange" not in good._jdf.queryExecution().executedPlan().toString()
+    assert sorted(good.collect(), key=str) == sorted([("a", "ios", "1.5", "d"), ("b", None, None, "d")], key=str)
+    got = sorted(((r["impression_id"], r["reason"]) for r in bad.collect()), key=str)
+    assert got == sorted([(None, "missing_key"), ("  ", "missing_key"), ("c", "unparseable:price")], key=str)
+
+
+def test_row_reason_counts_sees_repeated_keys(spark):
+    rows = [("a", "ios", "1.5", "d"), ("a", "ios", "1.5", "d"), (None, "pc", "x", "d")]
+    assert row_reason_counts(spark.createDataFrame(rows, SCHEMA), SPEC, ["impression_id"]) == (
+        {"missing_key": 1}, True)
 
 
 def test_candidates_missing_columns_are_refused_by_name(spark):
