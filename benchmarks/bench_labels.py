@@ -1,0 +1,164 @@
+"""Benchmark: the Spark label job for one day vs the same label query in DuckDB.
+
+    python benchmarks/bench_labels.py [--impressions-per-day 1000000] [--days 3] [--reuse]
+
+1. Generates (or, with ``--reuse``, keeps) raw Delta tables of ``--days`` days at
+   ``--impressions-per-day`` under ``--root`` (default ./lakehouse/bench).
+2. Times ``pipelines.labels.run_day`` for the middle day with an as-of after all
+   its windows closed: read with partition pruning, record checks, deduplication,
+   click validity, attribution, quarantine, counts, gate, two Delta commits.
+3. Runs the same labelling rules as one SQL query (``pipelines.labels_sql``) in
+   DuckDB over the Parquet files of the current Delta snapshots (delta-rs lists
+   them; DuckDB cannot load its delta extension offline), restricted to the same
+   arrival partitions, and materialises the label rows.
+4. Runs the same SQL query on Spark SQL, which separates the engine gap from the
+   job's own work.
+5. Prints rows/s for each, the Spark/DuckDB time ratios, and fails unless all three
+   give the same label counts (rows, clicks, conversions).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from esmm.config import load_config  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--impressions-per-day", type=int, default=1_000_000)
+    p.add_argument("--days", type=int, default=3)
+    p.add_argument("--root", default=str(REPO / "lakehouse" / "bench"))
+    p.add_argument("--reuse", action="store_true", help="keep raw tables generated with the same settings")
+    p.add_argument("--threads", type=int, default=2, help="DuckDB threads (Spark uses spark.master)")
+    return p.parse_args(argv)
+
+
+def ensure_raw(spark, cfg, reuse: bool) -> float:
+    """Generate the raw tables unless an identical generation is there; returns seconds spent."""
+    from pipelines import generate
+
+    marker = Path(cfg.lakehouse.root) / "bench-generate.json"
+    want = json.dumps(cfg.to_dict()["generate"], sort_keys=True)
+    if reuse and marker.exists() and marker.read_text() == want:
+        print(f"reusing raw tables under {cfg.lakehouse.root}")
+        return 0.0
+    t0 = time.time()
+    counts = generate.run(spark, cfg)
+    secs = time.time() - t0
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(want)
+    print(f"generated in {secs:.0f}s: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+    return secs
+
+
+def snapshot_files(path: str, first_dt: str, last_dt: str) -> list[str]:
+    """Parquet files of the current Delta version within [first_dt, last_dt] (delta-rs)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path)
+    parts = table.get_add_actions(flatten=True).to_pydict()
+    out = []
+    for uri, d in zip(table.file_uris(), parts["partition.dt"]):
+        if d is not None and first_dt <= d <= last_dt:
+            out.append(uri.removeprefix("file://"))
+    return out
+
+
+def duckdb_labels(cfg, day: str, as_of: dt.datetime, threads: int) -> tuple[float, tuple, int]:
+    import duckdb
+
+    from pipelines import labels as L
+    from pipelines.labels_sql import label_sql
+
+    w = L.Windows.from_config(cfg.labels)
+    sc = L.scope_of(day, as_of, w)
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    con.execute("SET TimeZone = 'UTC'")
+    t0 = time.time()
+    views, n_files = {}, 0
+    for s in L.SOURCES:
+        files = snapshot_files(cfg.lakehouse.path(s), *sc.dt_range(s, w))
+        n_files += len(files)
+        listing = ", ".join(f"'{f}'" for f in files)
+        # Delta keeps dt in the folder names only; read it as the string it is.
+        con.execute(f"CREATE VIEW raw_{s} AS SELECT * REPLACE (CAST(ts AS TIMESTAMP) AS ts) FROM "
+                    f"read_parquet([{listing}], hive_partitioning = true, hive_types = {{'dt': VARCHAR}})")
+        views[s] = f"raw_{s}"
+    query = label_sql(views["impressions"], views["clicks"], views["conversions"], day, as_of, w)
+    con.execute(f"CREATE TABLE labels AS {query}")
+    secs = time.time() - t0
+    counts = con.execute("SELECT count(*), count(first_click_ts), count(conversion_ts) FROM labels").fetchone()
+    return secs, tuple(int(x) for x in counts), n_files
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(overrides=[
+        f"lakehouse.root={args.root}", f"generate.days={args.days}",
+        f"generate.impressions_per_day={args.impressions_per_day}",
+        f"generate.partitions_per_day={max(1, args.impressions_per_day // 250_000)}"])
+    from pyspark.sql import functions as F
+
+    from pipelines import labels as L
+    from pipelines.delta_io import read_delta
+    from pipelines.session import get_spark
+
+    spark = get_spark(cfg.spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    ensure_raw(spark, cfg, args.reuse)
+    day = cfg.generate.dates[len(cfg.generate.dates) // 2]
+    as_of = L.default_as_of(day) + dt.timedelta(days=9)  # every window of the day has closed
+    cores = spark.sparkContext.defaultParallelism
+
+    t0 = time.time()
+    report = L.run_day(spark, cfg, day, as_of)
+    spark_secs = time.time() - t0
+    got = read_delta(spark, cfg.lakehouse.path("labels")).where(F.col("dt") == day).agg(
+        F.count(F.lit(1)), F.sum("click"), F.sum("conversion")).first()
+    spark_counts = tuple(int(x or 0) for x in got)
+    rows_in = sum(c.rows_in for c in report.sources.values())
+
+    # The same reference query on Spark SQL: separates the engine gap from the job's own work
+    # (quarantine, per-row fates, the gate, two Delta commits).
+    from pipelines.labels_sql import count_sql, label_sql
+
+    w = L.Windows.from_config(cfg.labels)
+    sc = L.scope_of(day, as_of, w)
+    for s in L.SOURCES:
+        L.read_scope(spark, cfg, s, *sc.dt_range(s, w)).createOrReplaceTempView(f"raw_{s}")
+    t0 = time.time()
+    sql_counts = tuple(int(x) for x in spark.sql(count_sql(label_sql(
+        "raw_impressions", "raw_clicks", "raw_conversions", day, as_of, w))).first())
+    sql_secs = time.time() - t0
+
+    duck_secs, duck_counts, n_files = duckdb_labels(cfg, day, as_of, args.threads)
+    n = spark_counts[0]
+    print(f"\nlabel day {day} (as of {as_of:%Y-%m-%d}), {args.impressions_per_day:,} impressions/day, "
+          f"Spark master {cfg.spark.master} (parallelism {cores}), DuckDB threads {args.threads}")
+    print(f"  Spark label job : {spark_secs:7.1f}s  {n / spark_secs:10,.0f} labelled impressions/s  "
+          f"({rows_in / spark_secs:,.0f} owned raw rows/s; incl. quarantine, counts, 2 Delta commits)")
+    print(f"  Spark SQL query : {sql_secs:7.1f}s  {n / sql_secs:10,.0f} labelled impressions/s  "
+          f"(the reference query only, counted)")
+    print(f"  DuckDB query    : {duck_secs:7.1f}s  {n / duck_secs:10,.0f} labelled impressions/s  "
+          f"({n_files} Parquet files; labels materialised in memory)")
+    print(f"  Spark job / DuckDB: {spark_secs / duck_secs:.2f}x")
+    print(f"  Spark SQL / DuckDB (same query): {sql_secs / duck_secs:.2f}x")
+    print(f"  counts (rows, clicks, conversions): Spark job {spark_counts}  Spark SQL {sql_counts}  "
+          f"DuckDB {duck_counts}")
+    if not spark_counts == sql_counts == duck_counts:
+        print("MISMATCH between the Spark job and the DuckDB query", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
