@@ -19,8 +19,9 @@ Rules (W = click_window, S = click_skew, T = attribution_window, L = max_latenes
    no ``click_id``), ``missing_ts``, ``ts_after_arrival`` (dt before date(ts): a
    clock error), ``arrived_too_late`` (dt after date(ts + L)).
 2. *Duplicates*: copies of one id (impression_id, click_id, conversion_id); the
-   copy with the earliest ``ts`` is kept (ties: earliest ``dt``, then a hash of
-   the record, so the choice is deterministic). Impression copies are looked for
+   copy with the earliest ``ts`` is kept (ties: earliest ``dt``, for impressions
+   then the smallest ``user_id``, ``item_id``, then a hash of the record, so the
+   choice is deterministic). Impression copies are looked for
    within ``ceil(L)`` days before the event date (redelivered copies land within
    the lateness); clicks and conversions among all copies the run reads.
 3. *Clicks*: valid when their impression exists and
@@ -101,6 +102,9 @@ UNKNOWN_DT = "unknown"
 US = 1_000_000
 DAY_S = 86_400
 DAY_US = DAY_S * US
+# A cached side up to this many rows is broadcast where the planner's static estimate
+# would shuffle the large side first (AQE switches to a broadcast only after that shuffle).
+BROADCAST_MAX_ROWS = 2_000_000
 CLICK_LOOKUP_WINDOWS = 4  # a conversion's click is searched 4 attribution windows back
 DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 
@@ -267,14 +271,15 @@ def raw_columns(df: DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- transforms
 
 
-def check_records(df: DataFrame, source: str, w: Windows) -> DataFrame:
+def check_records(df: DataFrame, source: str, w: Windows, with_hash: bool = True) -> DataFrame:
     """Add the record-level verdict of each raw row.
 
     Adds ``__us`` LONG (ts in epoch microseconds), ``__date`` STRING (UTC date of
     ts), ``__reason`` STRING (NULL when the record passes), ``__owner`` STRING (the
     date whose run accounts for the record: __date when it passes, else dt, or
-    'unknown' when dt is missing) and ``__h`` LONG (hash of the record, the last
-    tie-breaker between copies).
+    'unknown' when dt is missing) and, ``with_hash``, ``__h`` LONG (hash of the
+    record, the last tie-breaker between copies; it reads every column, so the
+    impressions' narrow passes leave it out).
     """
     cols = raw_columns(df)
     us = F.unix_micros(F.col("ts"))
@@ -298,50 +303,98 @@ def check_records(df: DataFrame, source: str, w: Windows) -> DataFrame:
     owner = (F.when(F.col("__reason").isNull(), F.col("__date"))
              .when(F.col("__reason") == "missing_dt", F.lit(UNKNOWN_DT))
              .otherwise(F.col("dt")))
-    return out.select("*", owner.alias("__owner"), F.xxhash64(*[F.col(c) for c in cols]).alias("__h"))
+    out = out.select("*", owner.alias("__owner"))
+    return out.select("*", record_hash(cols).alias("__h")) if with_hash else out
 
 
-def rank_copies(df: DataFrame, key: str) -> DataFrame:
-    """Add ``__rank`` INT: 1 for the kept copy of each ``key`` (earliest ts, then dt, then hash)."""
-    win = Window.partitionBy(key).orderBy(F.col("__us"), F.col("dt"), F.col("__h"))
+def record_hash(cols: list[str]) -> Column:
+    return F.xxhash64(*[F.col(c) for c in cols])
+
+
+def rank_copies(df: DataFrame, key: str, order: tuple[str, ...] = ("__us", "dt", "__h")) -> DataFrame:
+    """Add ``__rank`` INT: 1 for the kept copy of each ``key`` (by ``order``: earliest ts,
+    then dt, then the record hash for clicks and conversions; see :data:`IMP_ORDER`)."""
+    win = Window.partitionBy(key).orderBy(*[F.col(c) for c in order])
     return df.withColumn("__rank", F.row_number().over(win))
 
 
-def impressions_of_day(imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
-    """The visible impressions whose event date is the day, each with ``__rank``.
+# Impression copies are ordered by ts, dt, user_id, item_id on narrow columns; copies equal
+# on all four are told apart by the record hash only where it matters (kept_impressions).
+IMP_ORDER = ("__us", "dt", "user_id", "item_id")
 
-    ``imps_ok``: impressions passing the record checks with ts <= as_of. A copy is
-    also outranked by a copy on one of the ``dedupe_days`` days before, so such an
-    impression is left to the earlier day (that run keeps it).
+
+def day_candidates(imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
+    """The copies that compete for the day's impression ids (narrow).
+
+    ``imps_ok``: impressions passing the record checks with ts <= as_of. Candidates are
+    the day's copies and copies on the ``dedupe_days`` days before (an impression whose
+    earliest copy lies on an earlier day is left to that day's run). Output:
+    ``impression_id``, the :data:`IMP_ORDER` columns, ``__date`` and ``__d`` LONG (1 for
+    a copy of the day).
     """
+    on_day, earlier = candidate_conditions(sc, w)
+    return imps_ok.where(on_day | earlier).select("impression_id", *IMP_ORDER, "__date",
+                                                  on_day.cast("long").alias("__d"))
+
+
+def candidate_conditions(sc: Scope, w: Windows) -> tuple[Column, Column]:
+    """(a copy of the day, a copy on one of the ``dedupe_days`` days before)."""
     L_us = w.max_lateness * US
-    day = imps_ok.where(arrived_between(sc.day, _date_str(sc.day_hi + L_us)) & (F.col("__date") == sc.day))
     first = _date_str(sc.day_lo - w.dedupe_days * DAY_US)
-    narrow = ["impression_id", "__us", "dt", "__h", "__date"]
-    earlier = (imps_ok.where(arrived_between(first, _date_str(sc.day_lo - 1 + L_us))
-                             & (F.col("__date") >= first) & (F.col("__date") < sc.day))
-               .select(*narrow))
-    fields = {f.name: f.dataType for f in day.schema.fields}
-    padded = earlier.select(*[F.col(c) if c in narrow else F.lit(None).cast(fields[c]).alias(c)
-                              for c in day.columns])
-    ranked = rank_copies(day.unionByName(padded), "impression_id")
-    return ranked.where(F.col("__date") == sc.day)
+    date = F.col("__date")
+    on_day = arrived_between(sc.day, _date_str(sc.day_hi + L_us)) & (date == sc.day)
+    earlier = (arrived_between(first, _date_str(sc.day_lo - 1 + L_us))
+               & (date >= first) & (date < sc.day))
+    return on_day, earlier
 
 
-def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
+def fold_copies(cand: DataFrame) -> DataFrame:
+    """Copy counts of the ids with a copy on the day, folded to the size of the duplicates.
+
+    Output: one row per id with several candidate copies (``impression_id``, ``__n``
+    LONG copies, ``__n_day`` LONG copies on the day, ``__ids`` = 1) and one row with
+    ``impression_id`` NULL whose ``__ids`` counts the ids with a single copy (each is
+    labelled as it is). Both aggregates keep fixed-width buffers, so Spark runs them as
+    hash aggregates, and the second collapses the singles before its shuffle.
+    """
+    ids = (cand.groupBy("impression_id").agg(F.count(F.lit(1)).alias("__n"), F.sum("__d").alias("__n_day"))
+           .where(F.col("__n_day") > 0))
+    dup_id = F.when(F.col("__n") > 1, F.col("impression_id"))
+    return ids.groupBy(dup_id.alias("impression_id")).agg(
+        F.count(F.lit(1)).alias("__ids"), F.max("__n").alias("__n"), F.max("__n_day").alias("__n_day"))
+
+
+def winners(cand: DataFrame, multi: DataFrame) -> DataFrame:
+    """The winning copy (minimum of :data:`IMP_ORDER`) of each id of ``multi``.
+
+    Output: ``multi``'s columns plus ``__w_us``, ``__w_dt``, ``__w_user``, ``__w_item``,
+    ``__w_date``. ``multi`` is small (the duplicated ids), so the join is a broadcast.
+    """
+    mine = cand.join(multi.select("impression_id"), "impression_id", "left_semi")
+    best = rank_copies(mine, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
+    best = best.select("impression_id", *[F.col(c).alias(a) for c, a in zip(
+        (*IMP_ORDER, "__date"), ("__w_us", "__w_dt", "__w_user", "__w_item", "__w_date"))])
+    return multi.join(best, "impression_id")
+
+
+def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windows,
+                 broadcast: bool = False) -> DataFrame:
     """Decide each click of the validity range against its (deduplicated) impression.
 
     Input: kept clicks (one per click_id) and visible good impressions.
     Output: the clicks with ts in [valid_lo, hi], their raw columns plus ``__us``,
     ``__date``, ``__reason`` (NULL = valid, else orphan_click,
     click_before_impression, click_after_window), ``__imp_us``, ``__imp_user``,
-    ``__imp_item`` (of the impression; NULL for orphans).
+    ``__imp_item`` (of the impression; NULL for orphans). ``broadcast``: the clicks'
+    impression ids are few enough to broadcast (see :data:`BROADCAST_MAX_ROWS`).
     """
     clicks = clicks_kept.where(_between(F.col("__us"), sc.valid_lo, sc.hi)).drop("__reason")
     wanted = clicks.select("impression_id").distinct()
-    imp = (imps_ok.select("impression_id", "__us", "dt", "__h", "user_id", "item_id")
+    if broadcast:  # the caller knows the clicks are few: don't shuffle the impressions first
+        wanted = F.broadcast(wanted)
+    imp = (imps_ok.select("impression_id", "__us", "dt", "user_id", "item_id")
            .join(wanted, "impression_id", "left_semi"))
-    imp = (rank_copies(imp, "impression_id").where(F.col("__rank") == 1)
+    imp = (rank_copies(imp, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
            .select("impression_id", F.col("__us").alias("__imp_us"),
                    F.col("user_id").alias("__imp_user"), F.col("item_id").alias("__imp_item")))
     j = clicks.drop("__rank").join(imp, "impression_id", "left")
@@ -398,14 +451,34 @@ def attribute_conversions(convs_kept: DataFrame, clicks_kept: DataFrame, status:
     return by_id.unionByName(by_touch)
 
 
-def label_rows(imps_day: DataFrame, status: DataFrame, conversions: DataFrame,
+def kept_impressions(full_day: DataFrame, multi: DataFrame, day: str) -> DataFrame:
+    """The full-width kept impressions of the day: one row per ``impression_id``.
+
+    ``full_day``: checked visible impressions of the day (raw columns, ``__us``, ...);
+    ``multi``: :func:`winners` of the ids with several copies. Ids with one copy
+    (nearly all) pass an anti join against the few ids with several (broadcast when
+    small: no full-width shuffle). Of those, the day keeps the copy equal to the
+    winner on :data:`IMP_ORDER`, the smallest record hash among equal ones (equal
+    hashes mean equal records).
+    """
+    single = full_day.join(multi.select("impression_id"), "impression_id", "left_anti")
+    winners = multi.where(F.col("__w_date") == day).select(
+        "impression_id", *[F.col(a).alias(c) for a, c in zip(
+            ("__w_us", "__w_dt", "__w_user", "__w_item"), IMP_ORDER)])
+    tied = full_day.join(winners, ["impression_id", *IMP_ORDER], "left_semi")
+    tied = tied.withColumn("__h", record_hash(raw_columns(full_day)))
+    first = Window.partitionBy("impression_id").orderBy("__h")
+    chosen = tied.withColumn("__r", F.row_number().over(first)).where(F.col("__r") == 1).drop("__r", "__h")
+    return single.unionByName(chosen)
+
+
+def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame,
                sc: Scope, w: Windows) -> DataFrame:
     """The ``curated/labels`` rows of the day (schema in the module docstring).
 
-    ``imps_day``: :func:`impressions_of_day`; ``status``: :func:`click_status`;
+    ``kept``: :func:`kept_impressions`; ``status``: :func:`click_status`;
     ``conversions``: :func:`attribute_conversions`.
     """
-    kept = imps_day.where(F.col("__rank") == 1)
     raw = [c for c in raw_columns(kept) if c != "dt"]
     clicks = (status.where(F.col("__reason").isNull()).groupBy("impression_id")
               .agg(F.min("ts").alias("first_click_ts")))
@@ -434,9 +507,13 @@ def _record_json(df: DataFrame) -> Column:
 
 
 def quarantine_rows(df: DataFrame, source: str, owner: Column) -> DataFrame:
-    """Quarantine rows (without run_id/quarantined_at) of ``df``'s records with a ``__reason``."""
+    """Quarantine rows (without run_id/quarantined_at) of ``df``'s records with a ``__reason``.
+
+    The record JSON is ``__record`` when ``df`` carries it (the impressions' narrow
+    pass computes it for bad rows only), else built from ``df``'s raw columns.
+    """
     key = KEY[source]
-    record = _record_json(df)
+    record = F.col("__record") if "__record" in df.columns else _record_json(df)
     rid = F.when(_blank(key), F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(F.col(key))
     return df.select(F.lit(source).alias("source"), rid.alias("record_id"),
                      F.col("__reason").alias("reason"), record.alias("record"), owner.alias("dt"))
@@ -465,59 +542,103 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
     :meth:`Scope.dt_range`; more is fine, the result is the same. ``as_of`` cuts
     event time (``ts <= as_of``). ``fates`` has one row per (source, fate, reason)
     with fate in: labelled, valid, attributed, duplicate, quarantined, after_as_of.
+
+    With ``persist`` the intermediates every output shares are cached (narrow
+    impressions, the day's ranking, clicks, conversions and their verdicts), so the
+    counts, the quarantine and the labels each cost one pass over cached columns;
+    only the labels read the day's impressions at full width, once.
     """
     sc = scope_of(day, as_of, w)
     a = F.lit(sc.as_of_us)
-    chk = {s: check_records(df, s, w) for s, df in
-           (("impressions", impressions), ("clicks", clicks), ("conversions", conversions))}
-    ok = {s: df.where(F.col("__reason").isNull() & (F.col("__us") <= a)) for s, df in chk.items()}
-
-    imps_ok = ok["impressions"].where(_between(F.col("__us"), sc.imp_lo, sc.hi))
-    imps_day = impressions_of_day(imps_ok, sc, w)
-    clicks_ranked = rank_copies(ok["clicks"].where(_between(F.col("__us"), sc.click_lo, sc.hi)), "click_id")
-    clicks_kept = clicks_ranked.where(F.col("__rank") == 1)
-    status = click_status(clicks_kept, imps_ok, sc, w)
-    convs_ranked = rank_copies(ok["conversions"].where(_between(F.col("__us"), sc.conv_lo, sc.hi)),
-                               "conversion_id")
-    attributed = attribute_conversions(convs_ranked.where(F.col("__rank") == 1), clicks_kept, status, sc, w)
     persisted: list[DataFrame] = []
-    if persist:
-        imps_day, status, attributed = (x.persist() for x in (imps_day, status, attributed))
-        persisted += [imps_day, status, attributed]
-    labels = label_rows(imps_day, status, attributed, sc, w)
 
-    # A bad record's owner is its dt (or 'unknown'), so only those partitions are scanned.
-    dt_ = F.col("dt")
-    own_dt = (dt_ == day) | dt_.isNull() | ~dt_.rlike(DATE_RE)
-    owned_bad = {s: df.where(own_dt & F.col("__reason").isNotNull() & F.col("__owner").isin(day, UNKNOWN_DT))
-                 for s, df in chk.items()}
+    counts: dict[int, int] = {}
+
+    def keep(df: DataFrame) -> DataFrame:
+        # Materialised at once, in order: a cached frame's plan is fixed when it is
+        # cached, so each later one is planned with the real sizes of the ones before
+        # (small sides broadcast instead of shuffling the large side first).
+        if persist:
+            df = df.persist()
+            counts[id(df)] = df.count()
+            persisted.append(df)
+        return df
+
+    us, reason, dt_ = F.col("__us"), F.col("__reason"), F.col("dt")
     is_day = F.col("__date") == day
     day_arrivals = arrived_between(day, _date_str(sc.day_hi + w.max_lateness * US))
-    q = [quarantine_rows(owned_bad[s], s, F.col("__owner")) for s in SOURCES]
-    q.append(quarantine_rows(status.where(is_day & F.col("__reason").isNotNull()), "clicks", F.lit(day)))
-    q.append(quarantine_rows(attributed.where(is_day & F.col("__reason").isNotNull()), "conversions",
-                             F.lit(day)))
+    # A bad record's owner is its dt (or 'unknown'), so only those partitions hold them.
+    own_dt = (dt_ == day) | dt_.isNull() | ~dt_.rlike(DATE_RE)
+    owned_bad = own_dt & reason.isNotNull() & F.col("__owner").isin(day, UNKNOWN_DT)
+    after_as_of = day_arrivals & reason.isNull() & is_day & (us > a)
+
+    # Impressions are the wide, large source: every pass over the scope is narrow (no
+    # record hash, no feature columns), and only the labels read the day at full width.
+    imp = check_records(impressions, "impressions", w, with_hash=False)
+    imps_ok = imp.where(reason.isNull() & (us <= a) & _between(us, sc.imp_lo, sc.hi))
+    # Owned bad records and the day's arrivals after as_of: few, kept with their JSON.
+    imp_odd = keep(imp.where((own_dt | day_arrivals) & (owned_bad | after_as_of)).select(
+        *[c for c in imp.columns if c.startswith("__") or c in ("impression_id", "dt")],
+        F.when(reason.isNotNull(), _record_json(imp)).alias("__record")))
+    chk = {s: keep(check_records(df, s, w)) for s, df in (("clicks", clicks), ("conversions", conversions))}
+    ok = {s: df.where(reason.isNull() & (us <= a)) for s, df in chk.items()}
+    clicks_ranked = keep(rank_copies(ok["clicks"].where(_between(us, sc.click_lo, sc.hi)), "click_id"))
+    clicks_kept = clicks_ranked.where(F.col("__rank") == 1)
+
+    copies = keep(fold_copies(day_candidates(imps_ok, sc, w)))
+    n_lookup = counts.get(id(clicks_ranked), BROADCAST_MAX_ROWS) + counts.get(id(copies), BROADCAST_MAX_ROWS)
+    dup_ids = copies.where(F.col("impression_id").isNotNull())
+    # One narrow pass over the scope picks out every impression a later step looks at:
+    # the clicked ones (click validity) and the day's duplicated ones (their winner).
+    lookup = (clicks_kept.where(_between(us, sc.valid_lo, sc.hi)).select("impression_id")
+              .unionByName(dup_ids.select("impression_id")).distinct())
+    if n_lookup <= BROADCAST_MAX_ROWS:  # known small: broadcast, rather than shuffle the scope first
+        lookup = F.broadcast(lookup)
+    on_day, earlier = candidate_conditions(sc, w)
+    few = keep(imps_ok.select("impression_id", *IMP_ORDER, "__date", (on_day | earlier).alias("__cand"),
+                              on_day.cast("long").alias("__d"))
+               .join(lookup, "impression_id", "left_semi"))
+    multi = keep(winners(few.where(F.col("__cand")), dup_ids))
+    status = keep(click_status(clicks_kept, few, sc, w))
+    convs_ranked = keep(rank_copies(ok["conversions"].where(_between(us, sc.conv_lo, sc.hi)),
+                                    "conversion_id"))
+    attributed = keep(attribute_conversions(convs_ranked.where(F.col("__rank") == 1), clicks_kept,
+                                            status, sc, w))
+
+    # The only full-width read: the day's arrivals, checked again (cheap, no shuffle).
+    full_day = check_records(impressions.where(day_arrivals), "impressions", w, with_hash=False).where(
+        reason.isNull() & is_day & (us <= a))
+    labels = label_rows(kept_impressions(full_day, multi, day), status, attributed, sc, w)
+
+    q = [quarantine_rows(imp_odd.where(owned_bad), "impressions", F.col("__owner"))]
+    q += [quarantine_rows(chk[s].where(owned_bad), s, F.col("__owner")) for s in ("clicks", "conversions")]
+    q.append(quarantine_rows(status.where(is_day & reason.isNotNull()), "clicks", F.lit(day)))
+    q.append(quarantine_rows(attributed.where(is_day & reason.isNotNull()), "conversions", F.lit(day)))
     quarantine = _union(q).groupBy("source", "record_id", "reason", "dt").agg(F.min("record").alias("record"))
     quarantine = quarantine.select("source", "record_id", "reason", "record", "dt")
 
-    def fate(df: DataFrame, source: str, f: Column, reason: Column) -> DataFrame:
-        return df.select(F.lit(source).alias("source"), f.alias("fate"), reason.alias("reason"))
+    def fate(df: DataFrame, source: str, f: Column, why: Column, n: Column = F.lit(1)) -> DataFrame:
+        return df.select(F.lit(source).alias("source"), f.alias("fate"), why.alias("reason"),
+                         n.cast("long").alias("n"))
 
-    late = {s: chk[s].where(day_arrivals & F.col("__reason").isNull() & is_day & (F.col("__us") > a))
-            for s in SOURCES}
-    rows = [fate(owned_bad[s], s, F.lit("quarantined"), F.col("__reason")) for s in SOURCES]
-    rows += [fate(late[s], s, F.lit("after_as_of"), F.lit(None).cast("string")) for s in SOURCES]
-    rows.append(fate(imps_day, "impressions",
-                     F.when(F.col("__rank") == 1, "labelled").otherwise("duplicate"), F.lit(None).cast("string")))
+    none = F.lit(None).cast("string")
+    checked = {"impressions": imp_odd, **chk}
+    rows = [fate(checked[s].where(owned_bad), s, F.lit("quarantined"), reason) for s in SOURCES]
+    rows += [fate(checked[s].where(after_as_of), s, F.lit("after_as_of"), none) for s in SOURCES]
+    won = F.col("__w_date") == day
+    rows.append(fate(copies.where(F.col("impression_id").isNull()), "impressions", F.lit("labelled"), none,
+                     F.col("__ids")))  # the ids with a single copy
+    rows.append(fate(multi.where(won), "impressions", F.lit("labelled"), none))
+    rows.append(fate(multi, "impressions", F.lit("duplicate"), none, F.col("__n_day") - won.cast("long")))
     for source, ranked, decided, ok_fate in (("clicks", clicks_ranked, status, "valid"),
                                              ("conversions", convs_ranked, attributed, "attributed")):
-        rows.append(fate(ranked.where(is_day & (F.col("__rank") > 1)), source, F.lit("duplicate"),
-                         F.lit(None).cast("string")))
-        detail = F.col("__via") if source == "conversions" else F.lit(None).cast("string")
+        rows.append(fate(ranked.where(is_day & (F.col("__rank") > 1)), source, F.lit("duplicate"), none))
+        detail = F.col("__via") if source == "conversions" else none
         rows.append(fate(decided.where(is_day), source,
-                         F.when(F.col("__reason").isNull(), ok_fate).otherwise("quarantined"),
-                         F.coalesce(F.col("__reason"), detail)))
-    fates = _union(rows).groupBy("source", "fate", "reason").agg(F.count(F.lit(1)).alias("n"))
+                         F.when(reason.isNull(), ok_fate).otherwise("quarantined"),
+                         F.coalesce(reason, detail)))
+    fates = (_union(rows).groupBy("source", "fate", "reason").agg(F.sum("n").alias("n"))
+             .where(F.col("n") > 0))
     return LabelResult(labels, quarantine, fates, persisted)
 
 
@@ -563,6 +684,7 @@ class DayReport:
     mature: int = 0
     seconds: float = 0.0
     written: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
 
     def lines(self) -> list[str]:
         out = [f"labels {self.day} as of {self.as_of.isoformat()} (run {self.run_id})"]
@@ -578,10 +700,16 @@ class DayReport:
         if reasons:
             out.append("  quarantined by reason: " + ", ".join(
                 f"{s}/{r} {n:,}{'' if REASONS.get(r, (True,))[0] else ' (not gated)'}" for s, r, n in reasons))
+        if not self.written:
+            out.append(f"  curated/labels dt={self.day}: not written "
+                       f"({self.sources['impressions'].out:,} impressions would have been labelled)")
+            return out
         out.append(f"  curated/labels dt={self.day}: {self.label_rows:,} rows, click {self.clicks:,}, "
                    f"conversion {self.conversions:,}, mature {self.mature:,}"
                    + (f"; {self.seconds:.1f}s, {self.label_rows / self.seconds:,.0f} rows/s"
                       if self.seconds > 0 else ""))
+        if self.timings:
+            out.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
         return out
 
 
@@ -660,7 +788,7 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
     ``curated/labels`` (replaceWhere dt = day), each one atomic Delta commit; a
     failed gate raises :class:`LabelGateError` before either write.
     """
-    from pipelines.delta_io import write_delta
+    from pipelines.delta_io import read_delta, write_delta
 
     t0 = time.time()
     w = Windows.from_config(cfg.labels)
@@ -668,21 +796,34 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
     run_id = run_id or new_run_id()
     sc = scope_of(day, as_of, w)
     src = {s: read_scope(spark, cfg, s, *sc.dt_range(s, w)) for s in SOURCES}
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = time.time() - t0 - sum(timings.values())
+
     res = build_labels(src["impressions"], src["clicks"], src["conversions"], day, as_of, w, persist=True)
-    labels = res.labels.persist()
-    res.persisted.append(labels)
+    lap("decide")
     try:
-        report = DayReport(day, as_of, run_id, count_fates(res.fates.collect()))
-        summary = labels.agg(F.count(F.lit(1)), F.sum("click"), F.sum("conversion"),
-                             F.sum(F.col("label_mature").cast("int"))).first()
-        report.label_rows, report.clicks, report.conversions, report.mature = (int(x or 0) for x in summary)
+        # The counts come from the cached intermediates; the gate needs nothing else.
+        report = DayReport(day, as_of, run_id, count_fates(res.fates.collect()), timings=timings)
+        lap("count")
         check_gate(report, cfg.labels.max_bad_fraction)
         now_us = utc_micros(dt.datetime.now(dt.timezone.utc))
         q = res.quarantine.select("*", F.lit(run_id).alias("run_id"),
                                   F.timestamp_micros(F.lit(now_us)).alias("quarantined_at"))
         write_quarantine(q, cfg.lakehouse.path("quarantine"), day)
-        write_delta(labels, cfg.lakehouse.path("labels"), ["dt"], replace_where=f"dt = '{day}'")
+        lap("quarantine")
+        # Written straight from the plan (caching a full-width day costs more than one
+        # more read); the summary is read back from the committed partition.
+        labels_path = cfg.lakehouse.path("labels")
+        write_delta(res.labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
         report.written = True
+        lap("labels")
+        summary = read_delta(spark, labels_path).where(F.col("dt") == day).agg(
+            F.count(F.lit(1)), F.sum("click"), F.sum("conversion"),
+            F.sum(F.col("label_mature").cast("int"))).first()
+        report.label_rows, report.clicks, report.conversions, report.mature = (int(x or 0) for x in summary)
+        lap("summary")
         report.seconds = time.time() - t0
         for line in report.lines():
             log(line)
