@@ -25,16 +25,27 @@ def read_delta(spark: SparkSession, path: str, version: int | None = None) -> Da
     return reader.load(path)
 
 
-def read_raw(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
+def latest_version(spark: SparkSession, path: str) -> int:
+    """The newest committed version of the Delta table at ``path``."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -> DataFrame:
     """Read a raw source in its configured format and check it against the contract.
 
     JSON sources are read with ``PERMISSIVE`` mode and a ``_corrupt_record`` column
     so that corrupt lines can be quarantined by the label job rather than dropped.
+    ``pin``: a Delta source is read at its newest version *now*, so a job that reads
+    the frame several times sees one snapshot even while producers keep appending
+    (an unpinned Delta read resolves the newest version at each action). Folders of
+    JSON or Parquet files have no snapshots: land files atomically (write, then rename).
     """
     src = getattr(cfg.sources, source)
     path = src.path or cfg.lakehouse.path(source)
     if src.format == "delta":
-        df = read_delta(spark, path)
+        df = read_delta(spark, path, latest_version(spark, path) if pin else None)
     elif src.format == "parquet":
         df = spark.read.parquet(path)
         # Partition discovery infers dt=yyyy-MM-dd folders as DATE; the contract says STRING.

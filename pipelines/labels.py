@@ -286,7 +286,12 @@ def check_records(df: DataFrame, source: str, w: Windows, with_hash: bool = True
     ev = date_of_us(us)
     checks: list[tuple[Column, str]] = []
     if CORRUPT in df.columns:
-        checks.append((F.col(CORRUPT).isNotNull(), "corrupt_record"))
+        # Spark's JSON reader parses only the columns a query reads, so a bad value in a
+        # column a narrow pass leaves out would not mark the line corrupt there, and the
+        # passes would disagree about one record. The second term is never true, but it
+        # reads every column and the optimizer cannot fold it away: every pass parses all.
+        every_column = F.greatest(F.lit(0), record_hash(cols)) < 0
+        checks.append((F.col(CORRUPT).isNotNull() | every_column, "corrupt_record"))
     checks.append((_blank("dt") | ~F.col("dt").rlike(DATE_RE), "missing_dt"))
     checks += [(_blank(c), f"missing_{c}") for c in REQUIRED_IDS[source]]
     checks.append((F.col("ts").isNull(), "missing_ts"))
@@ -377,21 +382,18 @@ def winners(cand: DataFrame, multi: DataFrame) -> DataFrame:
     return multi.join(best, "impression_id")
 
 
-def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windows,
-                 broadcast: bool = False) -> DataFrame:
+def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
     """Decide each click of the validity range against its (deduplicated) impression.
 
     Input: kept clicks (one per click_id) and visible good impressions.
     Output: the clicks with ts in [valid_lo, hi], their raw columns plus ``__us``,
     ``__date``, ``__reason`` (NULL = valid, else orphan_click,
     click_before_impression, click_after_window), ``__imp_us``, ``__imp_user``,
-    ``__imp_item`` (of the impression; NULL for orphans). ``broadcast``: the clicks'
-    impression ids are few enough to broadcast (see :data:`BROADCAST_MAX_ROWS`).
+    ``__imp_item`` (of the impression; NULL for orphans). ``imps_ok`` may be just the
+    impressions of the clicked ids (:func:`build_labels` passes those, fetched once).
     """
     clicks = clicks_kept.where(_between(F.col("__us"), sc.valid_lo, sc.hi)).drop("__reason")
     wanted = clicks.select("impression_id").distinct()
-    if broadcast:  # the caller knows the clicks are few: don't shuffle the impressions first
-        wanted = F.broadcast(wanted)
     imp = (imps_ok.select("impression_id", "__us", "dt", "user_id", "item_id")
            .join(wanted, "impression_id", "left_semi"))
     imp = (rank_copies(imp, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
@@ -548,9 +550,19 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
     counts, the quarantine and the labels each cost one pass over cached columns;
     only the labels read the day's impressions at full width, once.
     """
+    persisted: list[DataFrame] = []
+    try:
+        return _build_labels(impressions, clicks, conversions, day, as_of, w, persist, persisted)
+    except BaseException:
+        for df in persisted:
+            df.unpersist()
+        raise
+
+
+def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame, day: str,
+                  as_of: dt.datetime, w: Windows, persist: bool, persisted: list[DataFrame]) -> LabelResult:
     sc = scope_of(day, as_of, w)
     a = F.lit(sc.as_of_us)
-    persisted: list[DataFrame] = []
 
     counts: dict[int, int] = {}
 
@@ -608,6 +620,8 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
     # The only full-width read: the day's arrivals, checked again (cheap, no shuffle).
     full_day = check_records(impressions.where(day_arrivals), "impressions", w, with_hash=False).where(
         reason.isNull() & is_day & (us <= a))
+    if counts.get(id(multi), BROADCAST_MAX_ROWS + 1) <= BROADCAST_MAX_ROWS:
+        multi = F.broadcast(multi)  # the full-width day streams past it, never shuffled
     labels = label_rows(kept_impressions(full_day, multi, day), status, attributed, sc, w)
 
     q = [quarantine_rows(imp_odd.where(owned_bad), "impressions", F.col("__owner"))]
@@ -755,10 +769,11 @@ def check_gate(report: DayReport, max_bad_fraction: float) -> None:
 def read_scope(spark: SparkSession, cfg: Config, source: str, first_dt: str, last_dt: str) -> DataFrame:
     """The raw source restricted to arrival partitions [first_dt, last_dt] (plus rows whose
     dt is missing or malformed), so Delta and partitioned folders prune and cost follows
-    the window, not the history."""
+    the window, not the history. A Delta source is pinned to its version at this call:
+    the job reads the frame in several passes, and they must all see the same rows."""
     from pipelines.delta_io import read_raw
 
-    df = read_raw(spark, cfg, source)
+    df = read_raw(spark, cfg, source, pin=True)
     dt_ = F.col("dt")
     return df.where(((dt_ >= first_dt) & (dt_ <= last_dt)) | dt_.isNull() | ~dt_.rlike(DATE_RE))
 

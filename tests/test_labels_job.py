@@ -112,6 +112,44 @@ def test_parquet_and_json_sources_corrupt_lines_and_the_gate(spark, make_cfg, tm
     assert quarantine_of(spark, cfg) == q
 
 
+def test_json_impression_with_a_bad_feature_value_is_corrupt_in_every_pass(spark, make_cfg, tmp_path,
+                                                                          few_partitions):
+    """Spark's JSON reader parses only the columns a query reads. The job's narrow passes
+    (deduplication, click lookups) must still see a line with an unparseable feature value
+    as corrupt, or one raw row would be both quarantined and labelled, and its valid copy
+    (arrived a day later, same ts) would lose to it and go unlabelled."""
+    land = tmp_path / "landing"
+    good = {"impression_id": "i1", "ts": "2026-11-02T10:00:00Z", "user_id": "u1", "item_id": "x1",
+            "price": 9.5}
+    bad = dict(good, price="abc")  # the producer's bug: a string in a DOUBLE column
+    other = {"impression_id": "i2", "ts": "2026-11-02T11:00:00Z", "user_id": "u2", "item_id": "x2",
+             "price": 1.0}
+    for d, rows in ((D, [bad, other]), (day(1), [good])):
+        (land / "impressions" / f"dt={d}").mkdir(parents=True)
+        (land / "impressions" / f"dt={d}" / "part-0.json").write_text(
+            "\n".join(json.dumps(r) for r in rows) + "\n")
+    (land / "clicks" / f"dt={D}").mkdir(parents=True)
+    (land / "clicks" / f"dt={D}" / "part-0.json").write_text(json.dumps(
+        {"click_id": "k1", "impression_id": "i1", "ts": "2026-11-02T10:01:00Z"}) + "\n")
+    (land / "conversions" / f"dt={D}").mkdir(parents=True)
+    (land / "conversions" / f"dt={D}" / "part-0.json").write_text(json.dumps(
+        {"conversion_id": "v1", "click_id": "k1", "user_id": "u1", "item_id": "x1",
+         "ts": "2026-11-02T12:00:00Z", "value": 2.0}) + "\n")
+    cfg = make_cfg(*[f"sources.{s}.{k}={v}" for s in L.SOURCES
+                     for k, v in (("format", "json"), ("path", land / s))],
+                   "labels.max_bad_fraction=0.5")
+    (report,) = L.run(spark, cfg, [D], as_of=L.parse_as_of(FAR), log=lambda m: None)
+    imps = report.sources["impressions"]
+    assert (imps.rows_in, imps.duplicates, imps.out, imps.quarantined) == (3, 0, 2, {"corrupt_record": 1})
+    end = "2026-11-12 00:00:00"  # as-of FAR = the end of that day
+    assert labels_of(spark, cfg) == [
+        ("i1", 1, "2026-11-02 10:01:00", 1, "2026-11-02 12:00:00", True, end, D),
+        ("i2", 0, None, 0, None, True, end, D),
+    ]
+    (q,) = quarantine_of(spark, cfg)
+    assert (q[0], q[2], q[4]) == ("impressions", "corrupt_record", D) and json.loads(q[3])["price"] == "abc"
+
+
 def test_reruns_are_idempotent_and_late_conversions_flip_only_their_rows(spark, make_cfg, few_partitions):
     cfg = make_cfg("labels.max_bad_fraction=0.9")
     root = cfg.lakehouse.root
