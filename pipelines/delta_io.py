@@ -12,13 +12,19 @@ from esmm.config import Config, FeatureSpec
 from pipelines.contract import RAW_REQUIRED, check_raw, feature_columns
 
 
-def read_delta(spark: SparkSession, path: str, version: int | None = None) -> DataFrame:
-    """Read a Delta table, with a clear error when the location holds none."""
+def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: bool = False) -> DataFrame:
+    """Read a Delta table, with a clear error when the location holds none.
+
+    ``pin``: read the newest version *now* (see :func:`read_raw`) rather than whatever
+    is newest at each later action.
+    """
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, path):
         raise FileNotFoundError(f"no Delta table at {path}; run the job that writes it first "
                                 f"(see README: pipeline order)")
+    if pin and version is None:
+        version = latest_version(spark, path)
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
@@ -45,7 +51,7 @@ def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -
     src = getattr(cfg.sources, source)
     path = src.path or cfg.lakehouse.path(source)
     if src.format == "delta":
-        df = read_delta(spark, path, latest_version(spark, path) if pin else None)
+        df = read_delta(spark, path, pin=pin)
     elif src.format == "parquet":
         df = spark.read.parquet(path)
         # Partition discovery infers dt=yyyy-MM-dd folders as DATE; the contract says STRING.

@@ -305,7 +305,7 @@ def task_threads(spark: SparkSession, score_cfg: ScoreConfig) -> int:
 
 def read_candidates(spark: SparkSession, cfg: Config, day: str) -> tuple[DataFrame, str]:
     """The candidates of ``day`` and where they came from (for messages)."""
-    from pipelines.delta_io import latest_version, read_delta, read_raw
+    from pipelines.delta_io import read_delta, read_raw
 
     # Pinned to one Delta version: the job reads the candidates in more than one pass
     # (the check, then the scoring), and both must see the same rows.
@@ -318,8 +318,7 @@ def read_candidates(spark: SparkSession, cfg: Config, day: str) -> tuple[DataFra
             where = cfg.lakehouse.path(sc.candidates)
         except AttributeError:
             where = sc.candidates
-        df = read_delta(spark, where)  # a clear error when there is no table there
-        df = read_delta(spark, where, latest_version(spark, where))
+        df = read_delta(spark, where, pin=True)
     if sc.date_column not in df.columns:
         raise ScoringInputError(f"candidates {where}: no column {sc.date_column!r} (score.date_column) "
                                 f"to select day {day} by; present: {sorted(df.columns)}")
