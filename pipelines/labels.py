@@ -537,7 +537,7 @@ class LabelResult:
 
 def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame,
                  day: str, as_of: dt.datetime, w: Windows, persist: bool = False) -> LabelResult:
-    """Labels, quarantine rows and per-row fates of one day (pure; nothing is read or written).
+    """Labels, quarantine rows and per-row fates of one day (no table is written).
 
     Inputs: the raw sources (contract of :mod:`pipelines.contract`; JSON sources may
     carry ``_corrupt_record``) holding at least the partitions of
@@ -545,10 +545,12 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
     event time (``ts <= as_of``). ``fates`` has one row per (source, fate, reason)
     with fate in: labelled, valid, attributed, duplicate, quarantined, after_as_of.
 
-    With ``persist`` the intermediates every output shares are cached (narrow
-    impressions, the day's ranking, clicks, conversions and their verdicts), so the
-    counts, the quarantine and the labels each cost one pass over cached columns;
-    only the labels read the day's impressions at full width, once.
+    With ``persist`` the intermediates every output shares (the day's bad and late
+    impressions, its duplicate ids and their winners, the looked-up impressions,
+    clicks, conversions and their verdicts) are cached and counted here, one Spark
+    job each, so the counts and the quarantine cost one pass over cached columns and
+    only the labels read the day's impressions at full width, once. The caller
+    releases them with :meth:`LabelResult.unpersist`. Without it, everything is lazy.
     """
     persisted: list[DataFrame] = []
     try:
