@@ -8,7 +8,7 @@ candidates with the raw feature columns:
 
 * in-memory: the encoded features already in NumPy, ``torch.set_num_threads(cores)``,
   forward passes over batches of ``--batch`` rows (the ceiling: no I/O, no encoding);
-* Spark: ``local[cores]``, the scoring job's own path (encode_features -> mapInPandas
+* Spark: ``local[cores]``, the scoring job's own path (encode_features -> mapInArrow
   with broadcast weights, ``torch`` threads = spark.task.cpus = 1 per task) up to a
   Delta write of serving/scores-shaped rows.
 
@@ -25,6 +25,7 @@ import dataclasses
 import io
 import json
 import resource
+import statistics
 import tempfile
 import time
 
@@ -151,7 +152,7 @@ def main() -> None:
     print(json.dumps({
         "rows": n, "cores": args.cores, "batch": args.batch,
         "model": f"{cfg.model.kind} dim {cfg.model.embedding_dim} tower {cfg.model.tower}",
-        "median_ratio": ratios[len(ratios) // 2], "runs": runs,
+        "median_ratio": round(statistics.median(ratios), 3), "runs": runs,
         "peak_rss_mb": {"driver_python": round(self_mb), **kids},
     }, indent=1))
 

@@ -239,8 +239,9 @@ def check_keys(df: DataFrame, spec: FeatureSpec, keys: list[str], partitions: in
     repeated = (observed.where(~_missing_key(keys)).select(_key_hash(keys).alias(KEY_HASH))
                 .repartition(partitions, KEY_HASH).groupBy(KEY_HASH).count()
                 .where(F.col("count") > 1).select(KEY_HASH).limit(limit + 1))
-    batches = repeated._collect_as_arrow()  # Arrow: a million hashes are 8 MB, not a million Rows
-    hashes = np.concatenate([b.column(0).to_numpy() for b in batches]) if batches else np.empty(0, np.int64)
+    # toPandas travels as Arrow (spark.sql.execution.arrow.pyspark.enabled): a million
+    # hashes are 8 MB, not a million Row objects.
+    hashes = repeated.toPandas()[KEY_HASH].to_numpy(dtype=np.int64)
     n = len(hashes)
     m = _observed(obs)
     rows = reasons = None
