@@ -250,7 +250,7 @@ def check_keys(df: DataFrame, spec: FeatureSpec, keys: list[str], partitions: in
         reasons = {r: int(m[f"r{i}"]) for i, r in enumerate(per_row) if m[f"r{i}"]}
     if n == 0 or n > limit:
         return KeyRepeats(n, None, n > limit, rows, reasons)
-    frame = df.sparkSession.createDataFrame(pd.DataFrame({KEY_HASH: hashes.astype(np.int64)}))
+    frame = df.sparkSession.createDataFrame(pd.DataFrame({KEY_HASH: hashes}))
     return KeyRepeats(n, frame, False, rows, reasons)
 
 
