@@ -299,10 +299,14 @@ def tag_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str],
       per-row projection, and the two parts are unioned.
     Exact duplicates of the per-row part are left to :func:`split_tagged`.
     """
-    per_row, shuffled = tag_parts(df, spec, keys, repeats)
-    if per_row is None:
-        return shuffled
-    return per_row if shuffled is None else per_row.unionByName(shuffled)
+    return join_parts(*tag_parts(df, spec, keys, repeats))
+
+
+def join_parts(per_row: Optional[DataFrame], shuffled: Optional[DataFrame]) -> DataFrame:
+    """The tagged rows of :func:`tag_parts`' two parts (at least one is a frame)."""
+    if per_row is None or shuffled is None:
+        return shuffled if per_row is None else per_row
+    return per_row.unionByName(shuffled)
 
 
 def tag_parts(df: DataFrame, spec: FeatureSpec, keys: list[str], repeats: Optional[KeyRepeats] = None
@@ -579,7 +583,7 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         # The shuffled rows (all of them on overflow, else those of repeated keys) feed the
         # scores, the quarantine and its count: compute them once.
         shuffled = shuffled.persist()
-    tagged = shuffled if once is None else once if shuffled is None else once.unionByName(shuffled)
+    tagged = join_parts(once, shuffled)
     per_row = once is not None
     scored: Optional[int] = None
     try:
