@@ -40,13 +40,7 @@ from pyspark.sql import functions as F
 
 from esmm.config import MODEL_KINDS, Config, load_config
 from esmm.evaluate import METRIC_ORDER, format_table
-
-SIZES = {  # name: (days, impressions per day); the last day is the evaluation day
-    "tiny": (3, 5_000),
-    "default": (7, 60_000),
-    "large": (8, 250_000),
-    "xl": (15, 1_000_000),
-}
+from jobs.bench_sizes import SIZES
 
 
 def bench_overrides(size: str, cvr: Optional[float] = None) -> list[str]:

@@ -104,16 +104,14 @@ FAR = t("00:00", 9)  # every window of D has closed
 
 
 @pytest.fixture(scope="module")
-def frames(spark):
+def frames(spark, shuffle_partitions):
     # A handful of rows: one shuffle partition saves ~100 tiny tasks per query.
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "1")
-    dfs = [spark.createDataFrame(rows, schema).coalesce(1).cache()
-           for rows, schema in ((IMPRESSIONS, IMP), (CLICKS, CLK), (CONVERSIONS, CNV))]
-    yield dfs
-    for df in dfs:
-        df.unpersist()
-    spark.conf.set("spark.sql.shuffle.partitions", old)
+    with shuffle_partitions(1):
+        dfs = [spark.createDataFrame(rows, schema).coalesce(1).cache()
+               for rows, schema in ((IMPRESSIONS, IMP), (CLICKS, CLK), (CONVERSIONS, CNV))]
+        yield dfs
+        for df in dfs:
+            df.unpersist()
 
 
 def compute(frames, day_=D, as_of=FAR):

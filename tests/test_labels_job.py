@@ -59,11 +59,9 @@ def version(spark, path):
 
 
 @pytest.fixture
-def few_partitions(spark):
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "1")
-    yield
-    spark.conf.set("spark.sql.shuffle.partitions", old)
+def few_partitions(shuffle_partitions):
+    with shuffle_partitions(1):
+        yield
 
 
 def test_parquet_and_json_sources_corrupt_lines_and_the_gate(spark, make_cfg, tmp_path, few_partitions):

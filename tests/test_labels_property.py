@@ -28,22 +28,20 @@ GEN = ["generate.start_date=2026-11-01", "generate.days=2", "generate.impression
 
 
 @pytest.fixture(scope="module")
-def world(spark, tmp_path_factory):
+def world(spark, tmp_path_factory, shuffle_partitions):
     root = tmp_path_factory.mktemp("prop") / "lakehouse"
     sets = [x for s in [f"lakehouse.root={root}", *GEN] for x in ("--set", s)]
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "2")
-    assert main(["generate", *sets]) == 0
-    # Label every arrival date the logs cover: 2026-11-03 holds only late arrivals, and a
-    # malformed one among them is that date's to quarantine.
-    assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
-    assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
-    from esmm.config import load_config
-    cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
-    t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
-         ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
-    yield cfg, t
-    spark.conf.set("spark.sql.shuffle.partitions", old)
+    with shuffle_partitions(2):
+        assert main(["generate", *sets]) == 0
+        # Label every arrival date the logs cover: 2026-11-03 holds only late arrivals, and a
+        # malformed one among them is that date's to quarantine.
+        assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
+        assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
+        from esmm.config import load_config
+        cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
+        t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
+             ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
+        yield cfg, t
 
 
 def test_label_properties(world):
