@@ -82,7 +82,7 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
     from pyspark.sql import functions as F
 
     from esmm import registry
-    from pipelines.runs import RunsTable
+    from pipelines.nightly.runs import RunsTable
 
     def table(name: str):
         path = cfg.lakehouse.path(name)

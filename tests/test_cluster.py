@@ -68,6 +68,7 @@ def standalone_cluster(tmp_path_factory, free_port):
         worker_log.close()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_generate_job_under_spark_submit_on_a_standalone_cluster(standalone_cluster, tmp_path, spark):
     url, env = standalone_cluster

@@ -11,6 +11,8 @@ from pipelines import generate
 from pipelines.contract import RAW_REQUIRED, ContractError, check_raw
 from pipelines.delta_io import read_delta
 
+pytestmark = pytest.mark.integration  # whole jobs on real tables
+
 N_PER_DAY, DAYS = 15_000, 2
 
 

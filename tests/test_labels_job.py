@@ -14,6 +14,8 @@ from jobs.cli import main
 from pipelines import labels as L
 from pipelines.delta_io import read_delta
 
+pytestmark = pytest.mark.integration  # whole jobs on real tables
+
 D = "2026-11-02"
 UTC = dt.timezone.utc
 FAR = "2026-11-11"  # as-of: every window of D has closed

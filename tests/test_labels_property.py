@@ -13,7 +13,7 @@ from pipelines import generate, labels as L
 from pipelines.delta_io import read_delta
 from pipelines.labels_sql import count_sql, label_sql
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DAYS = ["2026-11-01", "2026-11-02"]
 AS_OF = "2026-11-12"  # every window of every day has closed

@@ -31,7 +31,7 @@ from pipelines.nightly.runner import EXIT_OK, EXIT_STEP_FAILED
 from pipelines.nightly.runs import RunsTable
 from pipelines.nightly.steps import STEPS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 D3, D4 = "2026-11-03", "2026-11-04"
 
 

@@ -22,6 +22,8 @@ from esmm.model import build_model
 from pipelines import score
 from pipelines.features import encode_features, feature_names
 
+pytestmark = pytest.mark.integration  # whole jobs on real tables
+
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8), CategoricalField("user_id", buckets=64)],
                    numeric=[NumericField("price", transform="log1p", clip_min=0.0, clip_max=12.0)])
 SCHEMA = T.StructType([T.StructField("impression_id", T.StringType()),

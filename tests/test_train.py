@@ -13,6 +13,8 @@ from esmm.data import resolve_snapshot
 from esmm.train import train
 from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
+pytestmark = pytest.mark.integration  # multi-process DDP and whole training runs
+
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 600
 REPO = Path(__file__).resolve().parents[1]
