@@ -42,9 +42,6 @@ class SkipStep(Exception):
     """Raised by a step that has nothing to do tonight; recorded as ``skipped`` with the reason."""
 
 
-# --------------------------------------------------------------------------- runner
-
-
 @dataclass
 class NightlyContext:
     """What a step gets: the session, the config, the plan and the earlier steps' outputs."""
