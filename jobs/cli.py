@@ -117,7 +117,7 @@ def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
 
     try:
         score.run(_spark(cfg), cfg, args.date, model_id=args.model)
-    except score.ScoringInputError as e:
+    except (score.ScoringInputError, FileNotFoundError) as e:  # FileNotFoundError: an unknown --model id
         print(f"esmm score: {e}", file=sys.stderr)
         return 2
     return 0
@@ -260,7 +260,11 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
     from esmm import registry
 
-    registry.promote(cfg.lakehouse.path("registry"), args.model_id)
+    try:
+        registry.promote(cfg.lakehouse.path("registry"), args.model_id)
+    except ValueError as e:  # no such model id
+        print(f"esmm promote: {e}", file=sys.stderr)
+        return 2
     print(f"{args.model_id} is the champion")
     return 0
 

@@ -158,9 +158,11 @@ def test_score_with_a_registry_id(spark, cfg, trained, scored):
     assert {r[0] for r in rows.select("model_id").distinct().collect()} == {trained[2]["model_id"]}
 
 
-def test_score_with_an_unknown_id_fails_naming_it(scored, esmm):
-    rc, _ = esmm("score", "--date", D3, "--model", "no-such-model")
-    assert rc != 0
+def test_unknown_ids_are_refused_with_exit_2(scored, esmm, capsys):
+    assert esmm("score", "--date", D3, "--model", "no-such-model")[0] == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert esmm("promote", "no-such-model")[0] == 2
+    assert "no model 'no-such-model'" in capsys.readouterr().err
 
 
 def test_nightly_trains_under_torchrun(cfg, trained, night):
