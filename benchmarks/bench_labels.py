@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from esmm.config import load_config  # noqa: E402
+from esmm.timeutil import default_as_of  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     spark.sparkContext.setLogLevel("ERROR")
     ensure_raw(spark, cfg, args.reuse)
     day = cfg.generate.dates[len(cfg.generate.dates) // 2]
-    as_of = L.default_as_of(day) + dt.timedelta(days=9)  # every window of the day has closed
+    as_of = default_as_of(day) + dt.timedelta(days=9)  # every window of the day has closed
     cores = spark.sparkContext.defaultParallelism
 
     # The first run in a session also pays the JVM's warm-up (class loading, JIT, code

@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,42 +23,11 @@ from typing import Any, Optional
 
 import yaml
 
+from esmm.errors import ConfigError
+from esmm.timeutil import date_range, parse_date, parse_duration
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONF = REPO_ROOT / "conf" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or an impossible value."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: str, key: str = "duration") -> int:
-    """``"90s"``, ``"5m"``, ``"2h"``, ``"7d"`` -> whole seconds (>= 0)."""
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ConfigError(
-            f"{key}: {value!r} is not a duration; write a non-negative number with a unit, "
-            f"e.g. '30s', '5m', '2h', '7d'"
-        )
-    return int(float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
-
-
-def parse_date(value: str, key: str = "date") -> dt.date:
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError as e:
-        raise ConfigError(f"{key}: {value!r} is not a date in yyyy-MM-dd form") from e
-
-
-def date_range(start: str, end: str) -> list[str]:
-    """Inclusive list of ``yyyy-MM-dd`` strings; raises if end < start."""
-    d0, d1 = parse_date(start, "start"), parse_date(end, "end")
-    if d1 < d0:
-        raise ConfigError(f"end date {end} is before start date {start}")
-    return [(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
 
 
 def _require(cond: bool, key: str, msg: str) -> None:

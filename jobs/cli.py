@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from esmm.config import Config, ConfigError, load_config
+from esmm.config import Config, load_config
+from esmm.errors import ConfigError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
@@ -265,7 +266,7 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dates(args: argparse.Namespace) -> list[str]:
-    from esmm.config import date_range, parse_date
+    from esmm.timeutil import date_range, parse_date
 
     if args.date:
         if args.end:
@@ -278,11 +279,12 @@ def _dates(args: argparse.Namespace) -> list[str]:
 
 @command("labels", "build curated/labels (and curated/quarantine) for dates", _labels_args)
 def cmd_labels(cfg: Config, args: argparse.Namespace) -> int:
+    from esmm.timeutil import parse_as_of
     from pipelines import labels
 
     try:
         dates = _dates(args)
-        as_of = labels.parse_as_of(args.as_of) if args.as_of else None
+        as_of = parse_as_of(args.as_of) if args.as_of else None
     except ConfigError as e:
         print(f"esmm labels: {e}", file=sys.stderr)
         return 2

@@ -88,7 +88,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from esmm.config import Config, ConfigError, LabelConfig, parse_date
+from esmm.config import Config, LabelConfig
+from esmm.timeutil import DAY_S, DAY_US, US, default_as_of, micros_date, utc_micros
 
 SOURCES = ("impressions", "clicks", "conversions")
 KEY = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
@@ -99,9 +100,6 @@ REQUIRED_IDS = {
 }
 CORRUPT = "_corrupt_record"
 UNKNOWN_DT = "unknown"
-US = 1_000_000
-DAY_S = 86_400
-DAY_US = DAY_S * US
 # A cached side up to this many rows is broadcast where the planner's static estimate
 # would shuffle the large side first (AQE switches to a broadcast only after that shuffle).
 BROADCAST_MAX_ROWS = 2_000_000
@@ -190,38 +188,9 @@ class Scope:
     def dt_range(self, source: str, w: Windows) -> tuple[str, str]:
         """Arrival partitions that can hold the source's records of this scope."""
         lo = {"impressions": self.imp_lo, "clicks": self.click_lo, "conversions": self.conv_lo}[source]
-        first = min(_date_str(lo), self.day)
-        last = max(_date_str(self.hi + w.max_lateness * US), self.day)
+        first = min(micros_date(lo), self.day)
+        last = max(micros_date(self.hi + w.max_lateness * US), self.day)
         return first, last
-
-
-def utc_micros(t: dt.datetime) -> int:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
-
-
-def _date_str(us: int) -> str:
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=us // DAY_US)).isoformat()
-
-
-def default_as_of(day: str) -> dt.datetime:
-    """The end of the day: the next midnight UTC (``ts <= as_of`` counts)."""
-    d = parse_date(day, "date")
-    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
-
-
-def parse_as_of(value: str) -> dt.datetime:
-    """``2026-11-09`` (end of that day) or an ISO time (naive = UTC) -> aware UTC datetime."""
-    s = str(value).strip()
-    try:
-        if len(s) == 10:
-            return default_as_of(s)
-        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except (ValueError, ConfigError) as e:
-        raise ConfigError(f"--as-of: {value!r} is not a date (yyyy-MM-dd) or an ISO time "
-                          f"(yyyy-MM-ddTHH:MM:SS[Z])") from e
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
 
 
 def scope_of(day: str, as_of: dt.datetime, w: Windows) -> Scope:
@@ -345,10 +314,10 @@ def day_candidates(imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
 def candidate_conditions(sc: Scope, w: Windows) -> tuple[Column, Column]:
     """(a copy of the day, a copy on one of the ``dedupe_days`` days before)."""
     L_us = w.max_lateness * US
-    first = _date_str(sc.day_lo - w.dedupe_days * DAY_US)
+    first = micros_date(sc.day_lo - w.dedupe_days * DAY_US)
     date = F.col("__date")
-    on_day = arrived_between(sc.day, _date_str(sc.day_hi + L_us)) & (date == sc.day)
-    earlier = (arrived_between(first, _date_str(sc.day_lo - 1 + L_us))
+    on_day = arrived_between(sc.day, micros_date(sc.day_hi + L_us)) & (date == sc.day)
+    earlier = (arrived_between(first, micros_date(sc.day_lo - 1 + L_us))
                & (date >= first) & (date < sc.day))
     return on_day, earlier
 
@@ -580,7 +549,7 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
 
     us, reason, dt_ = F.col("__us"), F.col("__reason"), F.col("dt")
     is_day = F.col("__date") == day
-    day_arrivals = arrived_between(day, _date_str(sc.day_hi + w.max_lateness * US))
+    day_arrivals = arrived_between(day, micros_date(sc.day_hi + w.max_lateness * US))
     # A bad record's owner is its dt (or 'unknown'), so only those partitions hold them.
     own_dt = (dt_ == day) | dt_.isNull() | ~dt_.rlike(DATE_RE)
     owned_bad = own_dt & reason.isNotNull() & F.col("__owner").isin(day, UNKNOWN_DT)

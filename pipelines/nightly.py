@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from esmm.config import Config, LabelConfig, NightlyConfig, parse_date, parse_duration
+from esmm.config import Config, LabelConfig, NightlyConfig
+from esmm.timeutil import parse_date, parse_duration
 from esmm.lock import FileLock, LockHeld
 
 EXIT_OK, EXIT_CONFIG, EXIT_STEP_FAILED, EXIT_LOCK_HELD = 0, 2, 3, 75
@@ -162,7 +163,7 @@ def lock_path(cfg: Config) -> Path:
         return Path(cfg.nightly.lock_path).expanduser()
     runs = cfg.lakehouse.path("runs")
     if "://" in runs:
-        from esmm.config import ConfigError
+        from esmm.errors import ConfigError
 
         raise ConfigError(f"nightly.lock_path: the runs table {runs} is on an object store, where an "
                           f"O_EXCL lock file cannot be created; set nightly.lock_path to a path on a "

@@ -14,6 +14,8 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from esmm.errors import ConfigError
+from esmm.timeutil import default_as_of, parse_as_of
 from pipelines import labels as L
 
 D = "2026-11-02"
@@ -240,18 +242,18 @@ def test_as_of_cuts_events_and_maturity(frames):
 
 
 def test_scope_reads_the_partitions_the_windows_need():
-    sc = L.scope_of(D, L.default_as_of(D), W)
-    assert L.default_as_of(D) == t("00:00", 1)
+    sc = L.scope_of(D, default_as_of(D), W)
+    assert default_as_of(D) == t("00:00", 1)
     # Impressions: the day, clicks' impressions back to T + S + W before it; default as-of ends at D+1.
     assert sc.dt_range("impressions", W) == (day(-9), day(2))
     assert sc.dt_range("clicks", W) == (day(-29), day(2))  # conversions' clicks: 4 T back
     assert sc.dt_range("conversions", W) == (day(-1), day(2))
     far = L.scope_of(D, FAR, W)
     assert far.dt_range("conversions", W) == (day(-1), day(10))  # D + W + T + S, + lateness
-    assert L.parse_as_of("2026-11-10") == t("00:00", 9)
-    assert L.parse_as_of("2026-11-02T16:00:00Z") == L.parse_as_of("2026-11-02 16:00") == t("16:00")
-    with pytest.raises(L.ConfigError, match="--as-of"):
-        L.parse_as_of("yesterday")
+    assert parse_as_of("2026-11-10") == t("00:00", 9)
+    assert parse_as_of("2026-11-02T16:00:00Z") == parse_as_of("2026-11-02 16:00") == t("16:00")
+    with pytest.raises(ConfigError, match="--as-of"):
+        parse_as_of("yesterday")
 
 
 def test_windows_come_from_the_configuration(make_cfg):

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
+from esmm.timeutil import parse_as_of
 from jobs.cli import main
 from pipelines import generate, labels as L
 from pipelines.delta_io import read_delta
@@ -83,7 +84,7 @@ def test_labels_equal_an_independent_sql_query(spark, world):
         t[name].createOrReplaceTempView(f"raw_{name}")
     w = L.Windows.from_config(cfg.labels)
     day = DAYS[1]
-    query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, L.parse_as_of(AS_OF), w)
+    query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, parse_as_of(AS_OF), w)
     expected = spark.sql(count_sql(query)).first()
     lab = t["labels"].where(F.col("dt") == day)
     got = lab.agg(F.count(F.lit(1)), F.sum("click"), F.sum("conversion")).first()
