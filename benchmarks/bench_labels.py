@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from esmm.config import load_config  # noqa: E402
+from esmm.config_loader import load_config  # noqa: E402
 from esmm.timeutil import default_as_of  # noqa: E402
 
 

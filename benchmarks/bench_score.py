@@ -72,7 +72,7 @@ def main() -> None:
     import torch
     from pyspark.sql import functions as F
 
-    from esmm.config import load_config
+    from esmm.config_loader import load_config
     from esmm.model import build_model
     from pipelines import score
     from pipelines.features import encode_features, feature_names

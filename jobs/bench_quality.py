@@ -38,7 +38,8 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from esmm.config import MODEL_KINDS, Config, load_config
+from esmm.config import MODEL_KINDS, Config
+from esmm.config_loader import load_config
 from esmm.evaluate import METRIC_ORDER, format_table
 
 SIZES = {  # name: (days, impressions per day); the last day is the evaluation day

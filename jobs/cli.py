@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from esmm.config import Config, load_config
+from esmm.config import Config
+from esmm.config_loader import load_config
 from esmm.errors import ConfigError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}

@@ -121,7 +121,8 @@ def _cached_network(model_id: str, meta_json: str, state_bytes_bc) -> Any:
     if net is None:
         import torch
 
-        from esmm.config import ModelConfig, section_from_dict
+        from esmm.config import ModelConfig
+        from esmm.config_loader import section_from_dict
         from esmm.model import build_model
         from esmm.registry import spec_of
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esmm.config import DEFAULT_CONF, Config, load_config
+from esmm.config import Config
+from esmm.config_loader import DEFAULT_CONF, load_config
 from esmm.errors import ConfigError
 from esmm.timeutil import date_range, parse_duration
 

@@ -39,7 +39,7 @@ def world(spark, tmp_path_factory):
     # malformed one among them is that date's to quarantine.
     assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
     assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
-    from esmm.config import load_config
+    from esmm.config_loader import load_config
     cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
     t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
          ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
