@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from esmm.config_loader import load_config  # noqa: E402
 from esmm.timeutil import default_as_of  # noqa: E402
+from pipelines.contract import SOURCES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,7 +89,7 @@ def duckdb_labels(cfg, day: str, as_of: dt.datetime, threads: int) -> tuple[floa
     con.execute("SET TimeZone = 'UTC'")
     t0 = time.time()
     views, n_files = {}, 0
-    for s in L.SOURCES:
+    for s in SOURCES:
         files = snapshot_files(cfg.lakehouse.path(s), *sc.dt_range(s, w))
         n_files += len(files)
         listing = ", ".join(f"'{f}'" for f in files)
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
 
     w = L.Windows.from_config(cfg.labels)
     sc = L.scope_of(day, as_of, w)
-    for s in L.SOURCES:
+    for s in SOURCES:
         L.read_scope(spark, cfg, s, *sc.dt_range(s, w)).createOrReplaceTempView(f"raw_{s}")
     t0 = time.time()
     sql_counts = tuple(int(x) for x in spark.sql(count_sql(label_sql(

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from esmm.config import Config, FeatureSpec
-from pipelines.contract import RAW_REQUIRED, check_raw, feature_columns
+from pipelines.contract import CORRUPT_COLUMN, RAW_REQUIRED, check_raw, feature_columns
 
 
 def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: bool = False) -> DataFrame:
@@ -62,7 +62,7 @@ def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -
         schema = raw_json_schema(source, cfg.features)
         df = (spark.read.schema(schema)
               .option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", "_corrupt_record")
+              .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
               .json(path))
     return check_raw(df, source, cfg.features, path)
 
@@ -77,7 +77,7 @@ def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
                 fields.append(T.StructField(col, T.StringType() if kind == "categorical"
                                             else T.DoubleType(), True))
                 have.add(col)
-    fields.append(T.StructField("_corrupt_record", T.StringType(), True))
+    fields.append(T.StructField(CORRUPT_COLUMN, T.StringType(), True))
     return T.StructType(fields)
 
 
@@ -97,3 +97,16 @@ def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
     else:
         w = w.option("overwriteSchema", "true")
     w.save(path)
+
+
+def delete_where(spark: SparkSession, path: str, condition: str) -> bool:
+    """Delete the rows matching the SQL ``condition`` in one commit (none when nothing matches).
+
+    Returns False, deleting nothing, when ``path`` holds no Delta table yet.
+    """
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return False
+    DeltaTable.forPath(spark, path).delete(condition)
+    return True

@@ -69,12 +69,9 @@ Tables
     click INT, first_click_ts TIMESTAMP, conversion INT, conversion_ts TIMESTAMP,
     label_mature BOOLEAN, as_of TIMESTAMP, dt STRING (= UTC date of ts)
 
-``curated/quarantine`` (partitioned by dt)::
-
-    source STRING (impressions|clicks|conversions), record_id STRING (the record's id,
-    or 'sha256:<hex>' of the record when it has none), reason STRING, record STRING
-    (the record as JSON; the raw line for corrupt_record), run_id STRING,
-    quarantined_at TIMESTAMP, dt STRING (owner date, or 'unknown')
+``curated/quarantine``: the schema of :mod:`pipelines.quarantine`; this job writes
+sources impressions, clicks and conversions, record_id the record's id (or
+'sha256:<hex>' of the record when the id is blank), dt the owner date or 'unknown'.
 """
 from __future__ import annotations
 
@@ -86,20 +83,12 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from esmm.config import Config, LabelConfig
 from esmm.timeutil import DAY_S, DAY_US, US, default_as_of, micros_date, utc_micros
+from pipelines.contract import CORRUPT_COLUMN, ID_COLUMN, REQUIRED_IDS, SOURCES
+from pipelines.quarantine import UNKNOWN_DT, is_blank, record_id, stamp, write_quarantine
 
-SOURCES = ("impressions", "clicks", "conversions")
-KEY = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
-REQUIRED_IDS = {
-    "impressions": ("impression_id", "user_id", "item_id"),
-    "clicks": ("click_id", "impression_id"),
-    "conversions": ("conversion_id",),
-}
-CORRUPT = "_corrupt_record"
-UNKNOWN_DT = "unknown"
 # A cached side up to this many rows is broadcast where the planner's static estimate
 # would shuffle the large side first (AQE switches to a broadcast only after that shuffle).
 BROADCAST_MAX_ROWS = 2_000_000
@@ -129,15 +118,6 @@ REASONS: dict[str, tuple[bool, str]] = {
                                   "item_id within attribution_window before it"),
 }
 
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("source", T.StringType()),
-    T.StructField("record_id", T.StringType()),
-    T.StructField("reason", T.StringType()),
-    T.StructField("record", T.StringType()),
-    T.StructField("run_id", T.StringType()),
-    T.StructField("quarantined_at", T.TimestampType()),
-    T.StructField("dt", T.StringType()),
-])
 LABEL_COLUMNS = ("click", "first_click_ts", "conversion", "conversion_ts", "label_mature", "as_of", "dt")
 
 
@@ -218,10 +198,6 @@ def date_of_us(us: Column) -> Column:
     return F.date_add(F.lit("1970-01-01").cast("date"), days).cast("string")
 
 
-def _blank(c: str) -> Column:
-    return F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == "")
-
-
 def _between(c: Column, lo: int, hi: int) -> Column:
     return (c >= F.lit(lo)) & (c <= F.lit(hi))
 
@@ -234,7 +210,7 @@ def arrived_between(first: str, last: str) -> Column:
 
 def raw_columns(df: DataFrame) -> list[str]:
     """The source's own columns (without Spark's corrupt-record and our ``__`` columns)."""
-    return [c for c in df.columns if c != CORRUPT and not c.startswith("__")]
+    return [c for c in df.columns if c != CORRUPT_COLUMN and not c.startswith("__")]
 
 
 # --------------------------------------------------------------------------- transforms
@@ -254,20 +230,20 @@ def check_records(df: DataFrame, source: str, w: Windows, with_hash: bool = True
     us = F.unix_micros(F.col("ts"))
     ev = date_of_us(us)
     checks: list[tuple[Column, str]] = []
-    if CORRUPT in df.columns:
+    if CORRUPT_COLUMN in df.columns:
         # Spark's JSON reader parses only the columns a query reads, so a bad value in a
         # column a narrow pass leaves out would not mark the line corrupt there, and the
         # passes would disagree about one record. The second term is never true, but it
         # reads every column and the optimizer cannot fold it away: every pass parses all.
         every_column = F.greatest(F.lit(0), record_hash(cols)) < 0
-        checks.append((F.col(CORRUPT).isNotNull() | every_column, "corrupt_record"))
-    checks.append((_blank("dt") | ~F.col("dt").rlike(DATE_RE), "missing_dt"))
-    checks += [(_blank(c), f"missing_{c}") for c in REQUIRED_IDS[source]]
+        checks.append((F.col(CORRUPT_COLUMN).isNotNull() | every_column, "corrupt_record"))
+    checks.append((is_blank("dt") | ~F.col("dt").rlike(DATE_RE), "missing_dt"))
+    checks += [(is_blank(c), f"missing_{c}") for c in REQUIRED_IDS[source]]
     checks.append((F.col("ts").isNull(), "missing_ts"))
     if source == "conversions":
-        no_click = _blank("click_id")
-        checks += [(no_click & _blank("user_id"), "missing_user_id"),
-                   (no_click & _blank("item_id"), "missing_item_id")]
+        no_click = is_blank("click_id")
+        checks += [(no_click & is_blank("user_id"), "missing_user_id"),
+                   (no_click & is_blank("item_id"), "missing_item_id")]
     checks.append((F.col("dt") < ev, "ts_after_arrival"))
     checks.append((F.col("dt") > date_of_us(us + F.lit(w.max_lateness * US)), "arrived_too_late"))
     reason = F.when(checks[0][0], F.lit(checks[0][1]))
@@ -389,7 +365,7 @@ def attribute_conversions(convs_kept: DataFrame, clicks_kept: DataFrame, status:
     convs = convs_kept.where(_between(F.col("__us"), sc.conv_lo, sc.hi)).drop("__reason", "__rank")
     cols = convs.columns
 
-    with_id = convs.where(~_blank("click_id"))
+    with_id = convs.where(~is_blank("click_id"))
     known = clicks_kept.select("click_id", F.col("__us").alias("__k_us"))
     st = status.select("click_id", F.col("__reason").alias("__k_reason"),
                        F.col("impression_id").alias("__k_imp"), F.lit(True).alias("__k_has"))
@@ -404,7 +380,7 @@ def attribute_conversions(convs_kept: DataFrame, clicks_kept: DataFrame, status:
                      F.when(r1.isNull(), F.col("__k_imp")).alias("__imp"),
                      F.lit("click_id").alias("__via"))
 
-    without = convs.where(_blank("click_id"))
+    without = convs.where(is_blank("click_id"))
     valid = status.where(F.col("__reason").isNull()).select(
         F.col("click_id").alias("__c_id"), F.col("__us").alias("__c_us"),
         F.col("impression_id").alias("__c_imp"),
@@ -472,8 +448,8 @@ def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame,
 
 def _record_json(df: DataFrame) -> Column:
     record = F.to_json(F.struct(*[F.col(c) for c in raw_columns(df)]))
-    if CORRUPT in df.columns:
-        record = F.coalesce(F.col(CORRUPT), record)
+    if CORRUPT_COLUMN in df.columns:
+        record = F.coalesce(F.col(CORRUPT_COLUMN), record)
     return record
 
 
@@ -483,9 +459,8 @@ def quarantine_rows(df: DataFrame, source: str, owner: Column) -> DataFrame:
     The record JSON is ``__record`` when ``df`` carries it (the impressions' narrow
     pass computes it for bad rows only), else built from ``df``'s raw columns.
     """
-    key = KEY[source]
     record = F.col("__record") if "__record" in df.columns else _record_json(df)
-    rid = F.when(_blank(key), F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(F.col(key))
+    rid = record_id([ID_COLUMN[source]], record)
     return df.select(F.lit(source).alias("source"), rid.alias("record_id"),
                      F.col("__reason").alias("reason"), record.alias("record"), owner.alias("dt"))
 
@@ -749,19 +724,6 @@ def read_scope(spark: SparkSession, cfg: Config, source: str, first_dt: str, las
     return df.where(((dt_ >= first_dt) & (dt_ <= last_dt)) | dt_.isNull() | ~dt_.rlike(DATE_RE))
 
 
-def write_quarantine(rows: DataFrame, path: str, day: str) -> None:
-    """Replace the quarantine rows owned by ``day`` and the dt-less ('unknown') ones, in one
-    atomic commit. Every run re-derives the whole 'unknown' set (rows without a valid dt
-    are always read), so replacing it never loses or doubles a record."""
-    from pipelines.delta_io import write_delta
-
-    rows = rows.select(*[F.col(f.name).cast(f.dataType) for f in QUARANTINE_SCHEMA.fields])
-    # Only the label job's own sources: the scorer quarantines into the same table.
-    sources = ", ".join(f"'{x}'" for x in SOURCES)
-    write_delta(rows, path, ["dt"],
-                replace_where=f"dt IN ('{day}', '{UNKNOWN_DT}') AND source IN ({sources})")
-
-
 def new_run_id(prefix: str = "labels") -> str:
     return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
@@ -794,10 +756,10 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
         report = DayReport(day, as_of, run_id, count_fates(res.fates.collect()), timings=timings)
         lap("count")
         check_gate(report, cfg.labels.max_bad_fraction)
-        now_us = utc_micros(dt.datetime.now(dt.timezone.utc))
-        q = res.quarantine.select("*", F.lit(run_id).alias("run_id"),
-                                  F.timestamp_micros(F.lit(now_us)).alias("quarantined_at"))
-        write_quarantine(q, cfg.lakehouse.path("quarantine"), day)
+        # Every run re-derives the whole 'unknown' set (rows without a valid dt are always
+        # read), so replacing it with the day's never loses or doubles a record.
+        write_quarantine(stamp(res.quarantine, run_id, dt.datetime.now(dt.timezone.utc)),
+                         cfg.lakehouse.path("quarantine"), [day, UNKNOWN_DT], SOURCES)
         lap("quarantine")
         # Written straight from the plan (caching a full-width day costs more than one
         # more read); the summary is read back from the committed partition.

@@ -61,8 +61,10 @@ from pyspark.sql import types as T
 
 from esmm.config import Config, FeatureSpec, ScoreConfig
 from pipelines.features import encode_features, feature_names
+from pipelines.quarantine import any_blank, record_id, stamp, write_quarantine
 
 SCORE_COLUMNS = ("pctr", "pcvr", "pctcvr")
+QUARANTINE_SOURCE = "score"  # this job's rows of curated/quarantine
 
 
 class ScoringInputError(ValueError):
@@ -152,16 +154,6 @@ def check_candidates(df: DataFrame, spec: FeatureSpec, keys: list[str], where: s
             f"{sorted(have)}. Score a table with these columns, or a model trained on this table's features")
 
 
-def _blank(c: str) -> Column:
-    """NULL, empty or only spaces (what Spark's ``trim`` removes).
-
-    Spelled so that the common case, a non-empty string not starting with a
-    space, is decided without ``trim``, which copies every string it sees.
-    """
-    s = F.col(c).cast("string")
-    return s.isNull() | (s == "") | (s.startswith(" ") & (F.trim(s) == ""))
-
-
 def _row_reason(spec: FeatureSpec, keys: list[str]) -> Column:
     """The reason a single row cannot be scored (NULL: it can), before any duplicate check."""
     reason = F.lit(None).cast("string")
@@ -169,14 +161,7 @@ def _row_reason(spec: FeatureSpec, keys: list[str]) -> Column:
         raw = F.col(f.source)
         bad = raw.isNotNull() & raw.cast("double").isNull()
         reason = F.when(bad, F.lit(f"unparseable:{f.source}")).otherwise(reason)
-    return F.when(_missing_key(keys), F.lit("missing_key")).otherwise(reason)
-
-
-def _missing_key(keys: list[str]) -> Column:
-    missing = None
-    for k in keys:
-        missing = _blank(k) if missing is None else (missing | _blank(k))
-    return missing
+    return F.when(any_blank(keys), F.lit("missing_key")).otherwise(reason)
 
 
 def known_reasons(spec: FeatureSpec) -> list[str]:
@@ -237,7 +222,7 @@ def check_keys(df: DataFrame, spec: FeatureSpec, keys: list[str], partitions: in
     per_row = known_reasons(spec)[:-1]
     observed = df.observe(obs, F.count(F.lit(1)).alias("rows"),
                           *[F.count(F.when(reason == r, 1)).alias(f"r{i}") for i, r in enumerate(per_row)])
-    repeated = (observed.where(~_missing_key(keys)).select(_key_hash(keys).alias(KEY_HASH))
+    repeated = (observed.where(~any_blank(keys)).select(_key_hash(keys).alias(KEY_HASH))
                 .repartition(partitions, KEY_HASH).groupBy(KEY_HASH).count()
                 .where(F.col("count") > 1).select(KEY_HASH).limit(limit + 1))
     # toPandas travels as Arrow (spark.sql.execution.arrow.pyspark.enabled): a million
@@ -361,14 +346,9 @@ def quarantine_records(bad: DataFrame, keys: list[str], day: str, run_id: str,
     """Quarantine rows (curated/quarantine schema) of ``bad`` (candidates + ``reason``)."""
     data_cols = [c for c in bad.columns if c != "reason"]
     record = F.to_json(F.struct(*[F.col(c) for c in data_cols]))
-    if len(keys) == 1:
-        key = F.col(keys[0]).cast("string")
-    else:
-        key = F.to_json(F.struct(*[F.col(k) for k in keys]))
-    rid = F.when(_missing_key(keys), F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(key)
-    return bad.select(F.lit("score").alias("source"), rid.alias("record_id"), F.col("reason"),
-                      record.alias("record"), F.lit(run_id).alias("run_id"),
-                      F.lit(now).cast("timestamp").alias("quarantined_at"), F.lit(day).alias("dt"))
+    rows = bad.select(F.lit(QUARANTINE_SOURCE).alias("source"), record_id(keys, record).alias("record_id"),
+                      F.col("reason"), record.alias("record"), F.lit(day).alias("dt"))
+    return stamp(rows, run_id, now)
 
 
 def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_threads: int,
@@ -507,25 +487,6 @@ def _committed_rows(spark: SparkSession, path: str, run_id: str) -> Optional[int
     return None
 
 
-def write_quarantine(spark: SparkSession, rows: DataFrame, path: str, day: str, empty: bool = False) -> None:
-    """Replace this job's quarantine rows of ``day`` (source 'score') in one commit.
-
-    ``replaceWhere dt = D AND source = 'score'``: the label job's rows of the
-    same day stay. Not a MERGE: a conflicting key's records share record_id and
-    reason, and a MERGE refuses several source rows for one target row.
-    ``empty=True`` (the caller knows ``rows`` has none, the usual case) deletes
-    the day's earlier score rows instead, which commits nothing when there were none.
-    """
-    from delta.tables import DeltaTable
-
-    from pipelines.delta_io import write_delta
-
-    if empty and DeltaTable.isDeltaTable(spark, path):
-        DeltaTable.forPath(spark, path).delete(f"dt = '{day}' AND source = 'score'")
-        return
-    write_delta(rows, path, ["dt"], replace_where=f"dt = '{day}' AND source = 'score'")
-
-
 def _count_reasons(bad: DataFrame) -> dict[str, int]:
     return {r["reason"]: int(r["n"]) for r in bad.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
 
@@ -616,8 +577,8 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         else:
             quarantined = _count_reasons(bad)
         # Quarantine after the scores commit: a failed scoring run leaves both tables as they were.
-        write_quarantine(spark, quarantine_records(bad, sc.key_columns, day, run_id, now),
-                         cfg.lakehouse.path("quarantine"), day, empty=not quarantined)
+        write_quarantine(quarantine_records(bad, sc.key_columns, day, run_id, now),
+                         cfg.lakehouse.path("quarantine"), [day], [QUARANTINE_SOURCE], empty=not quarantined)
         lap("quarantine_write")
     finally:
         if shuffled is not None:
