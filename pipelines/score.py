@@ -446,29 +446,13 @@ def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: 
     ``run_id`` is recorded as the commit's userMetadata, so the job can read its
     row count from its own commit (:func:`_committed_rows`) instead of a scan.
     """
-    from delta.tables import DeltaTable
+    from pipelines.delta_io import is_delta, merge_delta, write_delta
 
-    spark = scores.sparkSession
-    if mode == "merge" and DeltaTable.isDeltaTable(spark, path):
+    if mode == "merge" and is_delta(scores.sparkSession, path):
         on = " AND ".join([f"t.`{k}` = s.`{k}`" for k in keys] + [f"t.dt = '{day}'", "s.dt = t.dt"])
-        key = "spark.databricks.delta.commitInfo.userMetadata"
-        prev = spark.conf.get(key, None)
-        if run_id:
-            spark.conf.set(key, run_id)
-        try:
-            (DeltaTable.forPath(spark, path).alias("t").merge(scores.alias("s"), on)
-             .whenMatchedUpdateAll().whenNotMatchedInsertAll()
-             .whenNotMatchedBySourceDelete(condition=f"t.dt = '{day}'").execute())
-        finally:
-            if prev is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, prev)
+        merge_delta(scores, path, on, delete_unmatched_where=f"t.dt = '{day}'", user_metadata=run_id)
         return
-    w = scores.write.format("delta").mode("overwrite").partitionBy("dt").option("replaceWhere", f"dt = '{day}'")
-    if run_id:
-        w = w.option("userMetadata", run_id)
-    w.save(path)
+    write_delta(scores, path, ["dt"], replace_where=f"dt = '{day}'", user_metadata=run_id)
 
 
 def _committed_rows(spark: SparkSession, path: str, run_id: str) -> Optional[int]:
@@ -477,14 +461,13 @@ def _committed_rows(spark: SparkSession, path: str, run_id: str) -> Optional[int
     A replaceWhere commit's ``numOutputRows`` and a MERGE's ``numSourceRows`` both
     equal the day's rows afterwards (the MERGE deletes what the source lacks).
     """
-    from delta.tables import DeltaTable
+    from pipelines.delta_io import commit_metrics
 
-    for r in DeltaTable.forPath(spark, path).history(20).select("userMetadata", "operationMetrics").collect():
-        if r["userMetadata"] == run_id:
-            m = r["operationMetrics"] or {}
-            n = m.get("numOutputRows") if "numOutputRows" in m else m.get("numSourceRows")
-            return int(n) if n is not None else None
-    return None
+    m = commit_metrics(spark, path, run_id)
+    if m is None:
+        return None
+    n = m.get("numOutputRows") if "numOutputRows" in m else m.get("numSourceRows")
+    return int(n) if n is not None else None
 
 
 def _count_reasons(bad: DataFrame) -> dict[str, int]:
@@ -587,8 +570,9 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         # Duplicates collapsed, or a MERGE: the commit's metrics hold the day's row count.
         scored = _committed_rows(spark, cfg.lakehouse.path("scores"), run_id)
     if scored is None:
-        scored = (spark.read.format("delta").load(cfg.lakehouse.path("scores"))
-                  .where(F.col("dt") == day).count())
+        from pipelines.delta_io import read_delta
+
+        scored = read_delta(spark, cfg.lakehouse.path("scores")).where(F.col("dt") == day).count()
     lap("count")
     report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases)
     log(report.line())
