@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from esmm.config_loader import load_config  # noqa: E402
 from esmm.timeutil import default_as_of  # noqa: E402
 from pipelines.contract import SOURCES  # noqa: E402
+from pipelines.labels_rules import Windows, scope_of  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,11 +80,10 @@ def snapshot_files(path: str, first_dt: str, last_dt: str) -> list[str]:
 def duckdb_labels(cfg, day: str, as_of: dt.datetime, threads: int) -> tuple[float, tuple, int]:
     import duckdb
 
-    from pipelines import labels as L
     from pipelines.labels_sql import label_sql
 
-    w = L.Windows.from_config(cfg.labels)
-    sc = L.scope_of(day, as_of, w)
+    w = Windows.from_config(cfg.labels)
+    sc = scope_of(day, as_of, w)
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     con.execute("SET TimeZone = 'UTC'")
@@ -141,8 +141,8 @@ def main(argv=None) -> int:
     # (quarantine, per-row fates, the gate, two Delta commits).
     from pipelines.labels_sql import count_sql, label_sql
 
-    w = L.Windows.from_config(cfg.labels)
-    sc = L.scope_of(day, as_of, w)
+    w = Windows.from_config(cfg.labels)
+    sc = scope_of(day, as_of, w)
     for s in SOURCES:
         L.read_scope(spark, cfg, s, *sc.dt_range(s, w)).createOrReplaceTempView(f"raw_{s}")
     t0 = time.time()

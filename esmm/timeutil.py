@@ -77,3 +77,12 @@ def utc_micros(t: dt.datetime) -> int:
 def micros_date(us: int) -> str:
     """The UTC ``yyyy-MM-dd`` of epoch microseconds ``us``."""
     return (dt.date(1970, 1, 1) + dt.timedelta(days=us // DAY_US)).isoformat()
+
+
+def new_run_id(prefix: str) -> str:
+    """A run id: ``<prefix>-<UTC yyyyMMddTHHmmssZ>-<6 hex>``, e.g. ``labels-20261102T031500Z-1a2b3c``.
+
+    Sorts by start time within a prefix; the random tail tells apart runs started
+    in the same second.
+    """
+    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"

@@ -37,13 +37,12 @@ import math
 import re
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from esmm.config import Config, LabelConfig, NightlyConfig
-from esmm.timeutil import parse_date, parse_duration
+from esmm.timeutil import new_run_id, parse_date, parse_duration
 from esmm.lock import FileLock, LockHeld
 
 EXIT_OK, EXIT_CONFIG, EXIT_STEP_FAILED, EXIT_LOCK_HELD = 0, 2, 3, 75
@@ -186,7 +185,7 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
     from pipelines.runs import DONE, RunsTable
 
     parse_date(run_date, "--date")
-    run_id = run_id or f"{run_date}-{uuid.uuid4().hex[:8]}"
+    run_id = run_id or new_run_id(f"nightly-{run_date}")
     lock = FileLock(lock_path(cfg), run_id, parse_duration(cfg.nightly.lock_stale_after))
     try:
         lock.acquire()

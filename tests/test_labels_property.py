@@ -10,8 +10,9 @@ from pyspark.sql import functions as F
 
 from esmm.timeutil import parse_as_of
 from jobs.cli import main
-from pipelines import generate, labels as L
+from pipelines import generate
 from pipelines.delta_io import read_delta
+from pipelines.labels_rules import Windows
 from pipelines.labels_sql import count_sql, label_sql
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_labels_equal_an_independent_sql_query(spark, world):
     cfg, t = world
     for name in ("impressions", "clicks", "conversions"):
         t[name].createOrReplaceTempView(f"raw_{name}")
-    w = L.Windows.from_config(cfg.labels)
+    w = Windows.from_config(cfg.labels)
     day = DAYS[1]
     query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, parse_as_of(AS_OF), w)
     expected = spark.sql(count_sql(query)).first()

@@ -8,7 +8,8 @@ from pyspark.sql import types as T
 
 from esmm.config import CategoricalField, FeatureSpec, GateConfig, NumericField
 from pipelines.nightly_steps import gate_decision
-from pipelines.score import ScoringInputError, check_candidates, check_keys, split_unscorable
+from pipelines.score_checks import check_candidates, check_keys, split_unscorable
+from pipelines.score_model import ScoringInputError
 
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8)],
                    numeric=[NumericField("price", transform="log1p")])
