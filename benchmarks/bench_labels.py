@@ -9,7 +9,7 @@
    click validity, attribution, quarantine, counts, gate, two Delta commits. It runs
    twice: the first run in a fresh session also pays the JVM's warm-up; the second
    (the same day again) is the steady state of a session labelling several dates.
-3. Runs the same labelling rules as one SQL query (``pipelines.labels_sql``) in
+3. Runs the same labelling rules as one SQL query (``tests/labels_oracle.py``) in
    DuckDB over the Parquet files of the current Delta snapshots (delta-rs lists
    them; DuckDB cannot load its delta extension offline), restricted to the same
    arrival partitions, and materialises the label rows.
@@ -29,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the SQL oracle of the label rules lives beside the tests
 
 from esmm.config_loader import load_config  # noqa: E402
 from esmm.timeutil import default_as_of  # noqa: E402
@@ -80,7 +81,7 @@ def snapshot_files(path: str, first_dt: str, last_dt: str) -> list[str]:
 def duckdb_labels(cfg, day: str, as_of: dt.datetime, threads: int) -> tuple[float, tuple, int]:
     import duckdb
 
-    from pipelines.labels_sql import label_sql
+    from labels_oracle import label_sql
 
     w = Windows.from_config(cfg.labels)
     sc = scope_of(day, as_of, w)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
 
     # The same reference query on Spark SQL: separates the engine gap from the job's own work
     # (quarantine, per-row fates, the gate, two Delta commits).
-    from pipelines.labels_sql import count_sql, label_sql
+    from labels_oracle import count_sql, label_sql
 
     w = Windows.from_config(cfg.labels)
     sc = scope_of(day, as_of, w)

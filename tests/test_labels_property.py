@@ -10,10 +10,10 @@ from pyspark.sql import functions as F
 
 from esmm.timeutil import parse_as_of
 from jobs.cli import main
+from labels_oracle import count_sql, label_sql
 from pipelines import generate
 from pipelines.delta_io import read_delta
 from pipelines.labels_rules import Windows
-from pipelines.labels_sql import count_sql, label_sql
 
 pytestmark = pytest.mark.slow
 
