@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 
 from esmm.config import MODEL_KINDS, Config
 from esmm.config_loader import load_config
-from esmm.evaluate import METRIC_ORDER, format_table
+from esmm.metrics_table import METRIC_ORDER, format_table
 
 SIZES = {  # name: (days, impressions per day); the last day is the evaluation day
     "tiny": (3, 5_000),

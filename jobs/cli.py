@@ -183,7 +183,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model on curated/examples (works under torchrun)", _train_args)
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm.evaluate import format_table
+    from esmm.metrics_table import format_table
     from esmm.train import train
 
     r = train(cfg)
