@@ -143,7 +143,8 @@ def commit_metrics(spark: SparkSession, path: str, user_metadata: str, lookback:
     ``user_metadata``; None when there is none."""
     from delta.tables import DeltaTable
 
-    for r in DeltaTable.forPath(spark, path).history(lookback).select("userMetadata", "operationMetrics").collect():
+    history = DeltaTable.forPath(spark, path).history(lookback)
+    for r in history.select("userMetadata", "operationMetrics").collect():
         if r["userMetadata"] == user_metadata:
             return r["operationMetrics"] or {}
     return None

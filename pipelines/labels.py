@@ -122,7 +122,7 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
 
     Inputs: the raw sources (contract of :mod:`pipelines.contract`; JSON sources may
     carry ``_corrupt_record``) holding at least the partitions of
-    :meth:`Scope.dt_range`; more is fine, the result is the same. ``as_of`` cuts
+    :meth:`pipelines.labels_rules.Scope.dt_range`; more is fine, the result is the same. ``as_of`` cuts
     event time (``ts <= as_of``). ``fates`` has one row per (source, fate, reason)
     with fate in: labelled, valid, attributed, duplicate, quarantined, after_as_of.
 

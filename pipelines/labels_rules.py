@@ -258,7 +258,7 @@ def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windo
     ``__date``, ``__reason`` (NULL = valid, else orphan_click,
     click_before_impression, click_after_window), ``__imp_us``, ``__imp_user``,
     ``__imp_item`` (of the impression; NULL for orphans). ``imps_ok`` may be just the
-    impressions of the clicked ids (:func:`build_labels` passes those, fetched once).
+    impressions of the clicked ids (:func:`pipelines.labels.build_labels` passes those, fetched once).
     """
     clicks = clicks_kept.where(between(F.col("__us"), sc.valid_lo, sc.hi)).drop("__reason")
     wanted = clicks.select("impression_id").distinct()

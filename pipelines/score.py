@@ -6,27 +6,31 @@
    ``dt = D``; ``score.candidates`` may name any lakehouse table or Delta path
    holding the configured ``score.key_columns``, the raw feature columns of the
    model's feature spec and ``score.date_column``.
-2. Check the keys (:func:`check_keys`): one query hashes the non-blank keys,
-   finds the hashes that occur more than once and counts the per-row reasons.
-   Split off the rows that cannot be scored (:func:`tag_unscorable`) into
-   ``curated/quarantine`` with ``source = 'score'`` and a reason; exact
-   duplicate rows collapse to one. Only the rows of repeated keys are shuffled.
+2. Check the keys (:func:`pipelines.score_checks.check_keys`): one query
+   hashes the non-blank keys, finds the hashes that occur more than once and
+   counts the per-row reasons. Split off the rows that cannot be scored
+   (:func:`pipelines.score_checks.tag_unscorable`) into ``curated/quarantine``
+   with ``source = 'score'`` and a reason; exact duplicate rows collapse to one.
+   Only the rows of repeated keys are shuffled.
 3. Encode with :func:`pipelines.features.encode_features` and the *model's own*
    feature spec (from its ``meta.json``), so the mapping is the one it was
    trained with; a model whose spec does not hash to its recorded
    ``feature_mapping_id``, or candidates lacking a column it needs, are refused
-   (:class:`ScoringInputError`) before any work.
+   (:class:`pipelines.score_model.ScoringInputError`, :func:`pipelines.score_model.resolve_model`)
+   before any work.
 4. Run the network inside the executors (:func:`score_frame`): ``mapInArrow``
    over Arrow batches of ``score.batch_size`` rows. The weights travel once per
    executor as a broadcast of the ``model.pt`` bytes; each Python worker builds
    the network once and keeps it in a per-process cache keyed by model id
-   (Spark reuses Python workers across tasks). ``torch.set_num_threads`` is
-   the task's cores (``spark.task.cpus``) unless ``score.torch_threads`` says
-   otherwise, so N concurrent tasks use N x threads = the executor's cores.
+   (:mod:`pipelines.score_model`; Spark reuses Python workers across tasks).
+   ``torch.set_num_threads`` is the task's cores (``spark.task.cpus``) unless
+   ``score.torch_threads`` says otherwise, so N concurrent tasks use N x
+   threads = the executor's cores.
 5. Write ``serving/scores`` in one Delta commit (:func:`write_scores`):
    ``replaceWhere dt = D`` (default) or MERGE on the keys and dt. A job killed
    before the commit leaves the previous version as it was. Then the day's
-   quarantine rows of this job, in one commit (``replaceWhere dt = D AND
+   quarantine rows of this job, in one commit
+   (:func:`pipelines.quarantine.write_quarantine`: ``replaceWhere dt = D AND
    source = 'score'``; the label job's rows of that day stay).
 
 ``serving/scores`` (Delta, partitioned by dt)::
@@ -39,9 +43,9 @@
     scored_at      TIMESTAMP UTC, one value per job
     dt             STRING yyyy-MM-dd, the candidates' day
 
-One row per key per dt. Quarantine rows (``curated/quarantine``, the label
-job's schema): source 'score', record_id (the key, or 'sha256:<hex>' of the
-record when the key is NULL), reason (``missing_key``, ``unparseable:<column>``,
+One row per key per dt. Quarantine rows (``curated/quarantine``, the schema of
+:mod:`pipelines.quarantine`): source 'score', record_id (the key, or
+'sha256:<hex>' of the record when a key is blank), reason (``missing_key``, ``unparseable:<column>``,
 ``conflicting_duplicate_key``), record (JSON), run_id, quarantined_at, dt.
 """
 from __future__ import annotations
