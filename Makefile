@@ -14,9 +14,5 @@ test: setup
 test-fast: setup
 	@. scripts/env.sh && python -m pytest -m "not slow" $(ARGS)
 
-# naive vs ESMM vs ESCM2 on generated logs over seeds (README: esmm bench quality); ARGS="--size tiny" for a quick one
-bench: setup
-	@. scripts/env.sh && esmm bench quality $(ARGS)
-
 clean:
 	rm -rf lakehouse artifacts .pytest_cache
