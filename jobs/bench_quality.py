@@ -38,8 +38,9 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from esmm.config import MODEL_KINDS, Config, load_config
-from esmm.evaluate import METRIC_ORDER, format_table
+from esmm.config import MODEL_KINDS, Config
+from esmm.config_loader import load_config
+from esmm.metrics_table import METRIC_ORDER, format_table
 from jobs.bench_sizes import SIZES
 
 
@@ -56,7 +57,7 @@ def bench_overrides(size: str, cvr: Optional[float] = None) -> list[str]:
 def backfill_as_of(cfg: Config) -> dt.datetime:
     """As-of time of the bench's label runs: the end of the last generated day plus
     click_window + attribution_window, so every generated day's labels are mature."""
-    from pipelines.labels import default_as_of
+    from esmm.timeutil import default_as_of
 
     return default_as_of(cfg.generate.dates[-1]) + dt.timedelta(
         seconds=cfg.labels.seconds("click_window") + cfg.labels.seconds("attribution_window"))

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from esmm.config import Config, ConfigError, load_config
+from esmm.config import Config
+from esmm.config_loader import load_config
+from esmm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def write_result_json(path: str, r) -> None:
          {"model": "model.kind", "train_start": "train.train_start", "train_end": "train.train_end",
           "eval_date": "train.eval_dates", "epochs": "train.epochs"})
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm.evaluate import format_table
+    from esmm.metrics_table import format_table
     from esmm.train import train
 
     r = train(cfg)
@@ -313,7 +315,7 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dates(args: argparse.Namespace) -> list[str]:
-    from esmm.config import date_range, parse_date
+    from esmm.timeutil import date_range, parse_date
 
     if args.date:
         if args.end:
@@ -326,11 +328,12 @@ def _dates(args: argparse.Namespace) -> list[str]:
 
 @command("labels", "build curated/labels (and curated/quarantine) for dates", _labels_args)
 def cmd_labels(cfg: Config, args: argparse.Namespace) -> int:
+    from esmm.timeutil import parse_as_of
     from pipelines import labels
 
     try:
         dates = _dates(args)
-        as_of = labels.parse_as_of(args.as_of) if args.as_of else None
+        as_of = parse_as_of(args.as_of) if args.as_of else None
     except ConfigError as e:
         print(f"esmm labels: {e}", file=sys.stderr)
         return 2

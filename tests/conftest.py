@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from esmm.config import SparkConfig, load_config
+from esmm.config import SparkConfig
+from esmm.config_loader import load_config
 
 
 # Tests talk to this machine only: bind Spark (and the standalone cluster) to loopback.

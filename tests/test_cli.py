@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from esmm.config import ConfigError, ModelConfig
+from esmm.config import ModelConfig
+from esmm.errors import ConfigError
 from jobs.cli import COMMANDS, build_parser, config_from_args
 
 

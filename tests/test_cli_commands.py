@@ -23,7 +23,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from esmm import registry
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from jobs.cli import main
 from pipelines.delta_io import read_delta
 from pipelines.nightly.runs import RunsTable

@@ -8,10 +8,12 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
+from esmm.timeutil import parse_as_of
 from jobs.cli import main
-from pipelines import generate, labels as L
+from labels_oracle import count_sql, label_sql
+from pipelines import generate
 from pipelines.delta_io import read_delta
-from pipelines.labels_sql import count_sql, label_sql
+from pipelines.labels_rules import Windows
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -37,7 +39,7 @@ def world(spark, tmp_path_factory, shuffle_partitions):
         # malformed one among them is that date's to quarantine.
         assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
         assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
-        from esmm.config import load_config
+        from esmm.config_loader import load_config
         cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
         t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
              ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
@@ -79,9 +81,9 @@ def test_labels_equal_an_independent_sql_query(spark, world):
     cfg, t = world
     for name in ("impressions", "clicks", "conversions"):
         t[name].createOrReplaceTempView(f"raw_{name}")
-    w = L.Windows.from_config(cfg.labels)
+    w = Windows.from_config(cfg.labels)
     day = DAYS[1]
-    query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, L.parse_as_of(AS_OF), w)
+    query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, parse_as_of(AS_OF), w)
     expected = spark.sql(count_sql(query)).first()
     lab = t["labels"].where(F.col("dt") == day)
     got = lab.agg(F.count(F.lit(1)), F.sum("click"), F.sum("conversion")).first()

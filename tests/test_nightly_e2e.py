@@ -37,7 +37,7 @@ D3, D4 = "2026-11-03", "2026-11-04"
 
 @pytest.fixture(scope="module")
 def world(spark, tmp_path_factory):
-    from esmm.config import load_config
+    from esmm.config_loader import load_config
 
     root = tmp_path_factory.mktemp("e2e")
     cfg = load_config(overrides=[

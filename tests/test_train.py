@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from esmm import registry
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from esmm.data import resolve_snapshot
 from esmm.train import train
 from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
@@ -66,7 +66,7 @@ def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path, free_por
 
 CRASH = """
 import sys; sys.path.insert(0, {tests!r})
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from esmm.train import train
 from examples_data import TINY_OVERRIDES
 cfg = load_config(overrides=[*TINY_OVERRIDES, *{overrides!r}])

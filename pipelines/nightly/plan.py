@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from esmm.config import Config, LabelConfig, NightlyConfig, parse_date, parse_duration
+from esmm.config import Config, LabelConfig, NightlyConfig
+from esmm.timeutil import parse_date, parse_duration
 
 
 def _days(d: str, n: int) -> str:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from esmm.config import Config, parse_date, parse_duration
+from esmm.config import Config
+from esmm.timeutil import new_run_id, parse_date, parse_duration
 from pipelines.nightly.lock import FileLock, LockHeld
 from pipelines.nightly.plan import NightlyPlan, available_dates, plan_dates
 
@@ -80,7 +80,7 @@ def lock_path(cfg: Config) -> Path:
         return Path(cfg.nightly.lock_path).expanduser()
     runs = cfg.lakehouse.path("runs")
     if "://" in runs:
-        from esmm.config import ConfigError
+        from esmm.errors import ConfigError
 
         raise ConfigError(f"nightly.lock_path: the runs table {runs} is on an object store, where an "
                           f"O_EXCL lock file cannot be created; set nightly.lock_path to a path on a "
@@ -103,7 +103,7 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
     from pipelines.nightly.runs import DONE, RunsTable
 
     parse_date(run_date, "--date")
-    run_id = run_id or f"{run_date}-{uuid.uuid4().hex[:8]}"
+    run_id = run_id or new_run_id(f"nightly-{run_date}")
     lock = FileLock(lock_path(cfg), run_id, parse_duration(cfg.nightly.lock_stale_after))
     try:
         lock.acquire()

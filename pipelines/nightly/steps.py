@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from esmm.timeutil import default_as_of
 from pipelines.nightly.plan import dates_in_paths
 from pipelines.nightly.runner import NightlyContext, SkipStep, Step
 
@@ -57,7 +58,7 @@ def labels(ctx: NightlyContext) -> dict[str, Any]:
     dates = label_dates(ctx)
     if not dates:
         raise SkipStep(f"no impressions up to {ctx.run_date}")
-    as_of = label_job.default_as_of(ctx.run_date)
+    as_of = default_as_of(ctx.run_date)
     reports = label_job.run(ctx.spark, ctx.cfg, dates, as_of=as_of, run_id=ctx.run_id, log=ctx.log)
     rows = {r.day: r.label_rows for r in reports}
     return {"dates": dates, "as_of": as_of.isoformat(), "rows": rows, "plan": ctx.plan.as_dict(),
