@@ -411,7 +411,7 @@ class GateConfig:
 
 @dataclass
 class NightlyConfig:
-    """The nightly pipeline (pipelines/nightly.py): windows, gate, lock."""
+    """The nightly pipeline (pipelines/nightly/): windows, gate, lock."""
 
     train_days: int = 7  # trailing window of days the model trains on (ends the day before eval)
     eval_day: str = "mature"  # mature: newest label-mature day | latest: the run date (immature labels)
