@@ -103,12 +103,8 @@ class Tracker:
             getattr(self.client, method)(self.run_id, *args, **kwargs)
         except Exception as e:  # any store error: tracking is best effort
             _say_once(f"esmm: MLflow tracking at {self.uri} failed to {what} for run {self.run_id} "
-                      f"({type(e).__name__}: {e}); continuing without it")
+                      f"({_first_line(e)}); continuing without it")
             self.run_id = None
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for k, v in tags.items():
-            self._call("set a tag", "set_tag", k, str(v))
 
     def log_params(self, params: dict[str, str]) -> None:
         if self.run_id is None:
@@ -166,6 +162,11 @@ class Tracker:
 _said: set[str] = set()
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _say_once(msg: str) -> None:
     if msg not in _said:
         _said.add(msg)
@@ -187,8 +188,8 @@ def _client(uri: str):
 
 
 def start_run(cfg: Config, name: str, tags: Optional[dict[str, Any]] = None) -> Tracker:
-    """Create a run named ``name`` in ``tracking.experiment`` with ``tags`` plus
-    ``tracking.tags``. Returns a :class:`Tracker` that does nothing when tracking is
+    """Create a run named ``name`` in ``tracking.experiment`` with ``tracking.tags``
+    and ``tags`` (which win). Returns a :class:`Tracker` that does nothing when tracking is
     disabled, the store is unreachable or ``mlflow`` is not installed (said once)."""
     if not cfg.tracking.enabled:
         return Tracker()
@@ -205,8 +206,8 @@ def start_run(cfg: Config, name: str, tags: Optional[dict[str, Any]] = None) -> 
                     "mlflow.runName": name}
         run = client.create_run(exp_id, tags=all_tags, run_name=name)
     except Exception as e:  # ImportError, unreachable server, bad store: never fatal
-        _say_once(f"esmm: MLflow tracking at {uri} is unavailable ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0] if str(e) else ''}); continuing without it")
+        _say_once(f"esmm: MLflow tracking at {uri} is unavailable ({_first_line(e)}); "
+                  f"continuing without it")
         return Tracker()
     return Tracker(client, run.info.run_id, uri)
 

@@ -14,6 +14,7 @@ from esmm import registry, tracking
 from esmm.config import ConfigError, load_config
 from esmm.train import train
 from examples_data import TINY_OVERRIDES, examples_df, write_examples
+from jobs import bench_quality
 from pipelines import report
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -169,3 +170,29 @@ def test_bad_tracking_config_names_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[override])
     assert message in str(e.value)
+
+
+def test_bench_runs_are_children_of_one_tagged_bench_run(lake, tmp_path):
+    base = [f"lakehouse.root={lake}", *TINY_OVERRIDES, f"tracking.uri={tmp_path / 'mlruns'}",
+            f"train.checkpoint_dir={tmp_path / 'ck'}", f"lakehouse.tables.registry={tmp_path / 'registry'}",
+            f"lakehouse.tables.models={tmp_path / 'models'}", "train.max_steps=3"]
+    table = bench_quality.run(None, [], base, size="tiny", seeds=1, models=("naive", "esmm"), epochs=1,
+                              skip_prepare=True)
+    uri = (tmp_path / "mlruns").resolve().as_uri()
+    children = {r["kind"]: tracking.run_data(uri, r["mlflow_run_id"])
+                for r in registry.list_models(str(tmp_path / "registry"))}
+    assert set(children) == {"naive", "esmm"}
+    parents = {c["tags"]["mlflow.parentRunId"] for c in children.values()}
+    assert len(parents) == 1
+    parent = tracking.run_data(uri, parents.pop())
+    assert parent["status"] == "FINISHED"
+    bench_id = parent["tags"]["bench_run_id"]
+    assert parent["tags"]["mlflow.runName"] == bench_id and parent["tags"]["examples_version"] == "0"
+    for kind, c in children.items():
+        assert c["tags"]["bench_run_id"] == bench_id and c["tags"]["model_kind"] == kind
+        assert c["tags"]["seed"] == "1000" and c["tags"]["examples_version"] == "0"
+        assert c["tags"]["run_date"] == parent["tags"]["run_date"]
+        assert [s for s, _ in c["history"]["loss/total"]] == [1, 3]
+        assert parent["metrics"][f"{kind}/ctcvr_auc_mean"] == pytest.approx(c["metrics"]["ctcvr_auc"])
+    assert "naive/ctcvr_auc_std" not in parent["metrics"]  # one seed: no spread, nothing logged
+    assert parent["artifacts"] == ["bench_quality.txt"] and "ctcvr_auc" in table
