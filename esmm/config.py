@@ -434,6 +434,33 @@ class NightlyConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment tracking with MLflow (esmm/tracking.py); the registry stays the source of truth.
+
+    ``uri``: empty = a local file store at ``<lakehouse.root>/mlruns``; else an
+    MLflow tracking URI (``http(s)://host:5000``, ``file:/path``, ``sqlite:///x.db``,
+    ``databricks``) or a local folder. ``tags``: added to every run (the nightly
+    adds the run date and run id, the bench its own run id).
+    """
+
+    enabled: bool = True
+    uri: str = ""
+    experiment: str = "esmm"
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.experiment.strip()), f"{key}.experiment", "must be a non-empty name")
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", self.uri)
+        _require(not scheme or scheme.group(1).lower() in _TRACKING_SCHEMES, f"{key}.uri",
+                 f"{self.uri!r}: scheme {scheme.group(1) if scheme else ''!r} is not one of "
+                 f"{', '.join(_TRACKING_SCHEMES)} (or leave it empty for <lakehouse.root>/mlruns)")
+        _require(all(k.strip() for k in self.tags), f"{key}.tags", "tag names must be non-empty")
+
+
+_TRACKING_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+@dataclass
 class Config:
     lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
@@ -445,6 +472,7 @@ class Config:
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -12,8 +12,12 @@ Artifact folder ``<lakehouse models>/<model_id>/``:
      "examples": {"path", "version", "dates"},   # the Delta snapshot trained on
      "window": {"train_start", "train_end", "eval_dates"},
      "train": TrainConfig as a dict, "training": {steps, samples, seconds, ...},
-     "metrics": {name: float}, "code_version": git commit (+ "-dirty") or "unknown"}
+     "metrics": {name: float}, "code_version": git commit (+ "-dirty") or "unknown",
+     "mlflow_run_id": the MLflow run of the training (null without tracking)}
 
+* ``losses.json``: the trainer's per-step loss records, a JSON list of
+  ``{"step", "epoch", "samples", "time", "total", <loss part>: float, ...}``
+  (the mean over the ``train.log_every`` steps up to ``step``; rank 0's batches);
 * ``reliability.png`` when the model was evaluated.
 
 Registry table (Delta, ``cfg.lakehouse.path("registry")``), one row per model::
@@ -23,7 +27,10 @@ Registry table (Delta, ``cfg.lakehouse.path("registry")``), one row per model::
     feature_mapping_id STRING, examples_version BIGINT, train_start STRING,
     train_end STRING, eval_dates STRING (comma separated),
     ctr_auc DOUBLE, cvr_auc_clicked DOUBLE, ctcvr_auc DOUBLE, pcvr_bias_all DOUBLE,
-    metrics_json STRING, code_version STRING
+    metrics_json STRING, code_version STRING, mlflow_run_id STRING (nullable)
+
+A registry written before ``mlflow_run_id`` existed gains the column (null for its
+old rows) with the first model registered by this code.
 
 The registry is written with the ``deltalake`` package (no JVM), so that rank 0
 of a torchrun job can register its model; Spark reads it like any Delta table.
@@ -50,6 +57,7 @@ from esmm.model import EntireSpaceModel, build_model
 META_FORMAT = 1
 STATUSES = ("candidate", "champion", "retired")
 HEADLINE_METRICS = ("ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "pcvr_bias_all")
+LOSSES_FILE = "losses.json"
 
 
 def code_version() -> str:
@@ -68,8 +76,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_artifact(artifact_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model.pt`` (state dict of the unwrapped model) and ``meta.json``.
+def save_artifact(artifact_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any],
+                  losses: Optional[list[dict[str, float]]] = None) -> Path:
+    """Write ``model.pt`` (state dict of the unwrapped model), ``losses.json`` (when
+    given) and ``meta.json``.
 
     Each file is written to a temporary name and renamed, and ``meta.json`` goes
     last, so a folder with a ``meta.json`` always holds complete weights.
@@ -80,6 +90,8 @@ def save_artifact(artifact_dir: str | Path, model: torch.nn.Module, meta: dict[s
     tmp = d / f".model.pt.tmp-{os.getpid()}"
     torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
     os.replace(tmp, d / "model.pt")
+    if losses is not None:
+        _atomic_write_bytes(d / LOSSES_FILE, json.dumps(losses).encode())
     meta = {"format": META_FORMAT, **meta}
     _atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True,
                                                     default=_json_default).encode())
@@ -106,6 +118,18 @@ def read_meta(artifact_dir: str | Path) -> dict[str, Any]:
     if meta.get("format") != META_FORMAT:
         raise ValueError(f"{path}: artifact format {meta.get('format')!r}, this code reads {META_FORMAT}")
     return meta
+
+
+def read_losses(artifact_dir: str | Path) -> list[dict[str, float]]:
+    """The per-step loss records of an artifact (``losses.json``); [] for a model
+    saved without them."""
+    path = Path(artifact_dir) / LOSSES_FILE
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not a JSON list of loss records: {e}") from e
 
 
 def load_model(artifact_dir: str | Path, map_location: str | torch.device = "cpu"
@@ -149,6 +173,7 @@ def _schema():
         ("train_start", pa.string()), ("train_end", pa.string()), ("eval_dates", pa.string()),
         *[(m, pa.float64()) for m in HEADLINE_METRICS],
         ("metrics_json", pa.string()), ("code_version", pa.string()),
+        ("mlflow_run_id", pa.string()),
     ])
 
 
@@ -189,10 +214,27 @@ def register(registry_path: str, artifact_dir: str | Path, status: str = "candid
         "eval_dates": ",".join(meta["window"].get("eval_dates") or []),
         **{m: num(m) for m in HEADLINE_METRICS},
         "metrics_json": json.dumps(metrics, sort_keys=True), "code_version": meta.get("code_version"),
+        "mlflow_run_id": meta.get("mlflow_run_id"),
     }
     table = pa.Table.from_pylist([row], schema=_schema())
-    write_deltalake(registry_path, table, mode="append")
+    if _lacks_columns(registry_path, table.schema.names):
+        # An older registry: add the new columns in this append (old rows read them as null).
+        # Only delta-rs's rust writer merges schemas; every other append keeps the default writer.
+        write_deltalake(registry_path, table, mode="append", engine="rust", schema_mode="merge")
+    else:
+        write_deltalake(registry_path, table, mode="append")
     return row
+
+
+def _lacks_columns(registry_path: str, names: list[str]) -> bool:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        have = set(DeltaTable(registry_path).schema().to_pyarrow().names)
+    except TableNotFoundError:
+        return False
+    return bool(set(names) - have)
 
 
 def list_models(registry_path: str, status: Optional[str] = None) -> list[dict[str, Any]]:

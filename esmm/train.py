@@ -18,9 +18,12 @@ rank joins every gradient all-reduce (what DDP's Join context does) and the
 replicas stay identical; the epoch ends when all ranks are dry. No row is skipped;
 in those tail steps the gradient average includes the dry ranks' zeros.
 
-Rank 0 shows a progress bar (rows/s, running losses), writes checkpoints
+Rank 0 shows a progress bar (rows/s, running losses), records the mean loss
+parts of its batches every ``log_every`` steps (``TrainResult.history``, kept in
+checkpoints and written to the artifact's ``losses.json``), writes checkpoints
 atomically every ``checkpoint_every`` steps and at each epoch end, evaluates,
-saves the artifact and registers it. A rerun of the same configuration (same
+saves the artifact, logs the run to MLflow (esmm.tracking; best effort) and
+registers it. A rerun of the same configuration (same
 model, data window, Delta version, world size) resumes from the last checkpoint.
 Resuming inside an epoch skips the number of batches already done; with a
 shuffle buffer fed by parallel readers the skipped rows are the same number,
@@ -71,6 +74,11 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
     total_samples: int = 0  # rows trained on by all ranks together
+    # Rank 0: one record per ``log_every`` steps (and the last step), the mean loss parts of
+    # rank 0's batches since the previous record: {"step", "epoch", "samples", "time",
+    # "total", <part>: float ...}; also in the artifact's losses.json.
+    history: list[dict[str, float]] = field(default_factory=list)
+    mlflow_run_id: Optional[str] = None
 
 
 @dataclass
@@ -164,6 +172,27 @@ class _Running:
             self.values[k] = x if k not in self.values else (1 - self.alpha) * self.values[k] + self.alpha * x
 
 
+class _History:
+    """Per-step loss records: parts are summed as tensors (no device sync per step) and
+    averaged into one record every ``log_every`` steps."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+        self._sums: dict[str, torch.Tensor] = {}
+        self._n, self._epoch = 0, 0
+
+    def add(self, loss, epoch: int) -> None:
+        for k, v in {"total": loss.total.detach(), **loss.parts}.items():
+            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
+        self._n, self._epoch = self._n + 1, epoch
+
+    def record(self, step: int, samples: int) -> None:
+        if self._n:
+            self.records.append({"step": step, "epoch": self._epoch, "samples": samples, "time": time.time(),
+                                 **{k: float(v) / self._n for k, v in self._sums.items()}})
+            self._sums, self._n = {}, 0
+
+
 def train(cfg: Config) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.train``'s window of ``curated/examples`` (see module doc)."""
     d = _setup(cfg)
@@ -199,6 +228,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
     key = _run_key(cfg, table, version, d.world_size)
     ckpt_path = checkpoint_dir(cfg) / key / "last.pt"
     step, epoch0, skip, samples, resumed = 0, 0, 0, 0, 0
+    history = _History()
     resume = t.resume and ckpt_path.exists()
     if d.world_size > 1:  # every rank must take the same decision
         box = [resume]
@@ -213,6 +243,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         dense_opt.load_state_dict(state["dense_opt"])
         emb_opt.load_state_dict(state["emb_opt"])
         step, epoch0, skip, samples = state["step"], state["epoch"], state["batches_in_epoch"], state["samples"]
+        history.records = list(state.get("history", []))
         resumed = step
 
     net: nn.Module = model
@@ -226,6 +257,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
             _atomic_save({"model": model.state_dict(), "dense_opt": dense_opt.state_dict(),
                           "emb_opt": emb_opt.state_dict(), "step": step, "epoch": epoch,
                           "batches_in_epoch": batches_in_epoch, "samples": samples,
+                          "history": history.records,
                           "config": cfg.to_dict(), "examples_version": version, "run_key": key},
                          ckpt_path)
 
@@ -264,7 +296,10 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                 done_in_epoch += 1
                 samples += 0 if dry else len(b)
                 bar.update(0 if dry else len(b))
+                if d.is_main and not dry:
+                    history.add(loss, epoch)
                 if d.is_main and not dry and (step % t.log_every == 0 or step == 1):
+                    history.record(step, samples)
                     running.update(loss.parts)
                     secs = time.perf_counter() - t0
                     bar.set_postfix({"rows/s": f"{(samples - samples0) / max(secs, 1e-9):,.0f}",
@@ -278,6 +313,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                     # Every rank counts the same steps, so all stop here together.
                     stop = True
                     break
+        history.record(step, samples)  # each epoch's curve ends at its last step
         save_checkpoint(epoch + 1, 0)
         if stop:
             break
@@ -292,7 +328,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                          examples_version=version, steps=step, samples=samples, seconds=seconds,
                          samples_per_s=(samples - samples0) / max(seconds, 1e-9),
                          resumed_from_step=resumed, losses=dict(running.values),
-                         checkpoint=str(ckpt_path), total_samples=total)
+                         checkpoint=str(ckpt_path), total_samples=total, history=history.records)
     if d.is_main:
         _finish(cfg, model, snapshot, result, key, d)
     return result
@@ -300,8 +336,8 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
 
 def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult,
             key: str, d: _Dist) -> None:
-    """Rank 0: evaluate on ``eval_dates``, save the artifact, register it."""
-    from esmm import registry
+    """Rank 0: evaluate on ``eval_dates``, save the artifact, log it to MLflow, register it."""
+    from esmm import registry, tracking
     from esmm.evaluate import evaluate
 
     t = cfg.train
@@ -328,7 +364,14 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
                      "losses": result.losses, "resumed_from_step": result.resumed_from_step},
         "metrics": metrics, "code_version": registry.code_version(),
     }
-    registry.save_artifact(artifact_dir, model, meta)
+    tracker = tracking.start_run(cfg, model_id, tracking.training_tags(
+        cfg, model_id, snapshot.table_path, snapshot.version, list(snapshot.dates), d.world_size,
+        meta["code_version"]))
+    meta["mlflow_run_id"] = tracker.run_id
+    with tracker:
+        registry.save_artifact(artifact_dir, model, meta, losses=result.history)
+        tracker.log_training(cfg, meta, result.history, artifact_dir)
     if t.register:
         registry.register(cfg.lakehouse.path("registry"), artifact_dir)
     result.model_id, result.artifact_dir, result.metrics = model_id, str(artifact_dir), metrics
+    result.mlflow_run_id = meta["mlflow_run_id"]

@@ -26,9 +26,16 @@ Steps (the production pipeline, nothing bench-specific in between):
    1..n-1, evaluate on day n (with sim/truth metrics).
 5. One table of mean ± sample std over seeds per metric (like Table 2 of the
    ESMM paper, plus the truth-based metrics).
+
+MLflow (esmm.tracking, when ``tracking.enabled``): one parent run per bench,
+named and tagged with its ``bench_run_id``, the run date, the size and the
+examples table's Delta version, holding the table (``bench_quality.txt``) and
+``<kind>/<metric>_mean`` / ``_std``; each training is a child run with the same
+tags plus its model kind and seed.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import time
@@ -89,7 +96,7 @@ def prepare(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
 
 
 def _mean_std(values: list[float]) -> str:
-    v = [x for x in values if x is not None and not math.isnan(x)]
+    v = _clean(values)
     if not v:
         return "n/a"
     return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"
@@ -110,31 +117,66 @@ def run(spark: Optional[SparkSession], conf_files: list[str], base_overrides: li
         counts = prepare(spark, cfg)
         print(f"bench quality: data ready in {time.time() - t0:.0f}s: "
               + ", ".join(f"{k}={v:,}" for k, v in counts.items()), flush=True)
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in models}
-    for seed in range(seeds):
-        for kind in models:
-            run_cfg = load_config(conf_files, [
-                *base_overrides, *gen, f"model.kind={kind}", f"train.seed={1000 + seed}",
-                f"train.train_start={dates[0]}", f"train.train_end={dates[-2]}",
-                f"train.eval_dates=[{dates[-1]}]", f"train.epochs={epochs}", "train.resume=false",
-                "train.progress=false"])
-            r = train(run_cfg)
-            results[kind].append({**r.metrics, "samples_per_s": r.samples_per_s})
-            print(f"  seed {seed} {kind:9s} {r.samples:,} rows in {r.seconds:.0f}s "
-                  f"({r.samples_per_s:,.0f}/s): ctcvr_auc={r.metrics.get('ctcvr_auc', math.nan):.4f} "
-                  f"cvr_auc_all_truth={r.metrics.get('cvr_auc_all_truth', math.nan):.4f} "
-                  f"pcvr_bias_all={r.metrics.get('pcvr_bias_all', math.nan):+.4f}", flush=True)
-    metric_names = [m for m in METRIC_ORDER if m not in ("rows", "clicks", "conversions")]
-    rows = {k: {m: _mean_std([r.get(m, math.nan) for r in v]) for m in metric_names}
-            for k, v in results.items()}
-    first = next(iter(results.values()))[0]
-    head = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train "
-            f"{dates[0]}..{dates[-2]}, eval {dates[-1]}), ctr={cfg.generate.ctr}, cvr={cfg.generate.cvr}, "
-            f"labels as of {backfill_as_of(cfg):%Y-%m-%dT%H:%MZ}, {seeds} seed(s), {epochs} epoch(s); eval rows={first.get('rows', 0):,.0f} "
-            f"clicks={first.get('clicks', 0):,.0f} conversions={first.get('conversions', 0):,.0f}; "
-            f"{time.time() - t0:.0f}s")
-    # Transposed (metrics as rows) so the four models fit side by side.
-    table = format_table({m: {k: rows[k][m] for k in rows} for m in metric_names}, list(rows))
-    out = head + "\n" + table.replace("model", "metric", 1)
-    print(out, flush=True)
+    parent, child_tags = _start_bench_run(cfg, size, seeds, models)
+    with parent:  # the bench's MLflow run ends FAILED if a training raises
+        results: dict[str, list[dict[str, float]]] = {m: [] for m in models}
+        for seed in range(seeds):
+            for kind in models:
+                run_cfg = load_config(conf_files, [
+                    *base_overrides, *gen, f"model.kind={kind}", f"train.seed={1000 + seed}",
+                    f"train.train_start={dates[0]}", f"train.train_end={dates[-2]}",
+                    f"train.eval_dates=[{dates[-1]}]", f"train.epochs={epochs}", "train.resume=false",
+                    "train.progress=false"])
+                r = train(dataclasses.replace(run_cfg, tracking=child_tags))
+                results[kind].append({**r.metrics, "samples_per_s": r.samples_per_s})
+                print(f"  seed {seed} {kind:9s} {r.samples:,} rows in {r.seconds:.0f}s "
+                      f"({r.samples_per_s:,.0f}/s): ctcvr_auc={r.metrics.get('ctcvr_auc', math.nan):.4f} "
+                      f"cvr_auc_all_truth={r.metrics.get('cvr_auc_all_truth', math.nan):.4f} "
+                      f"pcvr_bias_all={r.metrics.get('pcvr_bias_all', math.nan):+.4f}", flush=True)
+        metric_names = [m for m in METRIC_ORDER if m not in ("rows", "clicks", "conversions")]
+        rows = {k: {m: _mean_std([r.get(m, math.nan) for r in v]) for m in metric_names}
+                for k, v in results.items()}
+        first = next(iter(results.values()))[0]
+        head = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train "
+                f"{dates[0]}..{dates[-2]}, eval {dates[-1]}), ctr={cfg.generate.ctr}, cvr={cfg.generate.cvr}, "
+                f"labels as of {backfill_as_of(cfg):%Y-%m-%dT%H:%MZ}, {seeds} seed(s), {epochs} epoch(s); eval rows={first.get('rows', 0):,.0f} "
+                f"clicks={first.get('clicks', 0):,.0f} conversions={first.get('conversions', 0):,.0f}; "
+                f"{time.time() - t0:.0f}s")
+        # Transposed (metrics as rows) so the four models fit side by side.
+        table = format_table({m: {k: rows[k][m] for k in rows} for m in metric_names}, list(rows))
+        out = head + "\n" + table.replace("model", "metric", 1)
+        print(out, flush=True)
+        parent.log_metrics({f"{k}/{m}_{stat}": fn(_clean([r.get(m, math.nan) for r in v]))
+                            for k, v in results.items() for m in metric_names
+                            for stat, fn in (("mean", _mean), ("std", _std))})
+        parent.log_text(out, "bench_quality.txt")
     return out
+
+
+def _start_bench_run(cfg: Config, size: str, seeds: int, models: tuple[str, ...]):
+    """The bench's parent MLflow run (a no-op Tracker when tracking is off) and the
+    tracking section of its training runs (tagged as its children)."""
+    from esmm import tracking
+    from esmm.data import latest_version
+    from pipelines.labels import new_run_id
+
+    bench_id = new_run_id("bench-quality")
+    tags = {"pipeline": "bench-quality", "bench_run_id": bench_id,
+            "run_date": dt.datetime.now(dt.timezone.utc).date().isoformat(), "size": size,
+            "examples_table": cfg.lakehouse.path("examples"),
+            "examples_version": str(latest_version(cfg.lakehouse.path("examples")))}
+    parent = tracking.start_run(cfg, bench_id, {**tags, "seeds": seeds, "models": ",".join(models)})
+    child = {**cfg.tracking.tags, **tags, **({"mlflow.parentRunId": parent.run_id} if parent else {})}
+    return parent, dataclasses.replace(cfg.tracking, tags=child)
+
+
+def _clean(values: list[float]) -> list[float]:
+    return [x for x in values if x is not None and not math.isnan(x)]
+
+
+def _mean(v: list[float]) -> float:
+    return float(np.mean(v)) if v else math.nan
+
+
+def _std(v: list[float]) -> float:
+    return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan

@@ -11,8 +11,8 @@ nightly ``report`` step and by ``esmm report --date D``. Sections:
 * calibration reliability diagrams (the PNGs the evaluation wrote into each
   model's artifact folder, copied next to the page);
 * pCVR and pCTCVR distributions of ``serving/scores`` for the scored days;
-* training curves (per-step losses when the trainer recorded them) and the
-  history of the registered models' evaluation metrics.
+* training curves (the per-step losses the trainer recorded in each model's
+  ``losses.json``) and the history of the registered models' evaluation metrics.
 
 Two halves: :func:`collect` reads the tables (Spark and delta-rs) into a
 :class:`ReportData` of small pandas frames; :func:`render` turns a
@@ -53,7 +53,7 @@ class ReportData:
     model_ids: dict[str, str] = field(default_factory=dict)  # role -> model id
     gate: dict[str, Any] = field(default_factory=dict)
     reliability: dict[str, str] = field(default_factory=dict)  # role -> PNG path to copy
-    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # role -> [{step, loss...}]
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # role -> losses.json records
 
 
 # --------------------------------------------------------------------------- collect
@@ -139,12 +139,9 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
         png = ev.get("reliability", {}).get(role) or str(artifact / "reliability.png")
         if Path(png).is_file():
             reliability[role] = png
-        try:
-            training = registry.read_meta(artifact).get("training") or {}
-        except (FileNotFoundError, ValueError):
-            training = {}
-        if training.get("history"):
-            curves[role] = training["history"]
+        losses = registry.read_losses(artifact)
+        if losses:
+            curves[role] = losses
     return ReportData(run_date, volumes, quarantine, maturity, scores, models, steps, plan,
                       metrics, model_ids, gate, reliability, curves)
 
@@ -245,11 +242,17 @@ def chart_curves(d: ReportData, out: Path) -> Optional[str]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     if d.curves:
+        from esmm.tracking import LOSS_RECORD_KEYS
+
+        positive = True
         for role, hist in d.curves.items():
             h = pd.DataFrame(hist)
-            for col in [c for c in h.columns if c not in ("step", "epoch", "samples")]:
-                axes[0].plot(h["step"] if "step" in h else h.index, h[col], label=f"{role} {col}")
-        axes[0].set_xlabel("step")
+            for col in [c for c in h.columns if c not in LOSS_RECORD_KEYS]:
+                axes[0].plot(h["step"], h[col], lw=2 if col == "total" else 1, label=f"{role} {col}")
+                positive = positive and bool((h[col] > 0).all())
+        if positive:  # loss parts differ by orders of magnitude (CTR vs CTCVR)
+            axes[0].set_yscale("log")
+        axes[0].set_xlabel("step (mean loss of the steps since the previous point)")
         axes[0].legend(fontsize=7)
     else:
         axes[0].text(0.5, 0.5, "the trainer recorded no per-step losses", ha="center", va="center")

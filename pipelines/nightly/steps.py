@@ -78,12 +78,15 @@ def features(ctx: NightlyContext) -> dict[str, Any]:
 
 
 def train_config(ctx: NightlyContext):
-    """The run's Config with the training window and evaluation day of the plan."""
+    """The run's Config with the training window and evaluation day of the plan, and
+    the run date and run id as tracking tags."""
     p, cfg = ctx.plan, ctx.cfg
     t = dataclasses.replace(cfg.train, train_start=p.train_dates[0], train_end=p.train_dates[-1],
                             eval_dates=[p.eval_date], mature_only=p.eval_mature,
                             register=True, progress=False)
-    return dataclasses.replace(cfg, train=t)
+    # The MLflow run of the training is tagged with the nightly run it belongs to.
+    tags = {**cfg.tracking.tags, "pipeline": "nightly", "run_date": ctx.run_date, "run_id": ctx.run_id}
+    return dataclasses.replace(cfg, train=t, tracking=dataclasses.replace(cfg.tracking, tags=tags))
 
 
 def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
