@@ -1,13 +1,10 @@
-"""Scoring's pure parts: unscorable rows, the candidates check, the gate rule."""
+"""Scoring's pure parts: unscorable rows, the candidates check."""
 from __future__ import annotations
-
-import math
 
 import pytest
 from pyspark.sql import types as T
 
-from esmm.config import CategoricalField, FeatureSpec, GateConfig, NumericField
-from pipelines.nightly_steps import gate_decision
+from esmm.config import CategoricalField, FeatureSpec, NumericField
 from pipelines.score import ScoringInputError, check_candidates, check_keys, split_unscorable
 
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8)],
@@ -85,21 +82,3 @@ def test_candidates_missing_columns_are_refused_by_name(spark):
         check_candidates(df, SPEC, ["impression_id"], "cand_table")
     with pytest.raises(ScoringInputError, match=r"missing key column\(s\) \['request_id'\]"):
         check_candidates(df.withColumn("price", df.device), SPEC, ["request_id"], "t")
-
-
-G = GateConfig(max_auc_drop=0.01, calibration_min=0.8, calibration_max=1.25)
-
-
-@pytest.mark.parametrize("cand, champ, promote", [
-    ({"ctcvr_auc": 0.70, "ctcvr_calibration": 1.0}, None, True),  # first model
-    ({"ctcvr_auc": 0.40, "ctcvr_calibration": 9.0}, None, True),  # first model, even if poor
-    ({"ctcvr_auc": 0.695, "ctcvr_calibration": 1.1}, {"ctcvr_auc": 0.70}, True),  # within the margin
-    ({"ctcvr_auc": 0.689, "ctcvr_calibration": 1.1}, {"ctcvr_auc": 0.70}, False),  # worse by > margin
-    ({"ctcvr_auc": 0.75, "ctcvr_calibration": 1.3}, {"ctcvr_auc": 0.70}, False),  # miscalibrated
-    ({"ctcvr_auc": 0.75, "ctcvr_calibration": 0.79}, {"ctcvr_auc": 0.70}, False),
-    ({"ctcvr_auc": math.nan, "ctcvr_calibration": 1.0}, {"ctcvr_auc": 0.70}, False),  # no AUC
-])
-def test_gate(cand, champ, promote):
-    ok, why = gate_decision(cand, champ, G)
-    assert ok is promote, why
-    assert why.startswith("promoted" if promote else "kept the champion")
