@@ -248,3 +248,20 @@ def paired_intervals(cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], 
         ll = logloss_test(a, b, t)
         out[ll_name] = [ll["diff"] - z * ll["se"], ll["diff"] + z * ll["se"]]
     return out
+
+
+def reliability_bins(p: np.ndarray, labels: np.ndarray, n_bins: int = 10,
+                     level: float = 0.95) -> dict[str, np.ndarray]:
+    """Equal-count bins of ``p`` for a reliability diagram, each with its Wilson interval.
+
+    Returns arrays [b]: ``mean_pred``, ``rate`` (observed), ``n`` (rows),
+    ``positives``, ``lo``, ``hi`` (interval of the observed rate).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    chunks = np.array_split(np.argsort(p, kind="mergesort"), min(n_bins, len(p))) if len(p) else []
+    n = np.array([len(c) for c in chunks], dtype=np.float64)
+    k = np.array([y[c].sum() for c in chunks], dtype=np.float64)
+    lo, hi = wilson_interval(k, n, level)
+    return {"mean_pred": np.array([p[c].mean() for c in chunks]), "rate": k / np.maximum(n, 1), "n": n,
+            "positives": k, "lo": lo, "hi": hi}
