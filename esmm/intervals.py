@@ -18,8 +18,9 @@ over the same ``n`` rows: scores in [0, 1], labels in {0, 1}.
   enough for the rare events this project counts.
 * Rates in bins (reliability diagrams): the Wilson score interval.
 
-Intervals are two-sided at ``level`` (0.95 by default); tests return one-sided
-p-values of "the candidate is worse".
+Intervals are two-sided at ``level`` (0.95 by default); the paired tests return
+``p_worse``, the one-sided p-value of the null "the candidate is not worse": small
+only when the candidate is worse beyond the noise.
 """
 from __future__ import annotations
 
@@ -104,8 +105,8 @@ def auc_interval(scores: np.ndarray, labels: np.ndarray, level: float = 0.95) ->
 def paired_test(diff: float, se: float, higher_is_better: bool) -> tuple[float, float]:
     """``(z, p_worse)`` of a difference ``candidate - champion`` with standard error ``se``.
 
-    ``p_worse``: the one-sided p-value of "the candidate is worse" (lower when
-    ``higher_is_better``, higher otherwise). A zero standard error (identical
+    ``p_worse``: the one-sided p-value of the null "the candidate is not worse"
+    (worse: lower when ``higher_is_better``, higher otherwise). A zero standard error (identical
     predictions) with a zero difference gives z = 0, p = 0.5: an exact copy is
     never "worse".
     """
@@ -122,8 +123,8 @@ def delong_test(candidate: np.ndarray, champion: np.ndarray, labels: np.ndarray)
     """DeLong's paired test of two AUCs on the same rows.
 
     Returns ``candidate``, ``champion`` (AUCs), ``diff`` (candidate - champion),
-    ``se`` (of the difference), ``z`` and ``p_worse`` (one-sided P-value of
-    "the candidate's AUC is lower").
+    ``se`` (of the difference), ``z`` and ``p_worse`` (one-sided p-value of
+    the null "the candidate's AUC is not lower").
     """
     a, cov = delong(np.vstack([candidate, champion]), labels)
     diff = float(a[0] - a[1])
@@ -156,8 +157,8 @@ def logloss_test(candidate: np.ndarray, champion: np.ndarray, labels: np.ndarray
     across rows, so ``mean(d)`` has standard error ``sd(d) / sqrt(n)``. A paired
     bootstrap of the mean would estimate the same standard error (to O(1/n))
     at B times the cost. Returns ``candidate``, ``champion`` (mean log losses),
-    ``diff``, ``se``, ``z`` and ``p_worse`` (one-sided: the candidate's loss
-    is higher).
+    ``diff``, ``se``, ``z`` and ``p_worse`` (one-sided p-value of the null
+    "the candidate's loss is not higher").
     """
     lc, lh = row_logloss(candidate, labels), row_logloss(champion, labels)
     d = lc - lh

@@ -109,8 +109,8 @@ def gate_table(gate: dict[str, Any]) -> str:
                     f"<td colspan=\"6\">bounds [{c['min']}, {c['max']}], {c['level']:.0%} interval</td>"
                     f"<td>{verdict}</td></tr>")
     counts = (f"<p class=\"note\">{gate.get('n_conversions', 0):,} conversions on {gate.get('n_rows', 0):,} "
-              f"evaluation rows. p: one-sided p-value of \"the candidate is worse\"; rejected when p &lt; level "
-              f"(alpha split over the two tests).</p>")
+              f"evaluation rows. p: one-sided p-value of \"the candidate is not worse\"; the candidate is "
+              f"rejected when p &lt; level on either test (alpha split over the two).</p>")
     return ("<table><tr><th>test</th><th>candidate</th><th>champion</th><th>diff</th><th>SE</th><th>z</th>"
             "<th>p</th><th>level</th><th>verdict</th></tr>" + "".join(rows) + "</table>" + counts)
 
