@@ -17,9 +17,10 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from esmm.errors import ConfigError
 from esmm.timeutil import date_range, parse_date, parse_duration
@@ -396,14 +397,28 @@ class ScoreConfig:
 
 @dataclass
 class GateConfig:
-    """When a freshly trained candidate replaces the champion."""
+    """When a freshly trained candidate replaces the champion (esmm/gate.py, docs/serving.md).
 
-    max_auc_drop: float = 0.002  # candidate CTCVR AUC may trail the champion's by at most this
+    The candidate is rejected only when it is worse than the champion beyond
+    the noise of the evaluation day (paired one-sided tests on CTCVR AUC and
+    log loss, family-wise level ``alpha``), or when the confidence interval of
+    its calibration lies wholly outside [calibration_min, calibration_max].
+    """
+
+    alpha: float = 0.05  # one-sided level: an equally good candidate is rejected at most this often
+    min_conversions: int = 100  # fewer on the evaluation day: no comparison, the champion stays
     calibration_min: float = 0.8  # mean(pCTCVR) / observed CTCVR rate on the evaluation day
     calibration_max: float = 1.25
 
+    # Keys of earlier versions, refused with what replaced them.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "max_auc_drop": "a fixed allowed AUC drop ignored the noise of the day; the gate now tests the "
+                        "AUC difference against its DeLong standard error at level nightly.gate.alpha",
+    }
+
     def validate(self, key: str) -> None:
-        _require(self.max_auc_drop >= 0.0, f"{key}.max_auc_drop", f"{self.max_auc_drop} must be >= 0")
+        _require(0.0 < self.alpha < 0.5, f"{key}.alpha", f"{self.alpha} must be in (0, 0.5)")
+        _require(self.min_conversions >= 1, f"{key}.min_conversions", f"{self.min_conversions} must be >= 1")
         _require(0.0 < self.calibration_min <= 1.0 <= self.calibration_max, f"{key}.calibration_min",
                  f"need 0 < calibration_min <= 1 <= calibration_max, got "
                  f"[{self.calibration_min}, {self.calibration_max}]")

@@ -74,6 +74,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for k in data:
         if k not in names:
             full = f"{prefix}.{k}" if prefix else k
+            removed = getattr(cls, "REMOVED_KEYS", {})
+            if k in removed:
+                raise ConfigError(f"{full}: removed; {removed[k]}")
             raise ConfigError(f"{full}: unknown key; known keys here: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)

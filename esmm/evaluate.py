@@ -131,7 +131,8 @@ def read_truth(truth_path: str, dates: list[str]):
 
 def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
              truth_path: Optional[str] = None, mature_only: bool = True, batch_size: int = 16384,
-             out_dir: Optional[str | Path] = None, device: str | torch.device = "cpu") -> dict[str, float]:
+             out_dir: Optional[str | Path] = None, device: str | torch.device = "cpu",
+             predictions_path: Optional[str | Path] = None) -> dict[str, float]:
     """Metrics of ``model`` on the rows of ``snapshot`` (the evaluation dates).
 
     Rows with immature labels are left out when ``mature_only`` (their missing
@@ -139,6 +140,8 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     table, ``true_cvr`` is joined by impression_id; ``truth_coverage`` reports
     the share of rows that found their truth (metrics use those rows).
     With ``out_dir`` a reliability diagram is written to ``out_dir/reliability.png``.
+    With ``predictions_path`` the per-row scores and labels are saved there
+    (:func:`esmm.gate.save_predictions`), for tests paired with another model.
     """
     cat_names = [f.name for f in spec.categorical]
     num_names = [f.name for f in spec.numeric]
@@ -162,6 +165,10 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
             metrics[k] = tm[k]
     if out_dir is not None:
         reliability_diagram(pred, click, conv, Path(out_dir) / "reliability.png")
+    if predictions_path is not None:
+        from esmm.gate import save_predictions
+
+        save_predictions(predictions_path, df["impression_id"].to_numpy(), click, conv, pred)
     return metrics
 
 

@@ -8,8 +8,10 @@ nightly ``report`` step and by ``esmm report --date D``. Sections:
 * label maturity per impression day (share of label-mature rows, CTR, CVR);
 * the metric table of the candidate against the champion on the evaluation
   day, and the gate's decision;
-* calibration reliability diagrams (the PNGs the evaluation wrote into each
-  model's artifact folder, copied next to the page);
+* 95% intervals of the headline metrics and the gate's test numbers, and
+  reliability diagrams with per-bin intervals and counts
+  (:mod:`pipelines.report_uncertainty`, from the evaluation's per-row scores;
+  without them, the PNGs the evaluation wrote into each model's artifact folder);
 * pCVR and pCTCVR distributions of ``serving/scores`` for the scored days;
 * training curves (the per-step losses the trainer recorded in each model's
   ``losses.json``) and the history of the registered models' evaluation metrics.
@@ -35,6 +37,11 @@ from typing import Any, Optional
 import pandas as pd
 
 from esmm.metrics_table import format_table, format_value, ordered
+from pipelines import report_uncertainty
+
+HEADLINE = ("ctcvr_auc", "ctr_auc", "cvr_auc_clicked", "cvr_auc_all_truth", "ctcvr_calibration",
+            "ctr_calibration", "cvr_calibration_clicked", "ctcvr_logloss", "ctr_logloss",
+            "pcvr_bias_all", "rows", "clicks", "conversions")
 
 
 @dataclass
@@ -54,6 +61,7 @@ class ReportData:
     gate: dict[str, Any] = field(default_factory=dict)
     reliability: dict[str, str] = field(default_factory=dict)  # role -> PNG path to copy
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # role -> losses.json records
+    uncertainty: dict[str, Any] = field(default_factory=dict)  # pipelines.report_uncertainty.collect
 
 
 # --------------------------------------------------------------------------- collect
@@ -143,7 +151,8 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
         if losses:
             curves[role] = losses
     return ReportData(run_date, volumes, quarantine, maturity, scores, models, steps, plan,
-                      metrics, model_ids, gate, reliability, curves)
+                      metrics, model_ids, gate, reliability, curves,
+                      uncertainty=report_uncertainty.collect(ev.get("predictions") or {}))
 
 
 # --------------------------------------------------------------------------- charts
@@ -371,11 +380,16 @@ def _body(d: ReportData, out: Path) -> str:
     if ids:
         parts.append(f"<p>{ids}</p>")
     parts.append(metric_table(d.metrics))
+    parts.append(report_uncertainty.interval_table(d.metrics, d.uncertainty, HEADLINE))
     if d.gate:
         ok = d.gate.get("promoted")
         parts.append(f"<p class=\"{'ok' if ok else 'bad'}\">Gate: {html.escape(str(d.gate.get('decision', d.gate.get('skipped', ''))))}</p>")
+        parts.append(report_uncertainty.gate_table(d.gate))
     parts.append("<h2>Calibration</h2>")
-    if d.reliability:
+    if d.uncertainty.get("bins"):
+        parts.append(_img(report_uncertainty.chart_reliability(d.uncertainty["bins"], out / "reliability.png"),
+                          "reliability diagrams with per-bin 95% intervals and counts", ""))
+    elif d.reliability:
         for role, png in d.reliability.items():
             name = f"reliability_{role}.png"
             shutil.copyfile(png, out / name)

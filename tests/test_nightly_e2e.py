@@ -19,6 +19,7 @@ nightly dates.
 """
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -168,8 +169,12 @@ def test_6_the_report_of_the_night(next_night):
 
     page = Path(next_night.outputs["report"]["path"])
     srcs = check_page_images(page)
-    assert {"volumes.png", "maturity.png", "scores.png", "curves.png",
-            "reliability_candidate.png"} <= set(srcs)
+    assert {"volumes.png", "maturity.png", "scores.png", "curves.png", "reliability.png"} <= set(srcs)
+    # The gate's decision and its numbers are in the step outputs and on the page.
+    gate = r3.outputs["gate"]
+    assert set(r3.outputs["evaluate"]["predictions"]) == {"candidate", "champion"}
+    assert gate["n_conversions"] >= 0 and gate["n_rows"] > 0 and "calibration" in gate["tests"]
+    assert html.escape(gate["decision"]) in page.read_text()
     if CHROMIUM:
         found = browser_probe(page)
         assert found["errors"] == [] and found["broken"] == [] and found["images"] == len(srcs)

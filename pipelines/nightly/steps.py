@@ -136,10 +136,12 @@ def train(ctx: NightlyContext) -> dict[str, Any]:
 
 
 def evaluate(ctx: NightlyContext) -> dict[str, Any]:
-    """The champion on the candidate's evaluation rows (same examples version, same metrics).
+    """Candidate and champion on the same evaluation rows (same examples version, same metrics).
 
-    The candidate was evaluated by the trainer right after training (its
-    metrics and reliability diagram are in its artifact).
+    Each model's per-row scores go to ``reports/_evaluations/<run date>/<model
+    id>/predictions.npz`` (paths in ``predictions``), for the gate's paired tests
+    and the report's intervals. The candidate's reliability diagram is the one
+    the trainer wrote into its artifact.
     """
     from esmm import registry
     from esmm.data import resolve_snapshot
@@ -151,70 +153,77 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
     cfg, reg = ctx.cfg, ctx.cfg.lakehouse.path("registry")
     cand_dir = Path(cfg.lakehouse.path("models")) / tr["model_id"]
     cand_meta = registry.read_meta(cand_dir)
-    out = {"model_ids": {"candidate": tr["model_id"]}, "metrics": {"candidate": cand_meta.get("metrics") or {}},
-           "eval_date": tr["eval_date"], "reliability": {"candidate": str(cand_dir / "reliability.png")}}
+    snap = resolve_snapshot(cfg.lakehouse.path("examples"), [tr["eval_date"]],
+                            cand_meta["examples"]["version"])
+    work = Path(cfg.lakehouse.path("reports")) / "_evaluations" / ctx.run_date
+
+    def scored(artifact_dir, model_id: str, out_dir=None) -> tuple[dict[str, float], str]:
+        model, meta = registry.load_model(artifact_dir)
+        preds = work / model_id / "predictions.npz"
+        metrics = eval_fn(model, snap, registry.spec_of(meta), truth_path=cfg.lakehouse.path("truth"),
+                          mature_only=ctx.plan.eval_mature, batch_size=cfg.train.eval_batch_size,
+                          out_dir=out_dir, predictions_path=preds)
+        return metrics, str(preds)
+
+    cand_metrics, cand_preds = scored(cand_dir, tr["model_id"])
+    out = {"model_ids": {"candidate": tr["model_id"]}, "metrics": {"candidate": cand_metrics},
+           "eval_date": tr["eval_date"], "reliability": {"candidate": str(cand_dir / "reliability.png")},
+           "predictions": {"candidate": cand_preds}}
     champ = registry.champion(reg)
     if champ is None:
         out["summary"] = "no champion yet: the candidate stands alone"
         return out
-    model, meta = registry.load_model(champ["artifact_dir"])
+    meta = registry.read_meta(champ["artifact_dir"])
     if meta["feature_mapping_id"] != cand_meta["feature_mapping_id"]:
         out["champion_note"] = (f"champion {champ['model_id']} uses feature mapping {meta['feature_mapping_id']}, "
                                 f"the examples {cand_meta['feature_mapping_id']}: not comparable on them")
         out["summary"] = out["champion_note"]
         return out
-    snap = resolve_snapshot(cfg.lakehouse.path("examples"), [tr["eval_date"]],
-                            cand_meta["examples"]["version"])
-    work = Path(cfg.lakehouse.path("reports")) / "_evaluations" / ctx.run_date / champ["model_id"]
-    metrics = eval_fn(model, snap, registry.spec_of(meta), truth_path=cfg.lakehouse.path("truth"),
-                      mature_only=ctx.plan.eval_mature, batch_size=cfg.train.eval_batch_size,
-                      out_dir=work)
+    metrics, out["predictions"]["champion"] = scored(champ["artifact_dir"], champ["model_id"],
+                                                     out_dir=work / champ["model_id"])
     out["model_ids"]["champion"] = champ["model_id"]
     out["metrics"]["champion"] = metrics
-    out["reliability"]["champion"] = str(work / "reliability.png")
-    c, k = out["metrics"]["candidate"].get("ctcvr_auc", math.nan), metrics.get("ctcvr_auc", math.nan)
+    out["reliability"]["champion"] = str(work / champ["model_id"] / "reliability.png")
+    c, k = cand_metrics.get("ctcvr_auc", math.nan), metrics.get("ctcvr_auc", math.nan)
     out["summary"] = f"CTCVR AUC candidate {c:.4f} vs champion {champ['model_id']} {k:.4f}"
     return out
 
 
-def gate_decision(cand: dict[str, float], champ: dict[str, float] | None, g) -> tuple[bool, str]:
-    """(promote?, why) under ``nightly.gate`` (:class:`esmm.config.GateConfig`). Pure."""
-    cal = cand.get("ctcvr_calibration", math.nan)
-    cal_ok = g.calibration_min <= cal <= g.calibration_max  # False for NaN
-    cal_txt = f"CTCVR calibration {cal:.3f} {'inside' if cal_ok else 'OUTSIDE'} [{g.calibration_min}, {g.calibration_max}]"
-    if champ is None:
-        return True, f"promoted: first model ({cal_txt})"
-    a, b = cand.get("ctcvr_auc", math.nan), champ.get("ctcvr_auc", math.nan)
-    auc_ok = (a >= b - g.max_auc_drop) if not (math.isnan(a) or math.isnan(b)) else False
-    auc_txt = (f"CTCVR AUC {a:.4f} vs champion {b:.4f} (delta {a - b:+.4f}, allowed drop "
-               f"{g.max_auc_drop})")
-    if auc_ok and cal_ok:
-        return True, f"promoted: {auc_txt}; {cal_txt}"
-    return False, f"kept the champion: {auc_txt}{'' if auc_ok else ' FAILS'}; {cal_txt}"
-
-
 def gate(ctx: NightlyContext) -> dict[str, Any]:
-    """Promote the candidate if it passes the gate; the first model always does."""
+    """Promote the candidate unless :func:`esmm.gate.decide` keeps the champion.
+
+    Outputs the decision (``promoted``, ``decision``: the reason) and its numbers
+    (``tests``, ``n_rows``, ``n_conversions``), which the runs table and the
+    report show.
+    """
     from esmm import registry
+    from esmm.gate import GateDecision, align, ctcvr_label, decide, load_predictions
 
     ev = ctx.outputs.get("evaluate") or {}
     cand_id = (ev.get("model_ids") or {}).get("candidate")
     if not cand_id:
         raise SkipStep("no candidate was evaluated")
     champ_id = (ev.get("model_ids") or {}).get("champion")
-    reg = ctx.cfg.lakehouse.path("registry")
+    preds = ev.get("predictions") or {}
+    if "candidate" not in preds:
+        raise RuntimeError("the evaluate step recorded no per-row predictions (an older run?); "
+                           "re-run the evaluate step of this date")
+    cand = load_predictions(preds["candidate"])
+    champ = None
+    if champ_id is not None:
+        cand, champ = align(cand, load_predictions(preds["champion"]))
+    reg, g = ctx.cfg.lakehouse.path("registry"), ctx.cfg.nightly.gate
+    d = decide(cand["pctcvr"], None if champ is None else champ["pctcvr"], ctcvr_label(cand), g)
     if champ_id is None and registry.champion(reg) is not None:
-        # A champion exists but could not be compared (different feature mapping).
-        ok, why = gate_decision(ev["metrics"]["candidate"], {"ctcvr_auc": math.nan}, ctx.cfg.nightly.gate)
-        why += f" ({ev.get('champion_note', 'champion not comparable')})"
-    else:
-        ok, why = gate_decision(ev["metrics"]["candidate"], ev["metrics"].get("champion"),
-                                ctx.cfg.nightly.gate)
-    if ok:
+        # A champion exists but could not be compared (different feature mapping): it stays.
+        d = GateDecision(False, f"kept the champion: {ev.get('champion_note', 'champion not comparable')}",
+                         d.tests, d.n_rows, d.n_conversions)
+    if d.promote:
         registry.promote(reg, cand_id)
     champion = registry.champion(reg)
-    return {"promoted": ok, "candidate": cand_id, "decision": why,
-            "champion": champion["model_id"] if champion else None, "summary": why}
+    return {"promoted": d.promote, "candidate": cand_id, "decision": d.reason, "tests": d.tests,
+            "n_rows": d.n_rows, "n_conversions": d.n_conversions,
+            "champion": champion["model_id"] if champion else None, "summary": d.reason}
 
 
 def score(ctx: NightlyContext) -> dict[str, Any]:
