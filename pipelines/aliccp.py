@@ -107,7 +107,7 @@ def parse_skeleton(lines: DataFrame) -> DataFrame:
         ((c.getItem(2) == "1") & (c.getItem(1) == "0"), "conversion_without_click"),
     )
     return lines.select(
-        c.getItem(0).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
+        F.when(n_cols == 6, c.getItem(0)).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
         c.getItem(2).cast("int").alias("conversion"), c.getItem(3).alias("common_index"),
         _features(lst).alias("features"), line.alias("line"), reason.alias("reason"))
 
@@ -126,7 +126,7 @@ def parse_common(lines: DataFrame) -> DataFrame:
         (_bad_features(lst), "bad_feature"),
         (c.getItem(1).cast("int").isNull() | (c.getItem(1).cast("int") != _count(lst)), "feature_num_mismatch"),
     )
-    parsed = lines.select(c.getItem(0).alias("common_index"), _features(lst).alias("common_features"),
+    parsed = lines.select(F.when(F.size(c) == 3, c.getItem(0)).alias("common_index"), _features(lst).alias("common_features"),
                           line.alias("line"), reason.alias("reason"))
     copies = (parsed.where(F.col("reason").isNull()).groupBy("common_index")
               .agg(F.count(F.lit(1)).alias("copies")).where("copies > 1"))
