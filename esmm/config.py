@@ -112,13 +112,25 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=lambda: {"spark.sql.session.timeZone": "UTC"})
 
 
+POOLINGS = ("sum", "mean")
+
+
 @dataclass
 class CategoricalField:
-    """A categorical feature hashed into ``buckets`` embedding rows (row 0 = NULL)."""
+    """A categorical feature hashed into ``buckets`` embedding rows (row 0 = NULL).
+
+    ``multi``: the raw column is an ARRAY (every value kept, hashed one by one);
+    the model pools the field's embeddings with ``pooling`` (sum | mean) over at
+    most ``max_len`` values per row (the first ``max_len``; the examples table
+    keeps all of them).
+    """
 
     name: str = ""
     column: Optional[str] = None  # raw column; default: ``name``
     buckets: int = 1000
+    multi: bool = False
+    pooling: str = "sum"
+    max_len: int = 64
 
     @property
     def source(self) -> str:
@@ -127,6 +139,14 @@ class CategoricalField:
     def validate(self, key: str) -> None:
         _require(bool(self.name), f"{key}.name", "must be a non-empty string")
         _require(self.buckets >= 2, f"{key}.buckets", f"{self.buckets} must be >= 2")
+        _require(self.pooling in POOLINGS, f"{key}.pooling",
+                 f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        _require(self.max_len >= 1, f"{key}.max_len", f"{self.max_len} must be >= 1")
+
+    @property
+    def width(self) -> int:
+        """Columns the field takes in the model's ``cat`` matrix (1, or ``max_len`` if multi)."""
+        return self.max_len if self.multi else 1
 
 
 @dataclass
@@ -198,7 +218,14 @@ class FeatureSpec:
     @property
     def mapping_id(self) -> str:
         """Content hash of everything that decides an example's column values."""
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        for f in data["categorical"]:
+            # pooling and max_len act in the model, not on example values; a single-valued
+            # field hashes as before, so existing mapping ids stay valid.
+            f.pop("pooling"), f.pop("max_len")
+            if not f["multi"]:
+                f.pop("multi")
+        payload = json.dumps(data, sort_keys=True)
         return "fm-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -473,6 +500,26 @@ class TrackingConfig:
 
 
 _TRACKING_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+@dataclass
+class AliccpConfig:
+    """Ali-CCP ingest (pipelines/aliccp.py): the release has no timestamps.
+
+    Each split gets a pseudo-date ``dt`` so the date-windowed trainer can use it:
+    the ESMM paper trains on the release's train half and evaluates on its test half,
+    i.e. ``--train-start/--train-end train_date --eval-date test_date``. ``val_date``
+    is the processed layouts' validation file.
+    """
+
+    train_date: str = "2018-01-01"
+    val_date: str = "2018-01-02"
+    test_date: str = "2018-01-03"
+
+    def validate(self, key: str) -> None:
+        dates = [parse_date(getattr(self, n), f"{key}.{n}") for n in ("train_date", "val_date", "test_date")]
+        _require(len(set(dates)) == 3, key, f"train_date, val_date and test_date must differ, got {dates}")
+
+    def date_of(self, split: str) -> str:
+        return getattr(self, f"{split}_date")
 
 
 @dataclass
@@ -488,6 +535,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    aliccp: AliccpConfig = field(default_factory=AliccpConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,7 +13,11 @@ Input table ``curated/examples`` (written by :mod:`pipelines.features`), partiti
     <categorical feature name> INT (one per spec.categorical, in [0, buckets)),
     <numeric feature name> FLOAT (one per spec.numeric), feature_mapping_id STRING
 
-A :class:`Batch` holds ``cat`` [B, F] long, ``num`` [B, N] float, ``click`` [B]
+A multi-valued field (``multi``) is ARRAY<INT> in the table; in ``cat`` it takes
+``max_len`` columns: its first ``max_len`` ids, padded with :data:`PAD` (-1, the
+mask: not an embedding row). ``W`` = :func:`cat_width` (``F`` without multi fields).
+
+A :class:`Batch` holds ``cat`` [B, W] long, ``num`` [B, N] float, ``click`` [B]
 float and ``conversion`` [B] float, column order = spec order.
 """
 from __future__ import annotations
@@ -30,6 +34,71 @@ from torch import Tensor
 from esmm.config import FeatureSpec
 
 LABEL_COLUMNS = ("click", "conversion", "label_mature")
+PAD = -1  # padding of a multi-valued field's ids in ``cat``
+
+
+def cat_width(spec: FeatureSpec) -> int:
+    """W: columns of ``cat`` (1 per single-valued field, ``max_len`` per multi-valued one)."""
+    return sum(f.width for f in spec.categorical)
+
+
+def pad_lists(lengths: np.ndarray, values: np.ndarray, max_len: int) -> np.ndarray:
+    """Ragged rows (``lengths`` [n], their ``values`` concatenated) -> [n, max_len] int64,
+    each row's first ``max_len`` values, the rest :data:`PAD`."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = np.full((len(lengths), max_len), PAD, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+    keep = pos < max_len
+    out[row[keep], pos[keep]] = np.asarray(values, dtype=np.int64)[keep]
+    return out
+
+
+def _pad_arrow(col, max_len: int) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    return pad_lists(lengths, arr.flatten().to_numpy(zero_copy_only=False), max_len)
+
+
+def pack_categorical(columns, spec: FeatureSpec) -> np.ndarray:
+    """Encoded columns (name -> pyarrow array: INT, or list<INT> for multi fields) -> cat [n, W] int64.
+
+    Raises ValueError naming a column that holds NULLs (the feature mapping never writes one).
+    """
+    blocks = []
+    for f in spec.categorical:
+        col = columns[f.name]
+        if col.null_count:
+            raise ValueError(f"encoded feature column {f.name!r} holds {col.null_count} NULL(s)")
+        if f.multi:
+            blocks.append(_pad_arrow(col, f.max_len))
+        else:
+            blocks.append(np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)[:, None])
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((0, 0), np.int64)
+
+
+def _pad_transform(spec: FeatureSpec):
+    """Petastorm TransformSpec padding multi-valued columns to [max_len] (its reader stacks
+    list columns only when every row has the same length)."""
+    from petastorm.transform import TransformSpec
+
+    multi = [f for f in spec.categorical if f.multi]
+    if not multi:
+        return None
+
+    def pad(pdf):
+        for f in multi:
+            cells = pdf[f.name].values
+            lengths = np.fromiter((len(c) for c in cells), dtype=np.int64, count=len(cells))
+            values = np.concatenate(list(cells)) if len(cells) else np.zeros(0, np.int64)
+            pdf[f.name] = list(pad_lists(lengths, values, f.max_len))
+        return pdf
+
+    return TransformSpec(pad, edit_fields=[(f.name, np.int64, (f.max_len,), False) for f in multi])
 
 
 @dataclass(frozen=True)
@@ -79,7 +148,7 @@ def resolve_snapshot(table_path: str, dates: list[str], version: Optional[int] =
 
 @dataclass
 class Batch:
-    cat: Tensor         # [B, F] long
+    cat: Tensor         # [B, W] long
     num: Tensor         # [B, N] float
     click: Tensor       # [B] float
     conversion: Tensor  # [B] float
@@ -98,7 +167,10 @@ def to_batch(cols: dict[str, Tensor], spec: FeatureSpec, mature_only: bool) -> B
     With ``mature_only`` rows whose ``label_mature`` is false are dropped: their
     conversions may still arrive, so they would be learned as false negatives.
     """
-    cat = torch.stack([cols[f.name] for f in spec.categorical], 1).long()
+    if any(f.multi for f in spec.categorical):  # [B] or [B, max_len] blocks, in spec order
+        cat = torch.cat([cols[f.name].reshape(len(cols["click"]), -1).long() for f in spec.categorical], 1)
+    else:
+        cat = torch.stack([cols[f.name] for f in spec.categorical], 1).long()
     if spec.numeric:
         num = torch.stack([cols[f.name] for f in spec.numeric], 1).float()
     else:
@@ -150,7 +222,8 @@ def example_batches(snapshot: Snapshot, spec: FeatureSpec, batch_size: int, *,
     try:
         reader = make_batch_reader(files, schema_fields=_columns(spec), num_epochs=1,
                                    shuffle_row_groups=shuffle, seed=seed, cur_shard=cur_shard,
-                                   shard_count=shard_count, workers_count=workers)
+                                   shard_count=shard_count, workers_count=workers,
+                                   transform_spec=_pad_transform(spec))
     except Exception as e:
         raise ValueError(f"{snapshot.table_path} v{snapshot.version}: cannot read examples "
                          f"(columns {_columns(spec)}): {e}") from e

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from esmm.config import FeatureSpec
-from esmm.data import Snapshot, read_arrow
+from esmm.data import Snapshot, pack_categorical, read_arrow
 
 def auc(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
     """Rank AUC with ties counted one half; ``labels`` in [0, 1] may be soft.
@@ -75,7 +75,7 @@ def calibration(p: np.ndarray, y: np.ndarray) -> float:
 @torch.no_grad()
 def predict(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch_size: int = 16384,
             device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """cat [n, F] int, num [n, N] float -> {'pctr', 'pcvr', 'pctcvr'} float64 [n]."""
+    """cat [n, W] int (esmm.data.pack_categorical), num [n, N] float -> {'pctr', 'pcvr', 'pctcvr'} float64 [n]."""
     net = getattr(model, "module", model)
     was_training = net.training
     net.eval()
@@ -148,7 +148,7 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     table = read_arrow(snapshot, ["impression_id", "click", "conversion", "label_mature",
                                   *cat_names, *num_names], filter_mature=mature_only)
     df = table.to_pandas()
-    cat = df[cat_names].to_numpy(dtype=np.int64)
+    cat = pack_categorical({n: table.column(n) for n in cat_names}, spec)
     num = df[num_names].to_numpy(dtype=np.float32) if num_names else np.zeros((len(df), 0), np.float32)
     pred = predict(model, cat, num, batch_size, device)
     click, conv = df["click"].to_numpy(), df["conversion"].to_numpy()

@@ -1,11 +1,14 @@
 """The entire-space multi-task model: a shared embedding, a CTR tower, a CVR tower.
 
 Notation (torchrec style): ``B`` batch size, ``F`` categorical fields, ``N``
-numeric fields, ``D`` embedding dimension, ``H`` = ``F*D + N`` tower input width.
+numeric fields, ``D`` embedding dimension, ``H`` = ``F*D + N`` tower input width,
+``W`` = columns of ``cat``: one per single-valued field, ``max_len`` per multi-valued
+field (its ids padded with -1, see esmm/data.py), so ``W = F`` without multi fields.
 
 Architecture (Ma et al. 2018, figure 2)::
 
-    cat [B, F] --(one shared table, per-field offsets)--> [B, F, D] --flatten--+
+    cat [B, W] --(one shared table, per-field offsets)--> [B, F, D] --flatten--+
+               (a multi-valued field: sum or mean of its ids' rows, EmbeddingBag)
     num [B, N] ----------------------------------------------------------------+--> x [B, H]
     x --> CTR tower (MLP tower..., 1) --> ctr_logit [B] --> pCTR = sigmoid
     x --> CVR tower (MLP tower..., 1) --> cvr_logit [B] --> pCVR = sigmoid
@@ -23,27 +26,68 @@ The embedding is one ``nn.Embedding`` over all fields (row offset per field), wi
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from esmm.config import FeatureSpec, ModelConfig
 
 
 class FeatureEmbedding(nn.Module):
-    """cat [B, F] (row index per field in [0, buckets)) + num [B, N] -> x [B, F*D + N]."""
+    """cat [B, W] (row index per field in [0, buckets); -1 = padding) + num [B, N] -> x [B, F*D + N].
 
-    def __init__(self, buckets: list[int], n_numeric: int, dim: int, sparse: bool) -> None:
+    ``bags``: per field, None (single-valued: one column of ``cat``) or
+    ``(max_len, pooling)`` (multi-valued: ``max_len`` columns, ids padded with -1,
+    pooled by ``pooling`` = sum | mean over the non-padding ids; a row without any
+    id pools to zeros). Output order: the single-valued fields' vectors in spec
+    order, then each multi-valued field's pooled vector in spec order, then ``num``.
+    Without multi-valued fields this is one lookup over ``cat`` (the fast path).
+    """
+
+    def __init__(self, buckets: list[int], n_numeric: int, dim: int, sparse: bool,
+                 bags: Optional[list[Optional[tuple[int, str]]]] = None) -> None:
         super().__init__()
         self.table = nn.Embedding(sum(buckets), dim, sparse=sparse)
         # Small init: F fields of N(0,1) vectors would saturate the towers at the start.
         nn.init.normal_(self.table.weight, std=0.05)
         offsets = torch.tensor([0] + list(buckets[:-1]), dtype=torch.long).cumsum(0)
-        self.register_buffer("offsets", offsets, persistent=False)
         self.out_dim = len(buckets) * dim + n_numeric
+        bags = bags or [None] * len(buckets)
+        self.multi = any(b is not None for b in bags)
+        if not self.multi:
+            self.register_buffer("offsets", offsets, persistent=False)
+            return
+        # Column of each single-valued field in cat, and (start column, width, row offset,
+        # mode) of each multi-valued one.
+        starts = torch.tensor([0] + [1 if b is None else b[0] for b in bags[:-1]]).cumsum(0).tolist()
+        single = [i for i, b in enumerate(bags) if b is None]
+        self.register_buffer("single_cols", torch.tensor([starts[i] for i in single], dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("offsets", offsets[single], persistent=False)
+        self.bags = [(starts[i], b[0], int(offsets[i]), b[1]) for i, b in enumerate(bags) if b is not None]
+
+    def pool(self, ids: Tensor, row_offset: int, mode: str) -> Tensor:
+        """ids [B, L] (-1 = padding) -> [B, D]: nn.EmbeddingBag's ``mode`` over the shared table.
+
+        The functional form of nn.EmbeddingBag, so that single- and multi-valued fields
+        share one table and its one sparse optimizer (esmm/train.py).
+        """
+        mask = ids >= 0
+        lengths = mask.sum(1)
+        flat = (ids + row_offset)[mask]  # row-major: each row's ids stay together, in order
+        starts = torch.cumsum(lengths, 0) - lengths
+        return F.embedding_bag(flat, self.table.weight, starts, mode=mode, sparse=self.table.sparse)
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        e = self.table(cat.long() + self.offsets)  # [B, F, D]
-        return torch.cat([e.flatten(1), num.float()], dim=1)
+        cat = cat.long()
+        if not self.multi:
+            e = self.table(cat + self.offsets)  # [B, F, D]
+            return torch.cat([e.flatten(1), num.float()], dim=1)
+        parts = [self.table(cat[:, self.single_cols] + self.offsets).flatten(1)] if len(self.offsets) else []
+        parts += [self.pool(cat[:, s:s + w], off, mode) for s, w, off, mode in self.bags]
+        return torch.cat([*parts, num.float()], dim=1)
 
 
 class Tower(nn.Module):
@@ -67,7 +111,7 @@ class Tower(nn.Module):
 class EntireSpaceModel(nn.Module):
     """Shared embedding + CTR and CVR towers (+ imputation tower for ``escm2-dr``).
 
-    ``forward(cat [B, F] long, num [B, N] float)`` returns a dict of [B] tensors:
+    ``forward(cat [B, W] long, num [B, N] float)`` returns a dict of [B] tensors:
     ``pctr``, ``pcvr``, ``pctcvr`` (= pctr * pcvr), ``ctr_logit``, ``cvr_logit``,
     and ``imp_logit`` when the model has an imputation tower.
     """
@@ -75,8 +119,9 @@ class EntireSpaceModel(nn.Module):
     def __init__(self, cfg: ModelConfig, spec: FeatureSpec) -> None:
         super().__init__()
         self.kind = cfg.kind
-        self.embedding = FeatureEmbedding([f.buckets for f in spec.categorical], len(spec.numeric),
-                                          cfg.embedding_dim, cfg.sparse_embedding)
+        self.embedding = FeatureEmbedding(
+            [f.buckets for f in spec.categorical], len(spec.numeric), cfg.embedding_dim,
+            cfg.sparse_embedding, [(f.max_len, f.pooling) if f.multi else None for f in spec.categorical])
         h = self.embedding.out_dim
         self.ctr_tower = Tower(h, cfg.tower, cfg.dropout)
         self.cvr_tower = Tower(h, cfg.tower, cfg.dropout)

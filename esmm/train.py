@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import nn
 
 from esmm.config import Config
-from esmm.data import Batch, Snapshot, example_batches, latest_version, resolve_snapshot
+from esmm.data import Batch, Snapshot, cat_width, example_batches, latest_version, resolve_snapshot
 from esmm.losses import compute_loss
 from esmm.model import EntireSpaceModel, build_model
 
@@ -156,7 +156,7 @@ def _any_has_batch(have: bool, d: _Dist) -> bool:
 
 def _dummy_batch(cfg: Config) -> Batch:
     """One all-zero row: a dry rank's stand-in so it joins the gradient all-reduce."""
-    return Batch(torch.zeros(1, len(cfg.features.categorical), dtype=torch.long),
+    return Batch(torch.zeros(1, cat_width(cfg.features), dtype=torch.long),
                  torch.zeros(1, len(cfg.features.numeric)), torch.zeros(1), torch.zeros(1))
 
 

@@ -362,6 +362,37 @@ def cmd_features(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- Ali-CCP
+
+
+def _ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("layout", choices=["aliccp", "aliccp-csv"],
+                   help="aliccp: the raw release (--skeleton, --common, --split); "
+                        "aliccp-csv: processed CSV files (torch-rechub layout)")
+    p.add_argument("paths", nargs="*", help="aliccp-csv: the CSV files (split from each name)")
+    p.add_argument("--skeleton", help="sample_skeleton_{train,test}.csv")
+    p.add_argument("--common", help="common_features_{train,test}.csv")
+    p.add_argument("--split", choices=["train", "val", "test"], help="which split (dt: aliccp.<split>_date)")
+    p.add_argument("--date", help="dt for this file instead of aliccp.<split>_date (a slice)")
+
+
+@command("ingest", "ingest Ali-CCP into curated/labels (use --conf conf/aliccp.yaml)", _ingest_args)
+def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
+    from pipelines import aliccp
+
+    if args.layout == "aliccp" and not (args.skeleton and args.common and args.split) or \
+            args.layout == "aliccp-csv" and not args.paths:
+        print("esmm ingest: aliccp needs --skeleton, --common and --split; aliccp-csv needs PATH...",
+              file=sys.stderr)
+        return 2
+    spark = _spark(cfg)
+    if args.layout == "aliccp":
+        aliccp.run(spark, cfg, args.skeleton, args.common, args.split, day=args.date)
+    else:
+        aliccp.run_csv(spark, cfg, args.paths, split=args.split)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 

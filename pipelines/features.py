@@ -10,6 +10,10 @@ Categorical field ``f`` with ``buckets`` B::
     index = 0                                        if value is NULL or ''
           = 1 + pmod(xxhash64(f.name, string(value)), B - 1)   otherwise   (INT in [0, B))
 
+Multi-valued categorical field (``multi``; raw column an ARRAY): every element is
+hashed as above, in order, into ARRAY<INT>; a NULL or empty array becomes ``[0]``
+(the NULL row, as for a single-valued field), so every row has at least one id.
+
 Numeric field: NULL, NaN and +/-inf become ``fill``; then ``log1p`` (of
 max(x, 0)) if configured; then clipping to [clip_min, clip_max]; cast to FLOAT.
 No statistics are fitted, so nothing can leak from evaluation data.
@@ -25,12 +29,24 @@ from pyspark.sql import functions as F
 from esmm.config import CategoricalField, FeatureSpec, NumericField
 
 
-def categorical_index(field: CategoricalField) -> Column:
-    """INT embedding row of the raw column ``field.source`` (0 = NULL/empty)."""
-    raw = F.col(field.source).cast("string")
+def _hash(field: CategoricalField, value: Column) -> Column:
+    raw = value.cast("string")
     h = F.xxhash64(F.lit(field.name), raw)
     idx = F.lit(1) + F.pmod(h, F.lit(field.buckets - 1).cast("long"))
     return F.when(raw.isNull() | (raw == ""), F.lit(0)).otherwise(idx).cast("int")
+
+
+def categorical_index(field: CategoricalField) -> Column:
+    """Embedding row(s) of the raw column ``field.source`` (0 = NULL/empty).
+
+    INT for a single-valued field; ARRAY<INT> (one row per element, same hash) for a
+    ``multi`` field, ``[0]`` when the array is NULL or empty.
+    """
+    if not field.multi:
+        return _hash(field, F.col(field.source))
+    arr = F.col(field.source)
+    ids = F.transform(arr, lambda x: _hash(field, x))
+    return F.when(arr.isNull() | (F.size(arr) == 0), F.array(F.lit(0))).otherwise(ids)
 
 
 def numeric_value(field: NumericField) -> Column:
@@ -51,8 +67,8 @@ def encode_features(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Replace the raw feature columns of ``df`` by their encoded values.
 
     Input: any DataFrame holding each feature's raw column (``field.source``).
-    Output: the same rows and non-feature columns, plus one INT column per
-    categorical field and one FLOAT column per numeric field, each named
+    Output: the same rows and non-feature columns, plus one INT (``multi``:
+    ARRAY<INT>) column per categorical field and one FLOAT column per numeric field, each named
     ``field.name`` (a raw column of that name is replaced), plus
     ``feature_mapping_id`` STRING. Raw source columns that differ from the
     feature name are kept.
@@ -79,7 +95,8 @@ def build_examples(labels: DataFrame, spec: FeatureSpec) -> DataFrame:
 
     Output schema, in this order: impression_id STRING, dt STRING, click INT,
     conversion INT, label_mature BOOLEAN, one INT column per categorical field
-    (``field.name``, index in [0, buckets), 0 = NULL/empty), one FLOAT column per
+    (``field.name``, index in [0, buckets), 0 = NULL/empty; ARRAY<INT> of every value's
+    index for a ``multi`` field), one FLOAT column per
     numeric field (``field.name``), feature_mapping_id STRING (``spec.mapping_id``).
     """
     sources = list(dict.fromkeys(f.source for f in [*spec.categorical, *spec.numeric]))

@@ -60,8 +60,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from esmm.config import Config, ScoreConfig
+
 from esmm.timeutil import new_run_id
+from esmm.config import Config, FeatureSpec, ScoreConfig
+from esmm.data import pack_categorical
 from pipelines.features import encode_features, feature_names
 from pipelines.quarantine import write_quarantine
 from pipelines.score_checks import (QUARANTINE_SOURCE, check_candidates, check_keys, count_reasons,
@@ -79,7 +81,7 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
     """Run the model over ``encoded`` (keys + encoded features) inside the executors.
 
     Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT. Tensor shapes
-    per Arrow batch of B rows: ``cat`` LongTensor[B, n_cat], ``num``
+    per Arrow batch of B rows: ``cat`` LongTensor[B, W] (esmm.data.pack_categorical), ``num``
     FloatTensor[B, n_num], in the spec's column order. ``fail_after_batches``
     (tests only) raises inside a task after that many batches, to prove a
     killed job leaves the table untouched.
@@ -91,6 +93,7 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
     """
     spark = encoded.sparkSession
     cat_names, num_names = feature_names(model.spec)
+    spec = model.spec
     bc = spark.sparkContext.broadcast(model.state_bytes)
     meta_json = json.dumps(model.meta)
     model_id = model.model_id
@@ -111,9 +114,9 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
             n = rb.num_rows
             if n == 0:
                 continue
-            cat = np.empty((n, len(cat_names)), dtype=np.int64)
+            cat = pack_categorical({c: rb.column(c) for c in cat_names}, spec)  # [B, W]
             num = np.empty((n, len(num_names)), dtype=np.float32)
-            for block, names in ((cat, cat_names), (num, num_names)):
+            for block, names in ((num, num_names),):
                 for j, c in enumerate(names):
                     col = rb.column(c)
                     if col.null_count:  # encode_features never yields NULL: a broken invariant

@@ -1,0 +1,343 @@
+"""Ali-CCP ingest: the public release (Tianchi dataset 408) -> ``curated/labels`` + quarantine.
+
+Raw release: two text files per split, joined by ``common_feature_index``::
+
+    sample_skeleton_{train,test}.csv: sample_id,click,conversion,common_feature_index,feature_num,feature_list
+    common_features_{train,test}.csv: common_feature_index,feature_num,feature_list
+
+A feature list holds ``feature_num`` features separated by ``\\x01``; a feature is
+``field_id\\x02feature_id\\x03value``. The skeleton row carries the item side and the
+common row the user side of one impression. Every feature id of a field is kept:
+a field marked ``multi`` in the feature spec becomes an ARRAY<STRING> column of all
+its ids (skeleton ids first, then common ids, each in file order); a single-valued
+field becomes a STRING column (NULL when the row has none). The ``\\x03`` value
+(a weight) is not kept.
+
+Output rows follow the ``curated/labels`` contract (one row per impression)::
+
+    impression_id STRING ('<split>-<sample_id>'), ts TIMESTAMP (midnight of dt), user_id STRING (f101),
+    item_id STRING (f205), f<field> STRING | ARRAY<STRING> (one per spec field), click INT,
+    first_click_ts TIMESTAMP (NULL), conversion INT, conversion_ts TIMESTAMP (NULL),
+    label_mature BOOLEAN (true: the release's labels are final), as_of TIMESTAMP (end of dt), dt STRING
+
+The release has no timestamps, so each split gets a pseudo-date (``aliccp.train_date``,
+``aliccp.test_date``, or ``--date`` for a slice): the ESMM paper trains on the train
+half and evaluates on the test half.
+
+Quarantine reasons (source ``aliccp_skeleton`` or ``aliccp_common``; the record is the raw line):
+
+    malformed_line              wrong number of comma-separated columns, or a blank id
+    bad_label                   click or conversion not 0/1
+    bad_feature                 a feature not of the form field\\x02id\\x03value (e.g. a bad separator)
+    feature_num_mismatch        feature_num differs from the number of features in the list
+    conversion_without_click    conversion=1 with click=0 (the release's labels are post-click)
+    duplicate_common_index      several common lines share one index (all copies quarantined)
+    common_index_not_found      no valid common line with the skeleton row's index
+    multiple_values:f<id>       several ids in a field the spec marks single-valued
+
+Everything is a linear Spark plan over ``spark.read.text`` (no driver collect); the
+join is a shuffle join, so memory stays flat as the files grow.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from esmm.config import CategoricalField, Config, FeatureSpec
+
+SPLITS = ("train", "val", "test")
+SOURCES = ("aliccp_skeleton", "aliccp_common")
+_FEATURE = "^([^\x01\x02\x03]+)\x02([^\x01\x02\x03]+)\x03([^\x01\x02\x03]*)$"
+_LABEL = ("0", "1")
+FIELD_COLUMN = re.compile(r"^f(.+)$")
+
+
+def field_id(f: CategoricalField) -> str:
+    """Ali-CCP field id of a spec field: its column ``f<id>`` (e.g. ``f109_14`` -> ``109_14``)."""
+    m = FIELD_COLUMN.match(f.source)
+    if not m:
+        raise ValueError(f"features.categorical {f.name!r}: Ali-CCP columns are named f<field id> "
+                         f"(e.g. f109_14), got column {f.source!r}; use conf/aliccp.yaml")
+    return m.group(1)
+
+
+# --------------------------------------------------------------------------- parsing (pure)
+
+
+def _features(list_col: Column) -> Column:
+    """feature_list STRING -> ARRAY<STRUCT<field STRING, id STRING>> ('' -> empty array)."""
+    parts = F.when(list_col == "", F.array().cast("array<string>")).otherwise(F.split(list_col, "\x01"))
+    return F.transform(parts, lambda x: F.struct(F.regexp_extract(x, _FEATURE, 1).alias("field"),
+                                                 F.regexp_extract(x, _FEATURE, 2).alias("id")))
+
+
+def _bad_features(list_col: Column) -> Column:
+    parts = F.when(list_col == "", F.array().cast("array<string>")).otherwise(F.split(list_col, "\x01"))
+    return F.exists(parts, lambda x: ~x.rlike(_FEATURE))
+
+
+def _count(list_col: Column) -> Column:
+    return F.when(list_col == "", F.lit(0)).otherwise(F.size(F.split(list_col, "\x01")))
+
+
+def _first_reason(*checks: tuple[Column, str]) -> Column:
+    """The first failing check's reason, NULL when all pass (checks in priority order)."""
+    reason = F.lit(None).cast("string")
+    for bad, name in reversed(checks):
+        reason = F.when(bad, F.lit(name)).otherwise(reason)
+    return reason
+
+
+def parse_skeleton(lines: DataFrame) -> DataFrame:
+    """``value`` STRING (one skeleton line) -> sample_id, click INT, conversion INT,
+    common_index, features ARRAY<STRUCT<field, id>>, line, reason (NULL = valid)."""
+    line = F.regexp_replace(F.col("value"), "\r$", "")
+    c = F.split(line, ",", 6)
+    n_cols, lst = F.size(c), c.getItem(5)
+    blank_id = (F.trim(c.getItem(0)) == "") | (F.trim(c.getItem(3)) == "")
+    reason = _first_reason(
+        (n_cols != 6, "malformed_line"),
+        (blank_id, "malformed_line"),
+        (~c.getItem(1).isin(*_LABEL) | ~c.getItem(2).isin(*_LABEL), "bad_label"),
+        (_bad_features(lst), "bad_feature"),
+        (c.getItem(4).cast("int").isNull() | (c.getItem(4).cast("int") != _count(lst)), "feature_num_mismatch"),
+        ((c.getItem(2) == "1") & (c.getItem(1) == "0"), "conversion_without_click"),
+    )
+    return lines.select(
+        F.when(n_cols == 6, c.getItem(0)).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
+        c.getItem(2).cast("int").alias("conversion"), c.getItem(3).alias("common_index"),
+        _features(lst).alias("features"), line.alias("line"), reason.alias("reason"))
+
+
+def parse_common(lines: DataFrame) -> DataFrame:
+    """``value`` STRING (one common-features line) -> common_index, common_features, line, reason.
+
+    Every copy of an index that appears on several lines is quarantined
+    (``duplicate_common_index``): choosing one would silently change the skeleton rows.
+    """
+    line = F.regexp_replace(F.col("value"), "\r$", "")
+    c = F.split(line, ",", 3)
+    lst = c.getItem(2)
+    reason = _first_reason(
+        ((F.size(c) != 3) | (F.trim(c.getItem(0)) == ""), "malformed_line"),
+        (_bad_features(lst), "bad_feature"),
+        (c.getItem(1).cast("int").isNull() | (c.getItem(1).cast("int") != _count(lst)), "feature_num_mismatch"),
+    )
+    parsed = lines.select(F.when(F.size(c) == 3, c.getItem(0)).alias("common_index"), _features(lst).alias("common_features"),
+                          line.alias("line"), reason.alias("reason"))
+    copies = (parsed.where(F.col("reason").isNull()).groupBy("common_index")
+              .agg(F.count(F.lit(1)).alias("copies")).where("copies > 1"))
+    return (parsed.join(copies, "common_index", "left")
+            .select("common_index", "common_features", "line",
+                    F.when(F.col("reason").isNull() & F.col("copies").isNotNull(),
+                           F.lit("duplicate_common_index")).otherwise(F.col("reason")).alias("reason")))
+
+
+def join_common(skeleton: DataFrame, common: DataFrame) -> DataFrame:
+    """Valid skeleton rows + the features of their valid common line.
+
+    Output: the :func:`parse_skeleton` columns plus ``common_features``; ``reason``
+    becomes ``common_index_not_found`` where no valid common line has the index.
+    """
+    good = common.where(F.col("reason").isNull()).select("common_index", "common_features")
+    j = skeleton.where(F.col("reason").isNull()).join(good, "common_index", "left")
+    missing = F.col("common_features").isNull()
+    return j.select("sample_id", "click", "conversion", "common_index", "features",
+                    F.coalesce("common_features", F.array().cast(j.schema["features"].dataType))
+                    .alias("common_features"), "line",
+                    F.when(missing, F.lit("common_index_not_found")).alias("reason"))
+
+
+def _ids(features: Column, fid: str) -> Column:
+    return F.transform(F.filter(features, lambda x: x["field"] == F.lit(fid)), lambda x: x["id"])
+
+
+def to_labels(joined: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataFrame:
+    """Joined rows -> ``curated/labels`` rows (schema in the module docstring), plus ``reason``
+    (``multiple_values:f<id>`` for a single-valued field with several ids, else the input's)."""
+    cols, checks = {}, []
+    def all_ids(fid: str) -> Column:
+        return F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid))
+
+    for f in spec.categorical:
+        ids = all_ids(field_id(f))
+        if f.multi:
+            cols[f.source] = ids
+        else:
+            cols[f.source] = ids.getItem(0)
+            checks.append((F.size(ids) > 1, f"multiple_values:{f.source}"))
+    reason = F.coalesce(F.col("reason"), _first_reason(*checks))
+    midnight = F.to_timestamp(F.lit(day))
+    return joined.select(
+        F.concat(F.lit(f"{split}-"), F.col("sample_id")).alias("impression_id"),
+        midnight.alias("ts"),
+        all_ids("101").getItem(0).alias("user_id"), all_ids("205").getItem(0).alias("item_id"),
+        *[c.alias(name) for name, c in cols.items()],
+        F.col("click").cast("int").alias("click"), F.lit(None).cast("timestamp").alias("first_click_ts"),
+        F.col("conversion").cast("int").alias("conversion"),
+        F.lit(None).cast("timestamp").alias("conversion_ts"), F.lit(True).alias("label_mature"),
+        (midnight + F.expr("INTERVAL 1 DAY") - F.expr("INTERVAL 1 MICROSECOND")).alias("as_of"),
+        F.lit(day).alias("dt"), "sample_id", "line", reason.alias("reason"))
+
+
+def quarantine(rows: DataFrame, source: str, key: str, day: str) -> DataFrame:
+    """Rows with a ``reason`` -> quarantine rows (source, record_id, reason, record = the line, dt).
+
+    ``record_id`` is the row's ``key`` (sample id or common index), or ``sha256:<hex>``
+    of the line when the key is blank.
+    """
+    blank = F.col(key).isNull() | (F.trim(F.col(key)) == "")
+    rid = F.when(blank, F.concat(F.lit("sha256:"), F.sha2(F.col("line"), 256))).otherwise(F.col(key))
+    return rows.where(F.col("reason").isNotNull()).select(
+        F.lit(source).alias("source"), rid.alias("record_id"), "reason", F.col("line").alias("record"),
+        F.lit(day).alias("dt"))
+
+
+def build(skeleton_lines: DataFrame, common_lines: DataFrame, spec: FeatureSpec, split: str,
+          day: str) -> tuple[DataFrame, DataFrame]:
+    """Two text DataFrames (``value``) -> (labels, quarantine) of one split, lazily.
+
+    labels: the ``curated/labels`` rows (module docstring); quarantine: source, record_id,
+    reason, record, dt.
+    """
+    skel = parse_skeleton(skeleton_lines)
+    common = parse_common(common_lines)
+    rows = to_labels(join_common(skel, common), spec, split, day)
+    labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
+    bad = (quarantine(skel, SOURCES[0], "sample_id", day)
+           .unionByName(quarantine(rows, SOURCES[0], "sample_id", day))
+           .unionByName(quarantine(common, SOURCES[1], "common_index", day)))
+    return labels, bad
+
+
+# --------------------------------------------------------------------------- processed CSV layout
+
+
+def split_of(path: str) -> str:
+    """'train', 'val' or 'test' from a file name (ali_ccp_train_sample.csv -> 'train')."""
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    found = [s for s in SPLITS if re.search(rf"(^|[^a-z]){s}([^a-z]|$)", name)]
+    if len(found) != 1:
+        raise ValueError(f"{path}: cannot tell the split from the file name (want exactly one of "
+                         f"{', '.join(SPLITS)} in it); pass --split")
+    return found[0]
+
+
+def parse_csv(rows: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataFrame:
+    """Rows of the processed CSV layout (all STRING: click, purchase, one column per field id,
+    dense D* columns, ``_corrupt_record``, ``_row`` BIGINT) -> the :func:`to_labels` columns
+    (``sample_id`` = ``_row``, ``line`` = the record as JSON or the corrupt line, ``reason``).
+
+    A field marked multi becomes a one-element array (the processed layout kept one id).
+    """
+    missing = [field_id(f) for f in spec.categorical if field_id(f) not in rows.columns]
+    if missing:
+        raise ValueError(f"Ali-CCP CSV lacks the columns {missing} of the feature spec; "
+                         f"present: {sorted(rows.columns)}")
+    raw = [c for c in rows.columns if c not in ("_corrupt_record", "_row")]
+    line = F.coalesce(F.col("_corrupt_record"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw])))
+    click, conv = F.col("click"), F.col("purchase")
+    reason = _first_reason(
+        (F.col("_corrupt_record").isNotNull(), "malformed_line"),
+        (~click.isin(*_LABEL) | ~conv.isin(*_LABEL) | click.isNull() | conv.isNull(), "bad_label"),
+        ((conv == "1") & (click == "0"), "conversion_without_click"),
+    )
+    midnight = F.to_timestamp(F.lit(day))
+
+    def value(fid: str) -> Column:
+        v = F.col(f"`{fid}`")
+        return F.when(F.trim(v) == "", F.lit(None)).otherwise(v)
+
+    feats = [(F.when(value(field_id(f)).isNull(), F.array().cast("array<string>"))
+              .otherwise(F.array(value(field_id(f)))) if f.multi else value(field_id(f))).alias(f.source)
+             for f in spec.categorical]
+    return rows.select(
+        F.concat(F.lit(f"{split}-"), F.col("_row").cast("string")).alias("impression_id"),
+        midnight.alias("ts"), _maybe(rows, "101").alias("user_id"), _maybe(rows, "205").alias("item_id"),
+        *feats,
+        click.cast("int").alias("click"), F.lit(None).cast("timestamp").alias("first_click_ts"),
+        conv.cast("int").alias("conversion"), F.lit(None).cast("timestamp").alias("conversion_ts"),
+        F.lit(True).alias("label_mature"),
+        (midnight + F.expr("INTERVAL 1 DAY") - F.expr("INTERVAL 1 MICROSECOND")).alias("as_of"),
+        F.lit(day).alias("dt"), F.col("_row").cast("string").alias("sample_id"), line.alias("line"),
+        reason.alias("reason"))
+
+
+def _maybe(rows: DataFrame, fid: str) -> Column:
+    return F.col(f"`{fid}`") if fid in rows.columns else F.lit(None).cast("string")
+
+
+def read_csv(spark: SparkSession, path: str) -> DataFrame:
+    """One processed CSV file as STRING columns + ``_corrupt_record`` + ``_row`` (file order)."""
+    from pyspark.sql import types as T
+
+    header = spark.read.option("header", True).csv(path).columns
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in header]
+                          + [T.StructField("_corrupt_record", T.StringType())])
+    df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
+          .option("columnNameOfCorruptRecord", "_corrupt_record").csv(path))
+    # Row ids: stable for one file read the same way (ids are only unique, not dense).
+    return df.withColumn("_row", F.monotonically_increasing_id())
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, day: str,
+           log=print) -> dict[str, int]:
+    """Replace ``dt = day`` of curated/labels and this job's quarantine rows of ``day``; report."""
+    from pipelines.delta_io import read_delta, write_delta
+    from pipelines.labels import QUARANTINE_SCHEMA, new_run_id
+
+    run_id = new_run_id("aliccp")
+    labels_path, q_path = cfg.lakehouse.path("labels"), cfg.lakehouse.path("quarantine")
+    write_delta(labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
+    q = bad.select("*", F.lit(run_id).alias("run_id"), F.current_timestamp().alias("quarantined_at"))
+    q = q.select(*[F.col(f.name).cast(f.dataType) for f in QUARANTINE_SCHEMA.fields])
+    sources = ", ".join(f"'{s}'" for s in SOURCES)
+    # Only this job's sources: the label job and the scorer quarantine into the same table.
+    write_delta(q, q_path, ["dt"], replace_where=f"dt = '{day}' AND source IN ({sources})")
+    r = (read_delta(spark, labels_path).where(F.col("dt") == day)
+         .agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
+              F.sum("conversion").alias("conversions")).first())
+    counts = {"rows": int(r["rows"]), "clicks": int(r["clicks"] or 0),
+              "conversions": int(r["conversions"] or 0)}
+    reasons = {row["reason"]: int(row["n"]) for row in read_delta(spark, q_path)
+               .where((F.col("dt") == day) & F.col("source").isin(*SOURCES))
+               .groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
+    counts.update({f"quarantined:{k}": v for k, v in sorted(reasons.items())})
+    log(f"curated/labels dt={day}: {counts['rows']:,} impressions, {counts['clicks']:,} clicks, "
+        f"{counts['conversions']:,} conversions; quarantined: "
+        + (", ".join(f"{k}={v:,}" for k, v in sorted(reasons.items())) or "none"))
+    return counts
+
+
+def run(spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str,
+        day: Optional[str] = None, log=print) -> dict[str, int]:
+    """Ingest one split of the raw release into ``dt = day`` (default: ``aliccp.<split>_date``).
+
+    Re-running replaces that date (labels) and this job's quarantine rows of it.
+    Returns rows, clicks, conversions and ``quarantined:<reason>`` counts.
+    """
+    day = day or cfg.aliccp.date_of(split)
+    labels, bad = build(spark.read.text(skeleton), spark.read.text(common), cfg.features, split, day)
+    return _write(spark, cfg, labels, bad, day, log)
+
+
+def run_csv(spark: SparkSession, cfg: Config, paths: list[str], split: Optional[str] = None,
+            log=print) -> dict[str, dict[str, int]]:
+    """Ingest processed CSV files, one date per file's split (``aliccp.<split>_date``).
+
+    One file per split: a second file of the same split replaces the first's date.
+    """
+    out = {}
+    for path in paths:
+        s = split or split_of(path)
+        day = cfg.aliccp.date_of(s)
+        rows = parse_csv(read_csv(spark, path), cfg.features, s, day)
+        labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
+        out[path] = _write(spark, cfg, labels, quarantine(rows, SOURCES[0], "sample_id", day), day, log)
+    return out
