@@ -500,6 +500,8 @@ class TrackingConfig:
 
 
 _TRACKING_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 @dataclass
 class AliccpConfig:
     """Ali-CCP ingest (pipelines/aliccp.py): the release has no timestamps.
