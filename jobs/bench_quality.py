@@ -158,7 +158,7 @@ def _start_bench_run(cfg: Config, size: str, seeds: int, models: tuple[str, ...]
     tracking section of its training runs (tagged as its children)."""
     from esmm import tracking
     from esmm.data import latest_version
-    from pipelines.labels import new_run_id
+    from esmm.timeutil import new_run_id
 
     bench_id = new_run_id("bench-quality")
     tags = {"pipeline": "bench-quality", "bench_run_id": bench_id,

@@ -40,6 +40,7 @@ join is a shuffle join, so memory stays flat as the files grow.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Optional
 
@@ -289,17 +290,16 @@ def read_csv(spark: SparkSession, path: str) -> DataFrame:
 def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, day: str,
            log=print) -> dict[str, int]:
     """Replace ``dt = day`` of curated/labels and this job's quarantine rows of ``day``; report."""
+    from esmm.timeutil import new_run_id
     from pipelines.delta_io import read_delta, write_delta
-    from pipelines.labels import QUARANTINE_SCHEMA, new_run_id
+    from pipelines.quarantine import stamp, write_quarantine
 
     run_id = new_run_id("aliccp")
     labels_path, q_path = cfg.lakehouse.path("labels"), cfg.lakehouse.path("quarantine")
     write_delta(labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
-    q = bad.select("*", F.lit(run_id).alias("run_id"), F.current_timestamp().alias("quarantined_at"))
-    q = q.select(*[F.col(f.name).cast(f.dataType) for f in QUARANTINE_SCHEMA.fields])
-    sources = ", ".join(f"'{s}'" for s in SOURCES)
+    q = stamp(bad, run_id, dt.datetime.now(dt.timezone.utc))
     # Only this job's sources: the label job and the scorer quarantine into the same table.
-    write_delta(q, q_path, ["dt"], replace_where=f"dt = '{day}' AND source IN ({sources})")
+    write_quarantine(q, q_path, [day], SOURCES)
     r = (read_delta(spark, labels_path).where(F.col("dt") == day)
          .agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
               F.sum("conversion").alias("conversions")).first())

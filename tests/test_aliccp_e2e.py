@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config import REPO_ROOT, load_config
+from esmm.config import REPO_ROOT
+from esmm.config_loader import load_config
 from esmm.train import train
 from pipelines import aliccp, features, score
 from pipelines.delta_io import read_delta

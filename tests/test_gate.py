@@ -12,7 +12,9 @@ import math
 import numpy as np
 import pytest
 
-from esmm.config import ConfigError, GateConfig, load_config
+from esmm.config import GateConfig
+from esmm.config_loader import load_config
+from esmm.errors import ConfigError
 from esmm.gate import align, decide, load_predictions, save_predictions
 from esmm.intervals import (calibration_interval, delong, delong_test, logloss_test, poisson_interval,
                             wilson_interval)
@@ -251,9 +253,9 @@ def _artifact(models, model_id: str):
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_the_gate_step_decision_lands_in_the_step_outputs(make_cfg, tmp_path, shuffle):
     from esmm import registry
-    from pipelines import nightly_steps
-    from pipelines.nightly import Step, run_nightly
-    from pipelines.runs import RunsTable
+    from pipelines.nightly import steps as nightly_steps
+    from pipelines.nightly.runner import Step, run_nightly
+    from pipelines.nightly.runs import RunsTable
 
     cfg = make_cfg()
     reg, models = cfg.lakehouse.path("registry"), tmp_path / "models"

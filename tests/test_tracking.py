@@ -11,7 +11,8 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from esmm import registry, tracking
-from esmm.config import ConfigError, load_config
+from esmm.config_loader import load_config
+from esmm.errors import ConfigError
 from esmm.train import train
 from examples_data import TINY_OVERRIDES, examples_df, write_examples
 from jobs import bench_quality
