@@ -56,6 +56,10 @@ from esmm.config import Config, GenerateConfig, parse_duration
 K = 4  # latent dimensions per factor
 _TWO53 = float(2**53)
 DEVICES = ["ios", "android", "pc", "mweb"]
+# Raw feature columns of every generated impression (the default feature spec's sources).
+FEATURE_COLUMNS = ("user_id", "item_id", "user_gender", "user_age", "user_city", "item_category",
+                   "item_brand", "item_shop", "position", "device", "hour", "price", "item_rating",
+                   "user_activity")
 
 
 def uniform(seed: int, tag: str, *cols: Column) -> Column:
@@ -84,6 +88,27 @@ def _dot(prefix_a: str, prefix_b: str) -> Column:
     return out / math.sqrt(K)
 
 
+# Share of variance of each unit-variance signal (S shared, C click-only, V
+# conversion-only), by the field that carries it. Most of it sits in fields with
+# moderate cardinality that a model sees often (category, brand, shop, the popular
+# items, category x age/gender); the per-user latent factors over 100k users, which a
+# million rows cannot learn, carry a tenth.
+SIGNAL_SHARES = {
+    "category": 0.30,       # 300 categories, Zipf
+    "brand": 0.20,          # 3,000 brands, Zipf
+    "shop": 0.10,           # 12,000 shops, Zipf
+    "item": 0.15,           # 50,000 items, Zipf
+    "category_age": 0.10,   # affinity of an age bucket for a category
+    "category_gender": 0.05,
+    "user_latent": 0.10,    # k=4 user x item latent factors
+}
+SIGMA_CTR = 1.2    # scale of the click signal in logit CTR
+SIGMA_CVR = 1.2    # scale of the conversion signal in logit CVR
+POSITION_WEIGHT = 0.5
+PRICE_WEIGHT = 0.3
+RATING_WEIGHT = 0.2
+
+
 def users(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
     """One row per user: uidx, user_id, attributes, latent factors su*, cu*, vu*."""
     s, u = cfg.seed, F.col("id")
@@ -102,7 +127,7 @@ def users(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
 
 
 def items(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
-    """One row per item: iidx, item_id, attributes, price_z, bait, latent si*, ci*, vi*."""
+    """One row per item: iidx, item_id, attributes, price_z, latent si*, ci*, vi*."""
     s, i = cfg.seed, F.col("id")
     cat = zipf_index(uniform(s, "category", i), 300)
     cat_price = normal(s, "catprice", cat)  # category-level price level
@@ -116,12 +141,56 @@ def items(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
         price_z.alias("price_z"),
         F.round(F.exp(3.5 + 1.0 * price_z), 2).alias("price"),
         F.round(F.lit(1.0) + 4.0 * F.pow(uniform(s, "rating", i), 0.4), 1).alias("item_rating"),
-        normal(s, "bait", i).alias("bait"),
     ]
     for k in range(K):
         cols += [normal(s, f"si{k}", i).alias(f"si{k}"), normal(s, f"ci{k}", i).alias(f"ci{k}"),
                  normal(s, f"vi{k}", i).alias(f"vi{k}")]
     return spark.range(cfg.n_items).select(*cols)
+
+
+def signal(seed: int, tag: str) -> Column:
+    """One unit-variance signal over the joined impression row: a sum of independent
+    N(0,1) effects per field value (hashed, so the same value always has the same
+    effect), weighted by ``sqrt(SIGNAL_SHARES)``. ``tag`` s, c or v names the signal
+    and its latent columns (``{tag}u*`` of the user, ``{tag}i*`` of the item)."""
+    cat, age, gender = F.col("item_category"), F.col("user_age"), F.col("user_gender")
+    effects = {
+        "category": normal(seed, f"{tag}:cat", cat),
+        "brand": normal(seed, f"{tag}:brand", F.col("item_brand")),
+        "shop": normal(seed, f"{tag}:shop", F.col("item_shop")),
+        "item": normal(seed, f"{tag}:item", F.col("iidx")),
+        "category_age": normal(seed, f"{tag}:cat_age", cat, age),
+        "category_gender": normal(seed, f"{tag}:cat_gender", cat, gender),
+        "user_latent": _dot(f"{tag}u", f"{tag}i"),
+    }
+    out = F.lit(0.0)
+    for name, share in SIGNAL_SHARES.items():
+        out = out + math.sqrt(share) * effects[name]
+    return out
+
+
+def logit_offsets(seed: int, selection_bias: float) -> tuple[Column, Column]:
+    """(zc0, zv0): logit CTR and logit CVR without their intercepts.
+
+    With rho = ``selection_bias`` and lam = sqrt(|rho|)::
+
+        zc0 = SIGMA_CTR (lam S + sqrt(1-lam^2) C) - POSITION_WEIGHT ln(position)
+        zv0 = SIGMA_CVR (sign(rho) lam S + sqrt(1-lam^2) V)
+              - PRICE_WEIGHT price_z + RATING_WEIGHT (rating - 3.5)
+
+    so the click and conversion signals have correlation rho (position, price and
+    rating aside): rho = 0 leaves clicked impressions an unbiased sample of CVR,
+    rho < 0 makes them convert less than average.
+    """
+    lam = math.sqrt(abs(selection_bias))
+    own = math.sqrt(1.0 - lam * lam)
+    sign = 1.0 if selection_bias >= 0 else -1.0
+    shared = signal(seed, "s")
+    zc0 = (SIGMA_CTR * (lam * shared + own * signal(seed, "c"))
+           - POSITION_WEIGHT * F.log(F.col("position").cast("double")))
+    zv0 = (SIGMA_CVR * (sign * lam * shared + own * signal(seed, "v"))
+           - PRICE_WEIGHT * F.col("price_z") + RATING_WEIGHT * (F.col("item_rating") - 3.5))
+    return zc0, zv0
 
 
 def _day_start_epoch(cfg: GenerateConfig) -> int:
@@ -165,12 +234,7 @@ def base_impressions(spark: SparkSession, cfg: GenerateConfig, ids: DataFrame) -
         i_df = F.broadcast(i_df)
     x = imp.join(u_df, "uidx").join(i_df, "iidx")
     start = _day_start_epoch(cfg)
-    a_ctr = normal(s, "aff_ctr", F.col("item_category"), F.col("user_age"))
-    a_cvr = normal(s, "aff_cvr", F.col("item_category"), F.col("user_gender"))
-    zc0 = (0.9 * _dot("su", "si") + 0.6 * _dot("cu", "ci") + 0.4 * a_ctr + 0.5 * F.col("bait")
-           - 0.35 * F.log(F.col("position").cast("double")))
-    zv0 = (0.9 * _dot("su", "si") + 0.6 * _dot("vu", "vi") + 0.4 * a_cvr - 0.5 * F.col("bait")
-           - 0.3 * F.col("price_z") + 0.2 * (F.col("item_rating") - 3.5))
+    zc0, zv0 = logit_offsets(s, cfg.selection_bias)
     return x.select(
         "rid", "day", "uidx", "iidx",
         F.concat(F.lit("imp-"), F.lpad(F.col("rid").cast("string"), 12, "0")).alias("impression_id"),
@@ -240,6 +304,9 @@ class GeneratedLogs:
     conversions: DataFrame
     truth: DataFrame
     intercepts: Intercepts
+    # Every impression before any logging mess: impression_id, FEATURE_COLUMNS, true_ctr,
+    # true_cvr, click INT, potential_conversion INT, dt (date of its ts).
+    outcomes: DataFrame
 
 
 def generate_logs(spark: SparkSession, cfg: GenerateConfig,
@@ -260,9 +327,19 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
         (1.0 / (1.0 + F.exp(-(F.lit(ic.ctr) + F.col("zc0"))))).alias("true_ctr"),
         (1.0 / (1.0 + F.exp(-(F.lit(ic.cvr) + F.col("zv0"))))).alias("true_cvr"),
     ).drop("zc0", "zv0")
-    base = base.persist()
+    # One uniform per impression decides the click, another the conversion; the
+    # conversion's is drawn for every impression, so unclicked ones have a potential
+    # outcome too and clicked ones' potential outcome is their observed conversion.
+    base = base.select(
+        "*",
+        (uniform(s, "click", rid) < F.col("true_ctr")).cast("int").alias("click"),
+        (uniform(s, "convert", rid) < F.col("true_cvr")).cast("int").alias("potential_conversion"),
+    ).persist()
 
-    truth = base.select("impression_id", "true_ctr", "true_cvr", _date_of(F.col("epoch")).alias("dt"))
+    truth = base.select("impression_id", "true_ctr", "true_cvr", "potential_conversion",
+                        _date_of(F.col("epoch")).alias("dt"))
+    outcomes = base.select("impression_id", *FEATURE_COLUMNS, "true_ctr", "true_cvr", "click",
+                           "potential_conversion", _date_of(F.col("epoch")).alias("dt"))
 
     # ---- impressions
     bad = _malformed_kind(s, "bad_imp", rid, cfg.malformed_rate, 4)
@@ -282,7 +359,7 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
     imp = _with_duplicates(imp, s, "dup_imp", "impression_id", cfg.duplicate_rate)
 
     # ---- clicks: one or two per clicked impression
-    clicked = base.where(uniform(s, "click", rid) < F.col("true_ctr")).select(
+    clicked = base.where(F.col("click") == 1).select(
         "*", F.when(uniform(s, "multi", rid) < cfg.multi_click_rate, 2).otherwise(1).alias("n_clicks"))
     # Log-normal delays: median 20 s for the first click; a repeat click minutes later.
     d1 = F.ceil(F.exp(math.log(20.0) + 1.2 * normal(s, "cdelay1", rid)))
@@ -308,7 +385,7 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
     # ---- conversions: after the last click of a converting clicked impression
     median = parse_duration(cfg.conversion_delay_median, "conversion_delay_median")
     conv_x = clicks_x.where(F.col("j") == F.col("n_clicks") - 1).where(
-        uniform(s, "convert", rid) < F.col("true_cvr")).select(
+        F.col("potential_conversion") == 1).select(
         "*",
         (F.col("cepoch") + F.ceil(F.exp(math.log(max(median, 1)) + 2.0 * normal(s, "vdelay", rid))))
         .alias("vepoch"),
@@ -328,14 +405,17 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
         _arrival_dt(F.col("vepoch"), uniform(s, "late_cnv", vkey) < cfg.late_rate).alias("dt"),
     )
     conversions = _with_duplicates(conversions, s, "dup_cnv", "conversion_id", cfg.duplicate_rate)
-    return GeneratedLogs(imp, clicks, conversions, truth, ic)
+    return GeneratedLogs(imp, clicks, conversions, truth, ic, outcomes)
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, int]:
+def run(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
     """Write raw/impressions, raw/clicks, raw/conversions and sim/truth (overwrite,
-    one atomic Delta commit each). Returns rows written per table."""
+    one atomic Delta commit each), then the world's oracle metrics to sim/oracle
+    (:func:`pipelines.oracle.world_oracle`: one row per dt and one with dt 'all';
+    unpartitioned, overwritten) and log the overall line. Returns rows written per table."""
     from pipelines.contract import check_raw
     from pipelines.delta_io import write_delta
+    from pipelines.oracle import format_oracle, world_oracle
 
     logs = generate_logs(spark, cfg.generate)
     check_raw(logs.impressions, "impressions", cfg.features, "generated impressions")
@@ -345,5 +425,23 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, int]:
         path = cfg.lakehouse.path(name)
         write_delta(df, path, ["dt"])
         counts[name] = spark.read.format("delta").load(path).count()
+    oracle_path = cfg.lakehouse.path("oracle")
+    write_delta(world_oracle(logs.outcomes).coalesce(1), oracle_path)
+    overall = spark.read.format("delta").load(oracle_path).where("dt = 'all'").first()
+    log(f"generate: world seed {cfg.generate.seed}, selection_bias {cfg.generate.selection_bias}: "
+        + format_oracle(overall.asDict()))
     spark.catalog.clearCache()
     return counts
+
+
+def read_oracle(spark: SparkSession, cfg: Config, day: str = "all") -> dict:
+    """The sim/oracle row of ``day`` (a dt or 'all') as a dict; KeyError naming the
+    table when the world has none (written by an older generator)."""
+    path = cfg.lakehouse.path("oracle")
+    try:
+        row = spark.read.format("delta").load(path).where(F.col("dt") == day).first()
+    except Exception as e:  # AnalysisException: no Delta table there
+        raise KeyError(f"{path}: no oracle table; run esmm generate again") from e
+    if row is None:
+        raise KeyError(f"{path}: no row for dt={day!r}")
+    return row.asDict()
