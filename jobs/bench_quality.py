@@ -239,25 +239,34 @@ def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "de
     under ``out_dir`` (default ``<lakehouse.root>/reports/bench_quality``). Returns the JSON."""
     overrides = [*base_overrides, *bench_overrides(size, cvr, selection_bias)]
     cfg = load_config(conf_files, overrides)
-    days, per_day = SIZES[size]
     t0 = time.time()
-    records = []
+    out = Path(out_dir or Path(cfg.lakehouse.path("reports")) / "bench_quality")
+    records: list[dict] = []
+    result: dict = {}
     for k in range(seeds):
         records.append(run_seed(spark, conf_files, overrides, k, models, epochs, pipeline))
         done = time.time() - t0
         print(f"bench quality: seed {k + 1}/{seeds} done, {done:.0f}s so far, about "
               f"{done / (k + 1) * (seeds - k - 1):.0f}s to go", flush=True)
+        # Written after every seed: a run stopped early keeps the seeds it finished.
+        result = write_outputs(records, cfg, size, seeds, models, epochs, pipeline, time.time() - t0, out)
+    return result
+
+
+def write_outputs(records: list[dict], cfg: Config, size: str, seeds: int, models: tuple[str, ...],
+                  epochs: int, pipeline: str, seconds: float, out: Path) -> dict:
+    """bench_quality.json and bench_quality.md of the seeds done so far; prints the Markdown."""
+    days, per_day = SIZES[size]
     summary = summarize(records, models)
     g = cfg.generate
     header = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train days 1-{days - 1}, "
               f"evaluate day {days}), pipeline={pipeline}, ctr={g.ctr}, cvr={g.cvr}, selection_bias="
-              f"{g.selection_bias}, {seeds} seeds (world seed {WORLD_SEED}+k, train seed {TRAIN_SEED}+k), "
-              f"{epochs} epoch(s), models {', '.join(models)}; wall time {time.time() - t0:.0f}s")
+              f"{g.selection_bias}, {len(records)}/{seeds} seeds (world seed {WORLD_SEED}+k, train seed "
+              f"{TRAIN_SEED}+k), {epochs} epoch(s), models {', '.join(models)}; wall time {seconds:.0f}s")
     md = markdown(summary, header)
     result = {"header": header, "size": size, "pipeline": pipeline, "epochs": epochs,
               "generate": {"ctr": g.ctr, "cvr": g.cvr, "selection_bias": g.selection_bias},
-              "seconds": time.time() - t0, "summary": summary, "seeds": records}
-    out = Path(out_dir or Path(cfg.lakehouse.path("reports")) / "bench_quality")
+              "seconds": seconds, "summary": summary, "seeds": records}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_quality.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "bench_quality.md").write_text(md + "\n")

@@ -29,6 +29,9 @@ from esmm.config import load_config
 from jobs.bench_quality import BIAS_LEVELS, SIZES, bench_overrides, bias_value, paired, run_seed
 
 
+_NAN = {"mean": math.nan, "std": math.nan, "n": 0}
+
+
 def cell_summary(records: list[dict], models: tuple[str, ...]) -> dict:
     """Paired ESMM - naive differences and per-model pCVR over-estimation of one cell."""
     from jobs.bench_quality import mean_std
@@ -60,8 +63,7 @@ def plot(cells: dict, cvrs: list[float], biases: list[str], models: tuple[str, .
     for ax, name, title in ((axes[0], "cvr_auc_all_potential", "ESMM - naive: entire-space CVR AUC"),
                             (axes[1], "ctcvr_auc", "ESMM - naive: CTCVR AUC")):
         for j, b in enumerate(biases):
-            d = [cells[(c, b)].get(f"esmm_minus_naive_{name}", {"mean": math.nan, "std": math.nan})
-                 for c in cvrs]
+            d = [cells.get((c, b), {}).get(f"esmm_minus_naive_{name}", _NAN) for c in cvrs]
             ax.errorbar([i + (j - (len(biases) - 1) / 2) * width for i in x], [v["mean"] for v in d],
                         yerr=[v["std"] for v in d], fmt="o", capsize=4, label=f"selection bias {b}")
         ax.axhline(0.0, color="grey", lw=1)
@@ -74,7 +76,7 @@ def plot(cells: dict, cvrs: list[float], biases: list[str], models: tuple[str, .
     markers = "osD^v"
     for j, b in enumerate(biases):
         for m, kind in enumerate(models):
-            d = [cells[(c, b)][f"{kind}_pcvr_over_all"] for c in cvrs]
+            d = [cells.get((c, b), {}).get(f"{kind}_pcvr_over_all", _NAN) for c in cvrs]
             ax.errorbar([i + (j - (len(biases) - 1) / 2) * width + 0.03 * m for i in x], [v["mean"] for v in d],
                         yerr=[v["std"] for v in d], fmt=markers[m % len(markers)], capsize=3,
                         color=f"C{j}", alpha=1.0 if m == 0 else 0.6, label=f"{kind}, bias {b}")
@@ -105,6 +107,8 @@ def table_rows(cells: dict, cvrs: list[float], biases: list[str], models: tuple[
     rows = [head]
     for b in biases:
         for c in cvrs:
+            if (c, b) not in cells:
+                continue
             s = cells[(c, b)]
             rows.append([f"{c:g}", b, str(s["n"]), f"{s['eval_conversions']['mean']:.0f}",
                          _fmt(s.get("esmm_minus_naive_cvr_auc_all_potential", {})),
@@ -138,31 +142,44 @@ def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "sw
         bias_value(b)  # a wrong name fails before any work
     grid = [(c, b) for b in biases for c in cvrs]
     days, per_day = SIZES[size]
+    cfg = load_config(conf_files, [*base_overrides, *bench_overrides(size)])
+    out = Path(out_dir or Path(cfg.lakehouse.path("reports")) / "bench_sweep")
     t0 = time.time()
-    records: dict = {cell: [] for cell in grid}
+    records: dict = {}
     runs, total = 0, len(grid) * seeds
-    for k in range(seeds):
-        for c, b in grid:
-            ov = [*base_overrides, *bench_overrides(size, c, bias_value(b))]
-            records[(c, b)].append(run_seed(spark, conf_files, ov, k, models, epochs))
+    result: dict = {}
+    # Cell by cell, all seeds of a cell before the next, writing the outputs after each
+    # cell: a sweep stopped early leaves complete cells and a chart of them.
+    for c, b in grid:
+        ov = [*base_overrides, *bench_overrides(size, c, bias_value(b))]
+        recs = []
+        for k in range(seeds):
+            recs.append(run_seed(spark, conf_files, ov, k, models, epochs))
             runs += 1
             spent = time.time() - t0
             print(f"bench sweep: {runs}/{total} (cvr {c:g}, bias {b}, seed {k}) after {spent:.0f}s; "
                   f"estimated total {spent / runs * total / 60:.0f} min", flush=True)
+        records[(c, b)] = recs
+        header = (f"bench sweep: {len(records)}/{len(grid)} cells (cvr {', '.join(f'{c:g}' for c in cvrs)} x "
+                  f"selection bias {', '.join(f'{b} ({bias_value(b)})' for b in biases)}), {seeds} seeds each "
+                  f"(world seed 42+k, train seed 2018+k), size {size} ({days} days x {per_day:,}; evaluate on "
+                  f"the last day), {epochs} epoch(s), models {', '.join(models)}; wall time {time.time() - t0:.0f}s")
+        result = write_outputs(records, cvrs, biases, models, header, out)
+    return result
+
+
+def write_outputs(records: dict, cvrs: list[float], biases: list[str], models: tuple[str, ...],
+                  header: str, out: Path) -> dict:
+    """sweep.json, sweep.png, sweep.html of the cells done so far; prints the table."""
     cells = {cell: cell_summary(recs, models) for cell, recs in records.items()}
-    cfg = load_config(conf_files, [*base_overrides, *bench_overrides(size)])
-    out = Path(out_dir or Path(cfg.lakehouse.path("reports")) / "bench_sweep")
-    header = (f"bench sweep: {len(grid)} cells (cvr {', '.join(f'{c:g}' for c in cvrs)} x selection bias "
-              f"{', '.join(f'{b} ({bias_value(b)})' for b in biases)}), {seeds} seeds each (world seed 42+k, "
-              f"train seed 2018+k), size {size} ({days} days x {per_day:,}; evaluate on the last day), "
-              f"{epochs} epoch(s), models {', '.join(models)}; wall time {time.time() - t0:.0f}s")
     png = plot(cells, cvrs, biases, models, out / "sweep.png")
     rows = table_rows(cells, cvrs, biases, models)
     write_html(rows, png, header, out / "sweep.html")
     md = "\n".join(["| " + " | ".join(r) + " |" for r in rows[:1]] + ["|---" * len(rows[0]) + "|"]
                    + ["| " + " | ".join(r) + " |" for r in rows[1:]])
     result = {"header": header, "cells": [{"cvr": c, "bias": b, "selection_bias": bias_value(b),
-                                           "summary": cells[(c, b)], "runs": records[(c, b)]} for c, b in grid]}
+                                           "summary": cells[(c, b)], "runs": recs}
+                                          for (c, b), recs in records.items()]}
     (out / "sweep.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"{header}\n\n{md}\n\nwritten: {out / 'sweep.png'}, {out / 'sweep.html'}, {out / 'sweep.json'}",
           flush=True)
