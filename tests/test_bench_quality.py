@@ -80,3 +80,33 @@ def test_summary_and_markdown_from_hand_made_seed_records():
     md = markdown(s, "head")
     assert "| cvr_auc_all_potential | 0.6100 ± 0.0100 | 0.6500 ± 0.0100 |" in md
     assert "ESMM - naive on cvr_auc_all_potential: +0.0400" in md and "shown (positive, paired t > 2)" in md
+
+
+@pytest.mark.slow  # two tiny worlds, two models each, then the sweep's outputs of one cell
+def test_bench_quality_and_sweep_end_to_end(spark, tmp_path):
+    import json
+
+    from jobs import bench_quality, bench_sweep
+
+    small = [f"lakehouse.root={tmp_path / 'lh'}", "generate.n_users=2000", "generate.n_items=1000",
+             "generate.cvr=0.2", "model.embedding_dim=4", "model.tower=[16]", "train.batch_size=512",
+             "train.reader_workers=1", "train.shuffle_buffer=2000", "train.torch_threads=1"]
+    res = bench_quality.run(spark, [], small, size="tiny", seeds=2, models=("naive", "esmm"),
+                            out_dir=str(tmp_path / "q"))
+    saved = json.loads((tmp_path / "q" / "bench_quality.json").read_text())
+    assert [s["seed"] for s in saved["seeds"]] == [0, 1]
+    # The world changes with the seed: different oracle rows.
+    assert saved["seeds"][0]["oracle"]["clicks"] != saved["seeds"][1]["oracle"]["clicks"]
+    esmm = res["summary"]["models"]["esmm"]
+    assert esmm["cvr_auc_all_potential"]["n"] == 2 and 0.0 < esmm["cvr_auc_all_potential"]["mean"] < 1.0
+    assert esmm["pcvr_over_all"]["mean"] > 0 and "lift_ctcvr_auc" in esmm
+    assert res["summary"]["paired"]["esmm - naive"]["ctcvr_auc"]["n"] == 2
+    md = (tmp_path / "q" / "bench_quality.md").read_text()
+    assert "Oracle of the evaluation day" in md and "ESMM - naive on ctcvr_auc" in md
+
+    out = bench_sweep.run(spark, [], small, size="tiny", seeds=2, cvrs=[0.2], biases=["none"],
+                          out_dir=str(tmp_path / "s"))
+    assert (tmp_path / "s" / "sweep.png").stat().st_size > 1000
+    assert "<img src='data:image/png;base64," in (tmp_path / "s" / "sweep.html").read_text()
+    cell = out["cells"][0]["summary"]
+    assert cell["n"] == 2 and cell["esmm_minus_naive_ctcvr_auc"]["n"] == 2
