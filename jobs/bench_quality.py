@@ -164,7 +164,7 @@ def run_seed(spark, conf_files: list[str], overrides: list[str], k: int, models:
     """One world (seed k) and every model on it. Returns ``{"seed", "world_seconds",
     "oracle": the evaluation day's sim/oracle row, "models": {kind: metrics + seconds}}``."""
     from esmm.train import train
-    from pipelines.generate import read_oracle
+    from pipelines.oracle import read_oracle
     from pipelines.sim_examples import write_world
 
     seeded = [*overrides, f"generate.seed={WORLD_SEED + k}"]

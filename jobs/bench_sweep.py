@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from esmm.config import load_config
-from jobs.bench_quality import BIAS_LEVELS, SIZES, bench_overrides, bias_value, paired, run_seed
+from jobs.bench_quality import SIZES, bench_overrides, bias_value, mean_std, paired, run_seed
 
 
 _NAN = {"mean": math.nan, "std": math.nan, "n": 0}
@@ -34,8 +34,6 @@ _NAN = {"mean": math.nan, "std": math.nan, "n": 0}
 
 def cell_summary(records: list[dict], models: tuple[str, ...]) -> dict:
     """Paired ESMM - naive differences and per-model pCVR over-estimation of one cell."""
-    from jobs.bench_quality import mean_std
-
     out: dict = {"n": len(records)}
     if "esmm" in models and "naive" in models:
         for name in ("cvr_auc_all_potential", "ctcvr_auc", "cvr_auc_all_truth"):
@@ -184,6 +182,3 @@ def write_outputs(records: dict, cvrs: list[float], biases: list[str], models: t
     print(f"{header}\n\n{md}\n\nwritten: {out / 'sweep.png'}, {out / 'sweep.html'}, {out / 'sweep.json'}",
           flush=True)
     return result
-
-
-__all__ = ["run", "cell_summary", "plot", "BIAS_LEVELS"]

@@ -457,16 +457,3 @@ def run(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
         + format_oracle(overall.asDict()))
     spark.catalog.clearCache()
     return counts
-
-
-def read_oracle(spark: SparkSession, cfg: Config, day: str = "all") -> dict:
-    """The sim/oracle row of ``day`` (a dt or 'all') as a dict; KeyError naming the
-    table when the world has none (written by an older generator)."""
-    path = cfg.lakehouse.path("oracle")
-    try:
-        row = spark.read.format("delta").load(path).where(F.col("dt") == day).first()
-    except Exception as e:  # AnalysisException: no Delta table there
-        raise KeyError(f"{path}: no oracle table; run esmm generate again") from e
-    if row is None:
-        raise KeyError(f"{path}: no row for dt={day!r}")
-    return row.asDict()

@@ -26,7 +26,7 @@ generated here, whose logits spread over several units).
 """
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 BIN_WIDTH = 0.001  # logit units
@@ -113,3 +113,16 @@ def format_oracle(row: dict) -> str:
     ratio = row["mean_true_cvr_clicked"] / row["mean_true_cvr_all"] if row.get("mean_true_cvr_all") else float("nan")
     return (f"{row['impressions']:,} impressions, {row['clicks']:,} clicks, {row['conversions']:,} conversions; "
             f"oracle {aucs}; mean true CVR clicked/all = {ratio:.3f}")
+
+
+def read_oracle(spark: SparkSession, cfg, day: str = "all") -> dict:
+    """The sim/oracle row of ``day`` (a dt or 'all') as a dict; KeyError naming the
+    table when the world has none (written by an older generator)."""
+    path = cfg.lakehouse.path("oracle")
+    try:
+        row = spark.read.format("delta").load(path).where(F.col("dt") == day).first()
+    except Exception as e:  # AnalysisException: no Delta table there
+        raise KeyError(f"{path}: no oracle table; run esmm generate again") from e
+    if row is None:
+        raise KeyError(f"{path}: no row for dt={day!r}")
+    return row.asDict()
