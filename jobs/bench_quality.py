@@ -83,10 +83,14 @@ def lift_share(model_auc: float, oracle_auc: float) -> float:
 
 
 def verdict(d: dict[str, float]) -> str:
-    if d["n"] > 1 and d["mean"] > 0 and d["t"] > 2:
+    """Plain words for a paired difference: shown only when positive with t > 2."""
+    if d["n"] < 2 or not math.isfinite(d["t"]):
+        return f"NOT shown (cannot tell from {d['n']} seed(s))"
+    if d["mean"] > 0 and d["t"] > 2:
         return "shown (positive, paired t > 2)"
-    return "NOT shown (inside the noise: paired t <= 2)" if d["mean"] > 0 or not math.isfinite(d["t"]) \
-        else "NOT shown (negative mean)"
+    if d["mean"] > 0:
+        return "NOT shown (inside the noise: paired t <= 2)"
+    return "NOT shown (negative mean)"
 
 
 def summarize(seeds: list[dict], models: tuple[str, ...]) -> dict:
