@@ -147,22 +147,22 @@ def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "sw
     runs, total = 0, len(grid) * seeds
     result: dict = {}
     # Cell by cell, all seeds of a cell before the next, writing the outputs after each
-    # cell: a sweep stopped early leaves complete cells and a chart of them.
+    # run: a sweep stopped early leaves its runs, and a chart of them (the seeds column
+    # says how many each cell has).
     for c, b in grid:
         ov = [*base_overrides, *bench_overrides(size, c, bias_value(b))]
-        recs = []
+        records[(c, b)] = []
         for k in range(seeds):
-            recs.append(run_seed(spark, conf_files, ov, k, models, epochs))
+            records[(c, b)].append(run_seed(spark, conf_files, ov, k, models, epochs))
             runs += 1
             spent = time.time() - t0
             print(f"bench sweep: {runs}/{total} (cvr {c:g}, bias {b}, seed {k}) after {spent:.0f}s; "
                   f"estimated total {spent / runs * total / 60:.0f} min", flush=True)
-        records[(c, b)] = recs
-        header = (f"bench sweep: {len(records)}/{len(grid)} cells (cvr {', '.join(f'{c:g}' for c in cvrs)} x "
-                  f"selection bias {', '.join(f'{b} ({bias_value(b)})' for b in biases)}), {seeds} seeds each "
-                  f"(world seed 42+k, train seed 2018+k), size {size} ({days} days x {per_day:,}; evaluate on "
-                  f"the last day), {epochs} epoch(s), models {', '.join(models)}; wall time {time.time() - t0:.0f}s")
-        result = write_outputs(records, cvrs, biases, models, header, out)
+            header = (f"bench sweep: {runs}/{total} runs (cvr {', '.join(f'{c:g}' for c in cvrs)} x selection "
+                      f"bias {', '.join(f'{b} ({bias_value(b)})' for b in biases)}, {seeds} seeds each; world "
+                      f"seed 42+k, train seed 2018+k), size {size} ({days} days x {per_day:,}; evaluate on the "
+                      f"last day), {epochs} epoch(s), models {', '.join(models)}; wall time {spent:.0f}s")
+            result = write_outputs(records, cvrs, biases, models, header, out)
     return result
 
 

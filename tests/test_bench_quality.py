@@ -110,3 +110,26 @@ def test_bench_quality_and_sweep_end_to_end(spark, tmp_path):
     assert "<img src='data:image/png;base64," in (tmp_path / "s" / "sweep.html").read_text()
     cell = out["cells"][0]["summary"]
     assert cell["n"] == 2 and cell["esmm_minus_naive_ctcvr_auc"]["n"] == 2
+
+
+def test_sweep_outputs_from_hand_made_runs_with_missing_cells(tmp_path):
+    import json
+
+    from jobs.bench_sweep import write_outputs
+
+    def run(k, esmm, naive):
+        m = lambda v, o: {"cvr_auc_all_potential": v, "ctcvr_auc": v + 0.1, "cvr_auc_all_truth": v,  # noqa: E731
+                          "pcvr_over_all": o}
+        return {"seed": k, "oracle": {"cvr_auc_all": 0.8, "conversions": 40},
+                "models": {"naive": m(naive, 1.4), "esmm": m(esmm, 0.9)}}
+
+    records = {(0.02, "none"): [run(0, 0.66, 0.62), run(1, 0.65, 0.63), run(2, 0.67, 0.62)],
+               (0.15, "none"): [run(0, 0.70, 0.71)]}  # a sweep stopped after one run of this cell
+    res = write_outputs(records, [0.02, 0.15], ["none", "strong"], ("naive", "esmm"), "head", tmp_path)
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    page = (tmp_path / "sweep.html").read_text()
+    # differences 0.04, 0.02, 0.05: mean 0.0367, sample std 0.0153, t = 0.0367 / (0.0153 / sqrt 3) = 4.2
+    assert "+0.0367 ± 0.0153, t +4.2" in page
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(c["cvr"], c["bias"], c["summary"]["n"]) for c in saved["cells"]] == [(0.02, "none", 3), (0.15, "none", 1)]
+    assert res["cells"][0]["summary"]["esmm_pcvr_over_all"]["mean"] == pytest.approx(0.9)
