@@ -30,6 +30,7 @@ def test_overrides_and_files_layer(tmp_path: Path):
     ("generate.days=three", "generate.days: expected an integer"),
     ("generate.days=-1", "generate.days: -1 must be >= 1"),
     ("generate.ctr=0.9", "generate.ctr"),
+    ("generate.selection_bias=1.5", "generate.selection_bias: 1.5 is outside [-1, 1]"),
     ("labels.click_window=-5m", "labels.click_window: '-5m' is not a duration"),
     ("labels.attribution_window=7 weeks", "labels.attribution_window"),
     ("labels.max_bad_fraction=2", "labels.max_bad_fraction: 2.0 is outside [0, 1]"),

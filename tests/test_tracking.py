@@ -173,27 +173,30 @@ def test_bad_tracking_config_names_the_key(override, message):
     assert message in str(e.value)
 
 
-def test_bench_runs_are_children_of_one_tagged_bench_run(lake, tmp_path):
-    base = [f"lakehouse.root={lake}", *TINY_OVERRIDES, f"tracking.uri={tmp_path / 'mlruns'}",
-            f"train.checkpoint_dir={tmp_path / 'ck'}", f"lakehouse.tables.registry={tmp_path / 'registry'}",
-            f"lakehouse.tables.models={tmp_path / 'models'}", "train.max_steps=3"]
-    table = bench_quality.run(None, [], base, size="tiny", seeds=1, models=("naive", "esmm"), epochs=1,
-                              skip_prepare=True)
+def test_bench_runs_are_children_of_one_tagged_bench_run(spark, tmp_path):
+    # The bench writes its own world with the default feature spec: only the model is made tiny.
+    base = [f"lakehouse.root={tmp_path / 'lake'}", "model.embedding_dim=4", "model.tower=[16, 8]",
+            "train.progress=false", "train.batch_size=128", "train.reader_workers=1",
+            f"tracking.uri={tmp_path / 'mlruns'}",
+            f"train.checkpoint_dir={tmp_path / 'ck'}", "train.max_steps=3", "generate.n_users=500",
+            "generate.n_items=200"]
+    result = bench_quality.run(spark, [], base, size="tiny", seeds=1, models=("naive", "esmm"), epochs=1,
+                               out_dir=str(tmp_path / "out"))
     uri = (tmp_path / "mlruns").resolve().as_uri()
-    children = {r["kind"]: tracking.run_data(uri, r["mlflow_run_id"])
-                for r in registry.list_models(str(tmp_path / "registry"))}
+    runs = result["seeds"][0]["models"]
+    children = {kind: tracking.run_data(uri, r["mlflow_run_id"]) for kind, r in runs.items()}
     assert set(children) == {"naive", "esmm"}
     parents = {c["tags"]["mlflow.parentRunId"] for c in children.values()}
     assert len(parents) == 1
     parent = tracking.run_data(uri, parents.pop())
     assert parent["status"] == "FINISHED"
     bench_id = parent["tags"]["bench_run_id"]
-    assert parent["tags"]["mlflow.runName"] == bench_id and parent["tags"]["examples_version"] == "0"
+    assert parent["tags"]["mlflow.runName"] == bench_id
     for kind, c in children.items():
         assert c["tags"]["bench_run_id"] == bench_id and c["tags"]["model_kind"] == kind
-        assert c["tags"]["seed"] == "1000" and c["tags"]["examples_version"] == "0"
+        assert c["tags"]["seed"] == str(bench_quality.TRAIN_SEED) and c["tags"]["examples_version"] == "0"
         assert c["tags"]["run_date"] == parent["tags"]["run_date"]
         assert [s for s, _ in c["history"]["loss/total"]] == [1, 3]
         assert parent["metrics"][f"{kind}/ctcvr_auc_mean"] == pytest.approx(c["metrics"]["ctcvr_auc"])
     assert "naive/ctcvr_auc_std" not in parent["metrics"]  # one seed: no spread, nothing logged
-    assert parent["artifacts"] == ["bench_quality.txt"] and "ctcvr_auc" in table
+    assert parent["artifacts"] == ["bench_quality.md"]
