@@ -97,28 +97,40 @@ def naive_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: M
     return LossParts(l_ctr + l_cvr, {"ctr": l_ctr.detach(), "cvr_clicked": l_cvr.detach()})
 
 
-def propensity(out: dict[str, Tensor], cfg: ModelConfig) -> Tensor:
-    """Detached pCTR clipped to [propensity_clip, 1] [B]."""
-    return out["pctr"].detach().clamp(min=cfg.propensity_clip, max=1.0)
+def propensity(out: dict[str, Tensor], click: Tensor, cfg: ModelConfig) -> Tensor:
+    """Detached pCTR [B], optionally rescaled to the batch click rate, clipped to [propensity_clip, 1]."""
+    p = out["pctr"].detach()
+    if cfg.propensity_calibration == "batch":
+        # One scale per batch: a pCTR that is 20% high everywhere gives weights 20% low.
+        p = p * (click.float().sum() / p.sum().clamp(min=1e-12))
+    return p.clamp(min=cfg.propensity_clip, max=1.0)
+
+
+def ipw_mean(o: Tensor, p: Tensor, v: Tensor, cfg: ModelConfig) -> Tensor:
+    """sum_i o_i v_i / p_i divided by |D| (``ips_normalization=all``) or by
+    sum_i o_i / p_i (``self``; 0 when the batch has no click)."""
+    w = o / p
+    den = w.sum().clamp(min=1e-12) if cfg.ips_normalization == "self" else float(len(o))
+    return (w * v).sum() / den
 
 
 def escm2_ips_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
     base = esmm_loss(out, click, conversion, cfg)
     o, r = click.float(), conversion.float()
-    risk = (o * ce_logits(out["cvr_logit"], r) / propensity(out, cfg)).mean()
+    risk = ipw_mean(o, propensity(out, click, cfg), ce_logits(out["cvr_logit"], r), cfg)
     return LossParts(base.total + cfg.cvr_risk_weight * risk, {**base.parts, "ips": risk.detach()})
 
 
 def escm2_dr_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
     base = esmm_loss(out, click, conversion, cfg)
     o, r = click.float(), conversion.float()
-    p = propensity(out, cfg)
+    p = propensity(out, click, cfg)
     b, c = out["cvr_logit"], out["imp_logit"]
     e = ce_logits(b, r)                                   # observed error (clicked rows matter)
     eh = ce_logits(b, torch.sigmoid(c).detach())          # imputed error, grads to the CVR tower
-    risk = (eh + o * (e - eh) / p).mean()
+    risk = eh.mean() + ipw_mean(o, p, e - eh, cfg)
     eh_imp = ce_logits(b.detach(), torch.sigmoid(c))      # imputed error, grads to the imputation tower
-    l_imp = (o * (e.detach() - eh_imp) ** 2 / p).mean()
+    l_imp = ipw_mean(o, p, (e.detach() - eh_imp) ** 2, cfg)
     total = base.total + cfg.cvr_risk_weight * risk + cfg.imputation_weight * l_imp
     return LossParts(total, {**base.parts, "dr": risk.detach(), "imp": l_imp.detach()})
 
