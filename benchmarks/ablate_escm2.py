@@ -95,6 +95,40 @@ def cmd_run(a: argparse.Namespace) -> None:
                   f"ctr_cal {m['ctr_calibration']:.3f}  ({time.time() - t0:.0f}s)", flush=True)
 
 
+def cmd_ceiling(a: argparse.Namespace) -> None:
+    """What the IPS risk can reach with a trained model's pCTR as propensity.
+
+    For a CVR tower that cannot rank (a constant c), the IPS risk's minimiser is
+    c = sum_O r / p / sum_O 1 / p, whose expectation over clicks on the evaluation
+    day is sum_D ctr cvr / p / sum_D ctr / p (true ctr, cvr from sim/truth). With
+    p = true ctr it is mean(cvr) (unbiased); with the model's pCTR it shows how
+    much of the selection gap (click-weighted mean cvr / mean cvr) the propensity
+    can undo at all. Prints that ratio to mean(true cvr) for several clips.
+    """
+    from deltalake import DeltaTable
+
+    from esmm.evaluate import predict
+    from esmm.registry import load_model
+
+    cfg = _cfg(a.root, a.set)
+    day = cfg.generate.dates[-1]
+    model, meta = load_model(a.artifact)
+    cat_names = [f["name"] for f in meta["features"]["categorical"]]
+    num_names = [f["name"] for f in meta["features"]["numeric"]]
+    ex = DeltaTable(cfg.lakehouse.path("examples")).to_pandas(
+        partitions=[("dt", "=", day)], columns=["impression_id", *cat_names, *num_names])
+    tr = DeltaTable(cfg.lakehouse.path("truth")).to_pandas(
+        partitions=[("dt", "=", day)], columns=["impression_id", "true_ctr", "true_cvr"])
+    df = ex.merge(tr, on="impression_id")
+    pred = predict(model, df[cat_names].to_numpy(np.int64), df[num_names].to_numpy(np.float32))
+    ctr, cvr = df["true_ctr"].to_numpy(), df["true_cvr"].to_numpy()
+    m = cvr.mean()
+    print(f"{day}: {len(df):,} impressions, mean true cvr {m:.5f}; click-weighted {np.sum(ctr * cvr) / ctr.sum() / m:.3f}x")
+    for name, p in [("true ctr", ctr), *[(f"pCTR clip {c:g}", np.clip(pred["pctr"], c, 1)) for c in a.clips]]:
+        c_ips = np.sum(ctr * cvr / p) / np.sum(ctr / p)
+        print(f"  IPS target with {name:16s}: {c_ips / m:.3f}x mean true cvr")
+
+
 def _ms(v: list[float], fmt: str = ".4f") -> str:
     if not v:
         return "n/a"
@@ -155,13 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seed-offset", type=int, default=0)
     r.add_argument("--epochs", type=int, default=2)
     r.add_argument("--out", required=True)
+    c = sub.add_parser("ceiling")
+    c.add_argument("--root", required=True)
+    c.add_argument("--set", action="append", default=[])
+    c.add_argument("--artifact", required=True, help="a trained model's artifact folder")
+    c.add_argument("--clips", type=float, nargs="*", default=[0.02, 0.001, 1e-6])
     t = sub.add_parser("table")
     t.add_argument("results", nargs="+")
     t.add_argument("--baseline", default="esmm")
     t.add_argument("--only", nargs="*")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    {"prepare": cmd_prepare, "run": cmd_run, "table": cmd_table}[a.cmd](a)
+    {"prepare": cmd_prepare, "run": cmd_run, "ceiling": cmd_ceiling, "table": cmd_table}[a.cmd](a)
 
 
 if __name__ == "__main__":

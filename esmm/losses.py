@@ -21,8 +21,11 @@ so ``y_i = o_i * r_i`` is the CTCVR label), ``pctr_i = sigmoid(a_i)``,
 
 * ``escm2-ips`` (Wang et al. 2022, ESCM2 with the IPS counterfactual risk)::
 
-      p_i = max(stopgrad(pctr_i), clip)
-      R_IPS = 1/|D| sum_i o_i * CE(r_i, pcvr_i) / p_i
+      p_i = clamp(s * stopgrad(pctr_i), propensity_clip, 1)
+          s = 1, or sum_D o / sum_D pctr with ``propensity_calibration=batch``
+      IPW(v) = sum_i o_i v_i / p_i / Z,   Z = |D|                 (``ips_normalization=all``)
+                                           Z = sum_i o_i / p_i    (``self``, SNIPS)
+      R_IPS = IPW(CE(r, pcvr))
       L = L_esmm + lambda * R_IPS
 
 * ``escm2-dr`` (ESCM2 with the doubly robust risk). The imputation tower predicts
@@ -30,22 +33,29 @@ so ``y_i = o_i * r_i`` is the CTCVR label), ``pctr_i = sigmoid(a_i)``,
   error of the CVR prediction is ``eh_i = CE(stopgrad(rt_i), pcvr_i)``, the observed
   error ``e_i = CE(r_i, pcvr_i)``::
 
-      R_DR  = 1/|D| sum_i [ eh_i + o_i * (e_i - eh_i) / p_i ]
-      L_imp = 1/|D| sum_i o_i * (stopgrad(e_i) - CE(rt_i, stopgrad(pcvr_i)))^2 / p_i
+      R_DR  = 1/|D| sum_i eh_i + IPW(e - eh)
+      L_imp = IPW((stopgrad(e) - CE(rt, stopgrad(pcvr)))^2)
       L = L_esmm + lambda * R_DR + w_imp * L_imp
 
   The CVR tower learns from R_DR (through e and eh); the imputation tower only from
   L_imp (which fits the imputed error to the observed one on clicked impressions,
   inverse-propensity weighted), as in DR joint learning (Wang et al. 2019).
 
-Where this differs from the ESCM2 paper (also in docs/model.md):
-- the propensity is the CTR tower's own pCTR, *detached* and clipped from below
-  at ``propensity_clip``: the risk term cannot move the CTR tower to shrink its
-  own weights; the paper's formulas leave the gradient path unstated;
-- the paper's global risk weight (lambda_g on L_CTCVR) is ``ctcvr_weight`` here,
-  its counterfactual weight (lambda_c) is ``cvr_risk_weight``;
-- risks are normalised by the batch size |D| (not self-normalised SNIPS);
-- the imputation tower has the CVR tower's shape and shares the embedding.
+Against the ESCM2 paper and its public code (PaddleRec models/multitask/escm2;
+details and the ablation in docs/model.md):
+- kept from the paper: ``L = L_CTR + lambda_c R + lambda_g L_CTCVR`` (lambda_g is
+  ``ctcvr_weight``, lambda_c ``cvr_risk_weight``), the propensity is the CTR tower's
+  pCTR, R_IPS and R_DR normalised by |D| (``ips_normalization=all``, the default),
+  the DR imputation loss ``o (e - eh)^2 / p``;
+- the propensity is *detached* (the paper leaves the gradient path unstated;
+  PaddleRec detaches it for IPS, not for DR): the risk must not move the CTR tower
+  to shrink its own weights;
+- the propensity is clipped from below at ``propensity_clip`` (PaddleRec floors
+  pCTR at 1e-6 and caps the IPS weight at 15 after its own rescaling);
+- the imputation tower predicts an imputed *conversion* rt and eh = CE(rt, pcvr)
+  (paper and PaddleRec: the tower outputs the imputed error itself);
+- ``ips_normalization=self`` and ``propensity_calibration=batch`` are not in the
+  paper; they are options, measured in the ablation.
 """
 from __future__ import annotations
 
