@@ -78,6 +78,7 @@ class TablesConfig:
     clicks: str = "raw/clicks"
     conversions: str = "raw/conversions"
     truth: str = "sim/truth"
+    oracle: str = "sim/oracle"
     labels: str = "curated/labels"
     quarantine: str = "curated/quarantine"
     examples: str = "curated/examples"
@@ -266,6 +267,9 @@ class GenerateConfig:
     seed: int = 42
     ctr: float = 0.04  # clicked impressions / impressions
     cvr: float = 0.05  # converting clicked impressions / clicked impressions
+    # Correlation of the click and conversion signals (the shared factor's weight in
+    # both logits; negative: what raises clicks lowers conversions). 0 = no selection bias.
+    selection_bias: float = 0.5
     n_users: int = 100_000
     n_items: int = 50_000
     multi_click_rate: float = 0.05  # share of clicked impressions clicked twice
@@ -287,6 +291,8 @@ class GenerateConfig:
         _require(self.partitions_per_day >= 1, f"{key}.partitions_per_day", "must be >= 1")
         _require(0.0 < self.ctr < 0.5, f"{key}.ctr", f"{self.ctr} must be in (0, 0.5)")
         _require(0.0 < self.cvr < 0.5, f"{key}.cvr", f"{self.cvr} must be in (0, 0.5)")
+        _require(-1.0 <= self.selection_bias <= 1.0, f"{key}.selection_bias",
+                 f"{self.selection_bias} is outside [-1, 1]")
         for name in ("multi_click_rate", "duplicate_rate", "late_rate", "no_click_id_rate",
                      "malformed_rate"):
             v = getattr(self, name)

@@ -12,6 +12,11 @@ Metrics (``evaluate`` returns them as a flat dict of floats):
                            true conversion propensity ``true_cvr`` as a soft label
 ``pcvr_bias_all``          (truth only) mean pCVR - mean true_cvr, all impressions
 ``pcvr_bias_clicked``      (truth only) mean pCVR - mean true_cvr, clicked impressions
+``pcvr_over_all``          (truth only) mean pCVR / mean true_cvr, all impressions (1 = unbiased)
+``pcvr_over_clicked``      (truth only) the same over clicked impressions
+``cvr_auc_all_potential``  (truth with ``potential_conversion``) AUC of pCVR over all
+                           impressions against the potential outcome "would have converted
+                           if clicked" (one draw; observed conversion for clicked ones)
 =========================  ==============================================================
 
 Soft-label AUC: every impression counts as a positive with weight ``t`` and as a
@@ -100,7 +105,8 @@ def predict(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch_size
 
 
 def compute_metrics(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
-                    true_cvr: Optional[np.ndarray] = None) -> dict[str, float]:
+                    true_cvr: Optional[np.ndarray] = None,
+                    potential_conversion: Optional[np.ndarray] = None) -> dict[str, float]:
     """All metrics of the module docstring from predictions and labels (arrays [n])."""
     o = np.asarray(click, dtype=np.float64)
     y = o * np.asarray(conversion, dtype=np.float64)
@@ -122,11 +128,21 @@ def compute_metrics(pred: dict[str, np.ndarray], click: np.ndarray, conversion: 
         m["cvr_auc_all_truth"] = auc(pred["pcvr"], t)
         m["pcvr_bias_all"] = float(np.mean(pred["pcvr"]) - np.mean(t))
         m["pcvr_bias_clicked"] = float(np.mean(pred["pcvr"][c]) - np.mean(t[c])) if c.any() else math.nan
+        m.update(_over_estimation(pred["pcvr"], t, c))
+    if potential_conversion is not None:
+        m["cvr_auc_all_potential"] = auc(pred["pcvr"], np.asarray(potential_conversion, dtype=np.float64))
     return m
 
 
+def _over_estimation(pcvr: np.ndarray, t: np.ndarray, clicked: np.ndarray) -> dict[str, float]:
+    """mean pCVR / mean true CVR over all and over clicked impressions."""
+    ratio = lambda p, q: float(np.mean(p) / np.mean(q)) if len(q) and np.mean(q) > 0 else math.nan  # noqa: E731
+    return {"pcvr_over_all": ratio(pcvr, t), "pcvr_over_clicked": ratio(pcvr[clicked], t[clicked])}
+
+
 def read_truth(truth_path: str, dates: list[str]):
-    """``sim/truth`` rows of ``dates`` (impression_id, true_cvr) as pandas, or None without a table."""
+    """``sim/truth`` rows of ``dates`` (impression_id, true_cvr, and potential_conversion
+    where the table has it) as pandas, or None without a table."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -134,8 +150,10 @@ def read_truth(truth_path: str, dates: list[str]):
         t = DeltaTable(truth_path)
     except TableNotFoundError:
         return None
-    return t.to_pyarrow_table(partitions=[("dt", "in", list(dates))],
-                              columns=["impression_id", "true_cvr"]).to_pandas()
+    cols = ["impression_id", "true_cvr"]
+    if "potential_conversion" in t.schema().to_pyarrow().names:
+        cols.append("potential_conversion")
+    return t.to_pyarrow_table(partitions=[("dt", "in", list(dates))], columns=cols).to_pandas()
 
 
 def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
@@ -166,9 +184,12 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
         rows = joined["_row"].to_numpy()
         metrics["truth_coverage"] = float(len(rows) / max(len(df), 1))
         sub = {k: v[rows] for k, v in pred.items()}
-        tm = compute_metrics(sub, click[rows], conv[rows], joined["true_cvr"].to_numpy())
-        for k in ("cvr_auc_all_truth", "pcvr_bias_all", "pcvr_bias_clicked"):
-            metrics[k] = tm[k]
+        pot = joined["potential_conversion"].to_numpy() if "potential_conversion" in joined else None
+        tm = compute_metrics(sub, click[rows], conv[rows], joined["true_cvr"].to_numpy(), pot)
+        for k in ("cvr_auc_all_truth", "pcvr_bias_all", "pcvr_bias_clicked", "pcvr_over_all",
+                  "pcvr_over_clicked", "cvr_auc_all_potential"):
+            if k in tm:
+                metrics[k] = tm[k]
     if out_dir is not None:
         reliability_diagram(pred, click, conv, Path(out_dir) / "reliability.png")
     return metrics

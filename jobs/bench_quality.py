@@ -1,66 +1,132 @@
-"""``esmm bench quality``: naive vs ESMM vs ESCM2-IPS/DR on generated logs, several seeds.
+"""``esmm bench quality``: naive vs ESMM vs ESCM2-IPS/DR over several generated worlds.
 
-Steps (the production pipeline, nothing bench-specific in between):
+Per seed k (default 5 seeds) the WORLD varies (``generate.seed`` = 42 + k) and so
+does the training (``train.seed`` = 2018 + k); every model of seed k trains on the
+same world, so model differences are paired by seed.
 
-1. ``pipelines.generate.run``: raw/impressions, raw/clicks, raw/conversions and
-   sim/truth for ``generate.days`` days, with the generator's defaults (duplicates,
-   late arrivals, multi-clicks and ``no_click_id_rate`` = 0.1 conversions that need
-   last-touch attribution: the label job's attribution is part of what is measured).
-   Only the size (``--size``) and, with ``--cvr``, ``generate.cvr`` are set.
-2. ``pipelines.labels.run`` for every generated day, all with one as-of time
-   (:func:`backfill_as_of`)::
+1. A world of ``--size`` (days x impressions per day; the last day is the
+   evaluation day). ``--pipeline direct`` (default) writes ``curated/examples``,
+   ``sim/truth`` and ``sim/oracle`` straight from the simulator
+   (:mod:`pipelines.sim_examples`: perfect logging, mature labels), so the bench
+   measures the models, not the label job. ``--pipeline full`` runs the production
+   chain instead: ``esmm generate`` with its logging mess, ``esmm labels`` for
+   every day as of :func:`backfill_as_of`, ``esmm features``.
+2. ``esmm.train.train`` per model kind: train on days 1..n-1, evaluate on day n
+   against ``sim/truth``.
+3. Per model, mean ± sample std over seeds of :data:`HEADLINE` metrics and of the
+   share of the oracle's lift reached, ``(auc - 0.5) / (oracle_auc - 0.5)``, with
+   the oracle of the evaluation day (``sim/oracle``); paired differences over seeds
+   (:data:`PAIRS`) with their std and t = mean / (std / sqrt(n)).
+4. JSON (every seed's numbers) and a Markdown table, written to ``--out`` and printed.
 
-       as_of = end of the last generated day (next midnight UTC)
-               + labels.click_window + labels.attribution_window
-
-   i.e. a backfill run once the logs are complete. The generator writes every
-   event at once, including clicks and conversions that happen after the last day
-   (with their own future ``dt``); ``as_of`` decides what counts. With this as-of
-   every impression of every generated day has ``ts + click_window +
-   attribution_window <= as_of``, so all its rows have ``label_mature`` = true
-   (checked: :func:`prepare` fails otherwise). A smaller as-of (e.g. each day's
-   own end, the nightly default) would leave the last days' conversions
-   unobserved and their rows immature, which ``train.mature_only`` would drop.
-3. ``pipelines.features.run`` for the same days -> ``curated/examples``.
-4. ``esmm.train.train(cfg)`` for each model kind and seed: train on days
-   1..n-1, evaluate on day n (with sim/truth metrics).
-5. One table of mean ± sample std over seeds per metric (like Table 2 of the
-   ESMM paper, plus the truth-based metrics).
+The verdict on ESMM - naive is printed plainly: "shown" only for a positive mean
+with paired t > 2, else "not shown" (a difference inside the noise is no difference).
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from esmm.config import MODEL_KINDS, Config, load_config
-from esmm.evaluate import METRIC_ORDER, format_table
 
 SIZES = {  # name: (days, impressions per day); the last day is the evaluation day
     "tiny": (3, 5_000),
-    "default": (7, 60_000),
+    "sweep": (4, 30_000),
+    "default": (5, 100_000),
     "large": (8, 250_000),
-    "xl": (15, 1_000_000),
 }
+BIAS_LEVELS = {"none": 0.0, "default": 0.5, "strong": 0.9, "negative": -0.5}
+WORLD_SEED, TRAIN_SEED = 42, 2018
+PAIRS = (("esmm", "naive"), ("escm2-ips", "esmm"), ("escm2-dr", "esmm"))
+HEADLINE = (
+    "cvr_auc_all_potential", "cvr_auc_all_truth", "cvr_auc_clicked", "ctcvr_auc", "ctr_auc",
+    "pcvr_over_all", "pcvr_over_clicked", "ctcvr_calibration",
+    "ctr_logloss", "cvr_logloss_clicked", "ctcvr_logloss",
+)
+# model metric -> the oracle metric its lift is measured against
+LIFT = {"ctr_auc": "ctr_auc", "cvr_auc_clicked": "cvr_auc_clicked",
+        "cvr_auc_all_potential": "cvr_auc_all", "ctcvr_auc": "ctcvr_auc"}
+VERDICT_METRICS = ("cvr_auc_all_potential", "ctcvr_auc")
 
 
-def bench_overrides(size: str, cvr: Optional[float] = None) -> list[str]:
-    """Config overrides of a bench size: only the amount of data (and the conversion
-    rate when asked); every other generator setting keeps its default."""
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample std (ddof 1; 0 for one value) of the finite values."""
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def paired(a: list[float], b: list[float]) -> dict[str, float]:
+    """Paired difference a - b over seeds: mean, sample std, n and t = mean / (std / sqrt(n))
+    (NaN with fewer than 2 pairs or zero spread)."""
+    d = [x - y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
+    s = mean_std(d)
+    se = s["std"] / math.sqrt(s["n"]) if s["n"] > 1 else math.nan
+    s["t"] = s["mean"] / se if se and math.isfinite(se) and se > 0 else math.nan
+    return s
+
+
+def lift_share(model_auc: float, oracle_auc: float) -> float:
+    """Share of the oracle's AUC lift over chance that a model reaches."""
+    return (model_auc - 0.5) / (oracle_auc - 0.5) if oracle_auc and oracle_auc > 0.5 else math.nan
+
+
+def verdict(d: dict[str, float]) -> str:
+    if d["n"] > 1 and d["mean"] > 0 and d["t"] > 2:
+        return "shown (positive, paired t > 2)"
+    return "NOT shown (inside the noise: paired t <= 2)" if d["mean"] > 0 or not math.isfinite(d["t"]) \
+        else "NOT shown (negative mean)"
+
+
+def summarize(seeds: list[dict], models: tuple[str, ...]) -> dict:
+    """Per-model mean ± std of the headline metrics and lift shares, oracle mean ± std,
+    and the paired differences, from the per-seed records of :func:`run_seed`."""
+    per_model = {}
+    for kind in models:
+        rows = [s["models"][kind] for s in seeds]
+        m = {name: mean_std([r.get(name, math.nan) for r in rows]) for name in HEADLINE}
+        for metric, oracle in LIFT.items():
+            m[f"lift_{metric}"] = mean_std([lift_share(r.get(metric, math.nan), s["oracle"][oracle])
+                                            for r, s in zip(rows, seeds)])
+        m["seconds"] = mean_std([r["seconds"] for r in rows])
+        per_model[kind] = m
+    oracle = {o: mean_std([s["oracle"][o] for s in seeds]) for o in LIFT.values()}
+    diffs = {}
+    for a, b in PAIRS:
+        if a in models and b in models:
+            diffs[f"{a} - {b}"] = {name: paired([s["models"][a].get(name, math.nan) for s in seeds],
+                                                [s["models"][b].get(name, math.nan) for s in seeds])
+                                   for name in HEADLINE}
+    return {"models": per_model, "oracle": oracle, "paired": diffs}
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def bench_overrides(size: str, cvr: Optional[float] = None, selection_bias: Optional[float] = None) -> list[str]:
+    """Config overrides of a bench size (and of the world's two knobs when given)."""
     days, per_day = SIZES[size]
     gen = [f"generate.days={days}", f"generate.impressions_per_day={per_day}"]
     if cvr is not None:
         gen.append(f"generate.cvr={cvr}")
+    if selection_bias is not None:
+        gen.append(f"generate.selection_bias={selection_bias}")
     return gen
 
 
 def backfill_as_of(cfg: Config) -> dt.datetime:
-    """As-of time of the bench's label runs: the end of the last generated day plus
+    """As-of time of the full pipeline's label runs: the end of the last generated day plus
     click_window + attribution_window, so every generated day's labels are mature."""
     from pipelines.labels import default_as_of
 
@@ -68,15 +134,15 @@ def backfill_as_of(cfg: Config) -> dt.datetime:
         seconds=cfg.labels.seconds("click_window") + cfg.labels.seconds("attribution_window"))
 
 
-def prepare(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
-    """Generate logs, label every generated day (as of :func:`backfill_as_of`) and build
-    ``curated/examples`` for them. Returns counts (raw tables, labelled clicks and
-    conversions, examples). Raises RuntimeError when any example row is immature."""
+def prepare(spark, cfg: Config, log=print) -> dict[str, int]:
+    """Full pipeline: generate logs, label every generated day (as of :func:`backfill_as_of`)
+    and build ``curated/examples``. Returns counts. Raises RuntimeError when any example
+    row is immature."""
     from pipelines import features, generate, labels
     from pipelines.delta_io import read_delta
 
     dates = cfg.generate.dates
-    counts = generate.run(spark, cfg)
+    counts = generate.run(spark, cfg, log=log)
     as_of = backfill_as_of(cfg)
     log(f"bench quality: labelling {dates[0]}..{dates[-1]} as of {as_of.isoformat()}")
     reports = labels.run(spark, cfg, dates, as_of, log=log)
@@ -93,53 +159,162 @@ def prepare(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
     return counts
 
 
-def _mean_std(values: list[float]) -> str:
-    v = [x for x in values if x is not None and not math.isnan(x)]
-    if not v:
-        return "n/a"
-    return f"{np.mean(v):.4f} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}"
-
-
-def run(spark: Optional[SparkSession], conf_files: list[str], base_overrides: list[str], size: str = "default",
-        seeds: int = 3, models: tuple[str, ...] = MODEL_KINDS, cvr: Optional[float] = None,
-        epochs: int = 2, skip_prepare: bool = False) -> str:
-    """Run the comparison; returns the printed table (also printed as it goes)."""
+def run_seed(spark, conf_files: list[str], overrides: list[str], k: int, models: tuple[str, ...],
+             epochs: int, pipeline: str = "direct", log: Callable[[str], None] = print) -> dict:
+    """One world (seed k) and every model on it. Returns ``{"seed", "world_seconds",
+    "oracle": the evaluation day's sim/oracle row, "models": {kind: metrics + seconds}}``."""
     from esmm.train import train
+    from pipelines.generate import read_oracle
+    from pipelines.sim_examples import write_world
 
-    days, per_day = SIZES[size]
-    gen = bench_overrides(size, cvr)
-    cfg = load_config(conf_files, [*base_overrides, *gen])
+    seeded = [*overrides, f"generate.seed={WORLD_SEED + k}"]
+    cfg = load_config(conf_files, seeded)
     dates = cfg.generate.dates
     t0 = time.time()
-    if not skip_prepare:
-        counts = prepare(spark, cfg)
-        print(f"bench quality: data ready in {time.time() - t0:.0f}s: "
-              + ", ".join(f"{k}={v:,}" for k, v in counts.items()), flush=True)
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in models}
-    for seed in range(seeds):
-        for kind in models:
-            run_cfg = load_config(conf_files, [
-                *base_overrides, *gen, f"model.kind={kind}", f"train.seed={1000 + seed}",
-                f"train.train_start={dates[0]}", f"train.train_end={dates[-2]}",
-                f"train.eval_dates=[{dates[-1]}]", f"train.epochs={epochs}", "train.resume=false",
-                "train.progress=false"])
-            r = train(run_cfg)
-            results[kind].append({**r.metrics, "samples_per_s": r.samples_per_s})
-            print(f"  seed {seed} {kind:9s} {r.samples:,} rows in {r.seconds:.0f}s "
-                  f"({r.samples_per_s:,.0f}/s): ctcvr_auc={r.metrics.get('ctcvr_auc', math.nan):.4f} "
-                  f"cvr_auc_all_truth={r.metrics.get('cvr_auc_all_truth', math.nan):.4f} "
-                  f"pcvr_bias_all={r.metrics.get('pcvr_bias_all', math.nan):+.4f}", flush=True)
-    metric_names = [m for m in METRIC_ORDER if m not in ("rows", "clicks", "conversions")]
-    rows = {k: {m: _mean_std([r.get(m, math.nan) for r in v]) for m in metric_names}
-            for k, v in results.items()}
-    first = next(iter(results.values()))[0]
-    head = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train "
-            f"{dates[0]}..{dates[-2]}, eval {dates[-1]}), ctr={cfg.generate.ctr}, cvr={cfg.generate.cvr}, "
-            f"labels as of {backfill_as_of(cfg):%Y-%m-%dT%H:%MZ}, {seeds} seed(s), {epochs} epoch(s); eval rows={first.get('rows', 0):,.0f} "
-            f"clicks={first.get('clicks', 0):,.0f} conversions={first.get('conversions', 0):,.0f}; "
-            f"{time.time() - t0:.0f}s")
-    # Transposed (metrics as rows) so the four models fit side by side.
-    table = format_table({m: {k: rows[k][m] for k in rows} for m in metric_names}, list(rows))
-    out = head + "\n" + table.replace("model", "metric", 1)
-    print(out, flush=True)
+    if pipeline == "direct":
+        write_world(spark, cfg, log=log)
+    else:
+        prepare(spark, cfg, log=log)
+    oracle = read_oracle(spark, cfg, dates[-1])
+    world_s = time.time() - t0
+    log(f"  seed {k}: world in {world_s:.0f}s; eval day {dates[-1]}: {oracle['clicks']:,} clicks, "
+        f"{oracle['conversions']:,} conversions")
+    out = {"seed": k, "world_seconds": world_s, "oracle": oracle, "models": {}}
+    for kind in models:
+        run_cfg = load_config(conf_files, [
+            *seeded, f"model.kind={kind}", f"train.seed={TRAIN_SEED + k}",
+            f"train.train_start={dates[0]}", f"train.train_end={dates[-2]}",
+            f"train.eval_dates=[{dates[-1]}]", f"train.epochs={epochs}", "train.resume=false",
+            "train.progress=false", "train.register=false"])
+        t1 = time.time()
+        r = train(run_cfg)
+        secs = time.time() - t1
+        out["models"][kind] = {**r.metrics, "seconds": secs, "samples_per_s": r.samples_per_s}
+        m = r.metrics
+        log(f"  seed {k} {kind:9s} {secs:5.0f}s: ctr_auc={m.get('ctr_auc', math.nan):.4f} "
+            f"ctcvr_auc={m.get('ctcvr_auc', math.nan):.4f} "
+            f"cvr_auc_all_potential={m.get('cvr_auc_all_potential', math.nan):.4f} "
+            f"pcvr_over_all={m.get('pcvr_over_all', math.nan):.3f}")
     return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _ms(s: dict[str, float], digits: int = 4) -> str:
+    return "n/a" if not s["n"] else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def markdown(summary: dict, header: str) -> str:
+    """The bench's Markdown: oracle, per-model table, paired differences, verdict."""
+    models = list(summary["models"])
+    lines = [header, "", "Oracle of the evaluation day (true probabilities), mean ± std over seeds: "
+             + ", ".join(f"{k} {_ms(v)}" for k, v in summary["oracle"].items()), ""]
+    lines += ["| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    names = [*HEADLINE, *[f"lift_{m}" for m in LIFT]]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_ms(summary["models"][k][name]) for k in models) + " |")
+    lines.append("| seconds per run | " + " | ".join(_ms(summary["models"][k]["seconds"], 0) for k in models) + " |")
+    if summary["paired"]:
+        pairs = list(summary["paired"])
+        lines += ["", "Paired differences over seeds (mean ± std, t):", "",
+                  "| metric | " + " | ".join(pairs) + " |", "|---" * (len(pairs) + 1) + "|"]
+        for name in HEADLINE:
+            cells = [f"{_ms(summary['paired'][p][name])} (t {summary['paired'][p][name]['t']:+.1f})" for p in pairs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "esmm - naive" in summary["paired"]:
+        lines.append("")
+        for name in VERDICT_METRICS:
+            d = summary["paired"]["esmm - naive"][name]
+            lines.append(f"- ESMM - naive on {name}: {d['mean']:+.4f} ± {d['std']:.4f} over {d['n']} seeds, "
+                         f"t {d['t']:+.2f}: {verdict(d)}.")
+    return "\n".join(lines)
+
+
+def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "default", seeds: int = 5,
+        models: tuple[str, ...] = MODEL_KINDS, cvr: Optional[float] = None,
+        selection_bias: Optional[float] = None, epochs: int = 1, pipeline: str = "direct",
+        out_dir: Optional[str] = None) -> dict:
+    """Run the comparison; prints and writes ``bench_quality.json`` and ``bench_quality.md``
+    under ``out_dir`` (default ``<lakehouse.root>/reports/bench_quality``). Returns the JSON."""
+    overrides = [*base_overrides, *bench_overrides(size, cvr, selection_bias)]
+    cfg = load_config(conf_files, overrides)
+    t0 = time.time()
+    out = Path(out_dir or Path(cfg.lakehouse.path("reports")) / "bench_quality")
+    records: list[dict] = []
+    result: dict = {}
+    for k in range(seeds):
+        records.append(run_seed(spark, conf_files, overrides, k, models, epochs, pipeline))
+        done = time.time() - t0
+        print(f"bench quality: seed {k + 1}/{seeds} done, {done:.0f}s so far, about "
+              f"{done / (k + 1) * (seeds - k - 1):.0f}s to go", flush=True)
+        # Written after every seed: a run stopped early keeps the seeds it finished.
+        result = write_outputs(records, cfg, size, seeds, models, epochs, pipeline, time.time() - t0, out)
+    return result
+
+
+def write_outputs(records: list[dict], cfg: Config, size: str, seeds: int, models: tuple[str, ...],
+                  epochs: int, pipeline: str, seconds: float, out: Path) -> dict:
+    """bench_quality.json and bench_quality.md of the seeds done so far; prints the Markdown."""
+    days, per_day = SIZES[size]
+    summary = summarize(records, models)
+    g = cfg.generate
+    header = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train days 1-{days - 1}, "
+              f"evaluate day {days}), pipeline={pipeline}, ctr={g.ctr}, cvr={g.cvr}, selection_bias="
+              f"{g.selection_bias}, {len(records)}/{seeds} seeds (world seed {WORLD_SEED}+k, train seed "
+              f"{TRAIN_SEED}+k), {epochs} epoch(s), models {', '.join(models)}; wall time {seconds:.0f}s")
+    md = markdown(summary, header)
+    result = {"header": header, "size": size, "pipeline": pipeline, "epochs": epochs,
+              "generate": {"ctr": g.ctr, "cvr": g.cvr, "selection_bias": g.selection_bias},
+              "seconds": seconds, "summary": summary, "seeds": records}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_quality.json").write_text(json.dumps(result, indent=1, default=str))
+    (out / "bench_quality.md").write_text(md + "\n")
+    print(md + f"\n\nwritten: {out / 'bench_quality.json'}, {out / 'bench_quality.md'}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_args(p) -> None:
+    """Arguments of ``esmm bench quality|sweep`` (argparse parser ``p``)."""
+    p.add_argument("which", choices=["quality", "sweep"],
+                   help="quality: the four models over N seeds; sweep: ESMM vs naive over a grid of worlds")
+    p.add_argument("--size", choices=list(SIZES), help="world size (quality: default, sweep: sweep)")
+    p.add_argument("--seeds", type=int, help="worlds (and training seeds) per setting (quality 5, sweep 3)")
+    p.add_argument("--cvr", help="generate.cvr; sweep: comma-separated grid (default 0.005,0.02,0.05,0.15)")
+    p.add_argument("--bias", help="generate.selection_bias: a number or " + "/".join(BIAS_LEVELS)
+                   + "; sweep: comma-separated grid (default none,default,strong)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--models", help="comma-separated kinds (quality: all four; sweep: naive,esmm)")
+    p.add_argument("--pipeline", choices=["direct", "full"], default="direct",
+                   help="direct: examples straight from the simulator; full: generate+labels+features")
+    p.add_argument("--out", help="output folder (default <lakehouse.root>/reports/bench_<which>)")
+
+
+def bias_value(v: str) -> float:
+    return BIAS_LEVELS[v] if v in BIAS_LEVELS else float(v)
+
+
+def main(cfg: Config, args, spark_factory) -> int:
+    """``esmm bench``: dispatch to the quality bench or the sweep."""
+    overrides = list(args.overrides)
+    if not any(o.startswith("train.torch_threads=") for o in overrides):
+        overrides.append("train.torch_threads=1")  # no OpenMP spinning next to Spark and readers
+    spark = spark_factory()
+    if args.which == "sweep":
+        from jobs import bench_sweep
+
+        bench_sweep.run(spark, args.conf, overrides, size=args.size or "sweep", seeds=args.seeds or 3,
+                        models=tuple((args.models or "naive,esmm").split(",")),
+                        cvrs=[float(c) for c in (args.cvr or "0.005,0.02,0.05,0.15").split(",")],
+                        biases=(args.bias or "none,default,strong").split(","),
+                        epochs=args.epochs, out_dir=args.out)
+        return 0
+    run(spark, args.conf, overrides, size=args.size or "default", seeds=args.seeds or 5,
+        models=tuple((args.models or ",".join(MODEL_KINDS)).split(",")),
+        cvr=float(args.cvr) if args.cvr else None,
+        selection_bias=bias_value(args.bias) if args.bias else None,
+        epochs=args.epochs, pipeline=args.pipeline, out_dir=args.out)
+    return 0

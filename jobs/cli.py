@@ -222,29 +222,17 @@ def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    from jobs.bench_quality import SIZES
+    from jobs.bench_quality import add_args
 
-    p.add_argument("which", choices=["quality"], help="quality: naive vs ESMM vs ESCM2 on generated logs")
-    p.add_argument("--size", choices=list(SIZES), default="default", help="data size (default: 7 days x 60k)")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per model")
-    p.add_argument("--cvr", type=float, help="conversion rate of the generated logs (generate.cvr)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--models", default="naive,esmm,escm2-ips,escm2-dr", help="comma-separated kinds")
-    p.add_argument("--skip-prepare", action="store_true", help="reuse the examples already generated")
+    add_args(p)
 
 
-@command("bench", "benchmarks: `esmm bench quality`", _bench_args)
+@command("bench", "benchmarks: `esmm bench quality` (models over seeds), `esmm bench sweep` (regimes)",
+         _bench_args)
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from jobs import bench_quality
 
-    overrides = list(args.overrides)
-    if not any(o.startswith("train.torch_threads=") for o in overrides):
-        overrides.append("train.torch_threads=1")  # no OpenMP spinning next to Spark and readers
-    spark = None if args.skip_prepare else _spark(cfg)
-    bench_quality.run(spark, args.conf, overrides, size=args.size, seeds=args.seeds,
-                      models=tuple(args.models.split(",")), cvr=args.cvr, epochs=args.epochs,
-                      skip_prepare=args.skip_prepare)
-    return 0
+    return bench_quality.main(cfg, args, lambda: _spark(cfg))
 
 
 # --------------------------------------------------------------------------- labels and features (issue 3)

@@ -41,3 +41,42 @@ def test_prepare_labels_all_days_mature_with_last_touch(spark, make_cfg):
     assert by_click_id < converted <= by_click_id + without_id
     assert counts["examples"] == sum(expected.values())
     assert counts["label_conversions"] == converted
+
+
+def test_paired_differences_and_t_on_hand_made_numbers():
+    from jobs.bench_quality import lift_share, mean_std, paired, verdict
+
+    a, b = [0.70, 0.72, 0.71, 0.69], [0.65, 0.66, 0.67, 0.66]
+    d = paired(a, b)  # differences 0.05, 0.06, 0.04, 0.03
+    assert d["n"] == 4 and d["mean"] == pytest.approx(0.045)
+    sd = (sum((x - 0.045) ** 2 for x in (0.05, 0.06, 0.04, 0.03)) / 3) ** 0.5
+    assert d["std"] == pytest.approx(sd)
+    assert d["t"] == pytest.approx(0.045 / (sd / 2))
+    assert verdict(d).startswith("shown")
+    noisy = paired([0.70, 0.60, 0.72], [0.66, 0.69, 0.66])  # +0.04, -0.09, +0.06
+    assert abs(noisy["t"]) < 2 and verdict(noisy).startswith("NOT shown")
+    assert paired([0.7], [0.6])["t"] != paired([0.7], [0.6])["t"]  # one pair: t is NaN
+    assert mean_std([1.0, float("nan"), 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5), "n": 2}
+    assert lift_share(0.7, 0.9) == pytest.approx(0.5)
+
+
+def test_summary_and_markdown_from_hand_made_seed_records():
+    from jobs.bench_quality import markdown, summarize
+
+    def rec(k, esmm, naive):
+        oracle = {"ctr_auc": 0.8, "cvr_auc_clicked": 0.75, "cvr_auc_all": 0.8, "ctcvr_auc": 0.9}
+        m = lambda v: {"cvr_auc_all_potential": v, "ctcvr_auc": v + 0.1, "ctr_auc": 0.7,  # noqa: E731
+                       "pcvr_over_all": 1.5, "seconds": 10.0 + k}
+        return {"seed": k, "oracle": oracle, "models": {"esmm": m(esmm), "naive": m(naive)}}
+
+    recs = [rec(0, 0.65, 0.60), rec(1, 0.66, 0.62), rec(2, 0.64, 0.61)]
+    s = summarize(recs, ("naive", "esmm"))
+    assert s["models"]["esmm"]["cvr_auc_all_potential"]["mean"] == pytest.approx(0.65)
+    assert s["models"]["esmm"]["lift_ctr_auc"]["mean"] == pytest.approx(0.2 / 0.3)
+    assert s["models"]["naive"]["lift_ctcvr_auc"]["mean"] == pytest.approx((0.71 - 0.5) / 0.4)
+    assert list(s["paired"]) == ["esmm - naive"]
+    d = s["paired"]["esmm - naive"]["cvr_auc_all_potential"]
+    assert d["mean"] == pytest.approx(0.04) and d["t"] > 2
+    md = markdown(s, "head")
+    assert "| cvr_auc_all_potential | 0.6100 ± 0.0100 | 0.6500 ± 0.0100 |" in md
+    assert "ESMM - naive on cvr_auc_all_potential: +0.0400" in md and "shown (positive, paired t > 2)" in md

@@ -41,7 +41,7 @@ def test_tables_follow_the_contract(world):
         check_raw(t[source], source, cfg.features, source)
     feat = {f.name: f.dataType.simpleString() for f in t["impressions"].schema.fields}
     assert feat["price"] == "double" and feat["user_city"] == "string" and feat["position"] == "bigint"
-    assert set(t["truth"].columns) == {"impression_id", "true_ctr", "true_cvr", "dt"}
+    assert set(t["truth"].columns) == {"impression_id", "true_ctr", "true_cvr", "potential_conversion", "dt"}
     # Ground truth never leaks into the raw tables.
     for source in RAW_REQUIRED:
         assert not {"true_ctr", "true_cvr"} & set(t[source].columns)
