@@ -3,7 +3,8 @@
 Three steps, each a subcommand, so a world is prepared once and reused by every
 setting and training seed (what docs/model.md's ablation table was made with)::
 
-    # 1. one world: generate + label + features (jobs.bench_quality.prepare), 7 days x 60k
+    # 1. one world, 7 days x 60k: examples straight from the simulator
+    #    (pipelines.sim_examples.write_world; --pipeline full: generate + label + features)
     python benchmarks/ablate_escm2.py prepare --root /tmp/escm2/w42 \\
         --set generate.cvr=0.025 --set generate.seed=42
     # 2. train every setting for every seed on days 1..n-1, evaluate on day n (esmm.train.train)
@@ -53,11 +54,14 @@ def _cfg(root: str, sets: list[str], extra: list[str] = ()):
 def cmd_prepare(a: argparse.Namespace) -> None:
     from jobs.bench_quality import prepare
     from pipelines.session import get_spark
+    from pipelines.sim_examples import write_world
 
     cfg = _cfg(a.root, a.set)
     t0 = time.time()
     spark = get_spark(cfg.spark)
-    counts = prepare(spark, cfg)
+    # direct: examples straight from the simulator (perfect logging, mature labels);
+    # full: generate -> label job -> feature job
+    counts = write_world(spark, cfg) if a.pipeline == "direct" else prepare(spark, cfg)
     print(f"prepared {a.root} in {time.time() - t0:.0f}s: {counts}", flush=True)
 
 
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         s = sub.add_parser(name)
         s.add_argument("--root", required=True, help="lakehouse root of this world")
         s.add_argument("--set", action="append", default=[], help="config override, key=value")
+    sub.choices["prepare"].add_argument("--pipeline", choices=["direct", "full"], default="direct")
     r = sub.choices["run"]
     r.add_argument("--setting", action="append", required=True, help="NAME:key=v;key=v")
     r.add_argument("--seeds", type=int, default=3)
