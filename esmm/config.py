@@ -298,6 +298,8 @@ class GenerateConfig:
 
 
 MODEL_KINDS = ("naive", "esmm", "escm2-ips", "escm2-dr")
+PROPENSITY_CALIBRATIONS = ("none", "batch")  # see esmm/losses.py propensity()
+IPS_NORMALIZATIONS = ("all", "self")  # 1/|D| (the paper's) | self-normalised (SNIPS)
 
 
 def _default_tower() -> list[int]:
@@ -312,7 +314,10 @@ class ModelConfig:
     each tower (CTR, CVR, and DR's imputation tower). ``cvr_risk_weight`` is
     ESCM2's lambda on the counterfactual CVR risk, ``imputation_weight`` the
     weight of DR's imputation loss, ``propensity_clip`` the lower clip of the
-    detached pCTR used as propensity (so IPS weights are at most 1/clip).
+    detached pCTR used as propensity (so IPS weights are at most 1/clip),
+    ``propensity_calibration`` ``batch`` rescales that pCTR so its batch mean is
+    the batch's click rate, ``ips_normalization`` divides the inverse-propensity
+    sums by |D| (``all``, the paper's) or by the sum of the weights (``self``).
     """
 
     kind: str = "esmm"
@@ -324,6 +329,8 @@ class ModelConfig:
     cvr_risk_weight: float = 1.0
     imputation_weight: float = 1.0
     propensity_clip: float = 0.02
+    propensity_calibration: str = "none"
+    ips_normalization: str = "all"
 
     def validate(self, key: str) -> None:
         _require(self.kind in MODEL_KINDS, f"{key}.kind",
@@ -334,6 +341,10 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"{self.dropout} is outside [0, 1)")
         _require(0.0 < self.propensity_clip <= 1.0, f"{key}.propensity_clip",
                  f"{self.propensity_clip} is outside (0, 1]")
+        _require(self.propensity_calibration in PROPENSITY_CALIBRATIONS, f"{key}.propensity_calibration",
+                 f"{self.propensity_calibration!r} is not one of {', '.join(PROPENSITY_CALIBRATIONS)}")
+        _require(self.ips_normalization in IPS_NORMALIZATIONS, f"{key}.ips_normalization",
+                 f"{self.ips_normalization!r} is not one of {', '.join(IPS_NORMALIZATIONS)}")
         for name in ("ctcvr_weight", "cvr_risk_weight", "imputation_weight"):
             _require(getattr(self, name) >= 0.0, f"{key}.{name}", f"{getattr(self, name)} must be >= 0")
 

@@ -21,8 +21,11 @@ so ``y_i = o_i * r_i`` is the CTCVR label), ``pctr_i = sigmoid(a_i)``,
 
 * ``escm2-ips`` (Wang et al. 2022, ESCM2 with the IPS counterfactual risk)::
 
-      p_i = max(stopgrad(pctr_i), clip)
-      R_IPS = 1/|D| sum_i o_i * CE(r_i, pcvr_i) / p_i
+      p_i = clamp(s * stopgrad(pctr_i), propensity_clip, 1)
+          s = 1, or sum_D o / sum_D pctr with ``propensity_calibration=batch``
+      IPW(v) = sum_i o_i v_i / p_i / Z,   Z = |D|                 (``ips_normalization=all``)
+                                           Z = sum_i o_i / p_i    (``self``, SNIPS)
+      R_IPS = IPW(CE(r, pcvr))
       L = L_esmm + lambda * R_IPS
 
 * ``escm2-dr`` (ESCM2 with the doubly robust risk). The imputation tower predicts
@@ -30,22 +33,29 @@ so ``y_i = o_i * r_i`` is the CTCVR label), ``pctr_i = sigmoid(a_i)``,
   error of the CVR prediction is ``eh_i = CE(stopgrad(rt_i), pcvr_i)``, the observed
   error ``e_i = CE(r_i, pcvr_i)``::
 
-      R_DR  = 1/|D| sum_i [ eh_i + o_i * (e_i - eh_i) / p_i ]
-      L_imp = 1/|D| sum_i o_i * (stopgrad(e_i) - CE(rt_i, stopgrad(pcvr_i)))^2 / p_i
+      R_DR  = 1/|D| sum_i eh_i + IPW(e - eh)
+      L_imp = IPW((stopgrad(e) - CE(rt, stopgrad(pcvr)))^2)
       L = L_esmm + lambda * R_DR + w_imp * L_imp
 
   The CVR tower learns from R_DR (through e and eh); the imputation tower only from
   L_imp (which fits the imputed error to the observed one on clicked impressions,
   inverse-propensity weighted), as in DR joint learning (Wang et al. 2019).
 
-Where this differs from the ESCM2 paper (also in docs/model.md):
-- the propensity is the CTR tower's own pCTR, *detached* and clipped from below
-  at ``propensity_clip``: the risk term cannot move the CTR tower to shrink its
-  own weights; the paper's formulas leave the gradient path unstated;
-- the paper's global risk weight (lambda_g on L_CTCVR) is ``ctcvr_weight`` here,
-  its counterfactual weight (lambda_c) is ``cvr_risk_weight``;
-- risks are normalised by the batch size |D| (not self-normalised SNIPS);
-- the imputation tower has the CVR tower's shape and shares the embedding.
+Against the ESCM2 paper and its public code (PaddleRec models/multitask/escm2;
+details and the ablation in docs/model.md):
+- kept from the paper: ``L = L_CTR + lambda_c R + lambda_g L_CTCVR`` (lambda_g is
+  ``ctcvr_weight``, lambda_c ``cvr_risk_weight``), the propensity is the CTR tower's
+  pCTR, R_IPS and R_DR normalised by |D| (``ips_normalization=all``, the default),
+  the DR imputation loss ``o (e - eh)^2 / p``;
+- the propensity is *detached* (the paper leaves the gradient path unstated;
+  PaddleRec detaches it for IPS, not for DR): the risk must not move the CTR tower
+  to shrink its own weights;
+- the propensity is clipped from below at ``propensity_clip`` (PaddleRec floors
+  pCTR at 1e-6 and caps the IPS weight at 15 after its own rescaling);
+- the imputation tower predicts an imputed *conversion* rt and eh = CE(rt, pcvr)
+  (paper and PaddleRec: the tower outputs the imputed error itself);
+- ``ips_normalization=self`` and ``propensity_calibration=batch`` are not in the
+  paper; they are options, measured in the ablation.
 """
 from __future__ import annotations
 
@@ -97,28 +107,40 @@ def naive_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: M
     return LossParts(l_ctr + l_cvr, {"ctr": l_ctr.detach(), "cvr_clicked": l_cvr.detach()})
 
 
-def propensity(out: dict[str, Tensor], cfg: ModelConfig) -> Tensor:
-    """Detached pCTR clipped to [propensity_clip, 1] [B]."""
-    return out["pctr"].detach().clamp(min=cfg.propensity_clip, max=1.0)
+def propensity(out: dict[str, Tensor], click: Tensor, cfg: ModelConfig) -> Tensor:
+    """Detached pCTR [B], optionally rescaled to the batch click rate, clipped to [propensity_clip, 1]."""
+    p = out["pctr"].detach()
+    if cfg.propensity_calibration == "batch":
+        # One scale per batch: a pCTR that is 20% high everywhere gives weights 20% low.
+        p = p * (click.float().sum() / p.sum().clamp(min=1e-12))
+    return p.clamp(min=cfg.propensity_clip, max=1.0)
+
+
+def ipw_mean(o: Tensor, p: Tensor, v: Tensor, cfg: ModelConfig) -> Tensor:
+    """sum_i o_i v_i / p_i divided by |D| (``ips_normalization=all``) or by
+    sum_i o_i / p_i (``self``; 0 when the batch has no click)."""
+    w = o / p
+    den = w.sum().clamp(min=1e-12) if cfg.ips_normalization == "self" else float(len(o))
+    return (w * v).sum() / den
 
 
 def escm2_ips_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
     base = esmm_loss(out, click, conversion, cfg)
     o, r = click.float(), conversion.float()
-    risk = (o * ce_logits(out["cvr_logit"], r) / propensity(out, cfg)).mean()
+    risk = ipw_mean(o, propensity(out, click, cfg), ce_logits(out["cvr_logit"], r), cfg)
     return LossParts(base.total + cfg.cvr_risk_weight * risk, {**base.parts, "ips": risk.detach()})
 
 
 def escm2_dr_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
     base = esmm_loss(out, click, conversion, cfg)
     o, r = click.float(), conversion.float()
-    p = propensity(out, cfg)
+    p = propensity(out, click, cfg)
     b, c = out["cvr_logit"], out["imp_logit"]
     e = ce_logits(b, r)                                   # observed error (clicked rows matter)
     eh = ce_logits(b, torch.sigmoid(c).detach())          # imputed error, grads to the CVR tower
-    risk = (eh + o * (e - eh) / p).mean()
+    risk = eh.mean() + ipw_mean(o, p, e - eh, cfg)
     eh_imp = ce_logits(b.detach(), torch.sigmoid(c))      # imputed error, grads to the imputation tower
-    l_imp = (o * (e.detach() - eh_imp) ** 2 / p).mean()
+    l_imp = ipw_mean(o, p, (e.detach() - eh_imp) ** 2, cfg)
     total = base.total + cfg.cvr_risk_weight * risk + cfg.imputation_weight * l_imp
     return LossParts(total, {**base.parts, "dr": risk.detach(), "imp": l_imp.detach()})
 
