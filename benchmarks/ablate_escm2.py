@@ -47,7 +47,7 @@ BASE = ["train.resume=false", "train.progress=false", "train.register=false", "t
 
 
 def _cfg(root: str, sets: list[str], extra: list[str] = ()):
-    from esmm.config import load_config
+    from esmm.config_loader import load_config
     return load_config([], [f"lakehouse.root={root}", *BASE, *sets, *extra])
 
 
