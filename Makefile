@@ -11,8 +11,13 @@ demo: setup
 test: setup
 	@. scripts/env.sh && python -m pytest $(ARGS)
 
+# Unit tests only: no end-to-end (slow) and no whole-job / multi-process (integration) tests.
 test-fast: setup
-	@. scripts/env.sh && python -m pytest -m "not slow" $(ARGS)
+	@. scripts/env.sh && python -m pytest -m "not slow and not integration" $(ARGS)
+
+# naive vs ESMM vs ESCM2 on generated logs; e.g. make bench ARGS="--size tiny --seeds 2"
+bench: setup
+	@. scripts/env.sh && esmm bench quality $(ARGS)
 
 clean:
 	rm -rf lakehouse artifacts .pytest_cache

@@ -9,7 +9,7 @@
    click validity, attribution, quarantine, counts, gate, two Delta commits. It runs
    twice: the first run in a fresh session also pays the JVM's warm-up; the second
    (the same day again) is the steady state of a session labelling several dates.
-3. Runs the same labelling rules as one SQL query (``pipelines.labels_sql``) in
+3. Runs the same labelling rules as one SQL query (``tests/labels_oracle.py``) in
    DuckDB over the Parquet files of the current Delta snapshots (delta-rs lists
    them; DuckDB cannot load its delta extension offline), restricted to the same
    arrival partitions, and materialises the label rows.
@@ -29,8 +29,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the SQL oracle of the label rules lives beside the tests
 
-from esmm.config import load_config  # noqa: E402
+from esmm.config_loader import load_config  # noqa: E402
+from esmm.timeutil import default_as_of  # noqa: E402
+from pipelines.contract import SOURCES  # noqa: E402
+from pipelines.labels_rules import Windows, scope_of  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,17 +81,16 @@ def snapshot_files(path: str, first_dt: str, last_dt: str) -> list[str]:
 def duckdb_labels(cfg, day: str, as_of: dt.datetime, threads: int) -> tuple[float, tuple, int]:
     import duckdb
 
-    from pipelines import labels as L
-    from pipelines.labels_sql import label_sql
+    from labels_oracle import label_sql
 
-    w = L.Windows.from_config(cfg.labels)
-    sc = L.scope_of(day, as_of, w)
+    w = Windows.from_config(cfg.labels)
+    sc = scope_of(day, as_of, w)
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     con.execute("SET TimeZone = 'UTC'")
     t0 = time.time()
     views, n_files = {}, 0
-    for s in L.SOURCES:
+    for s in SOURCES:
         files = snapshot_files(cfg.lakehouse.path(s), *sc.dt_range(s, w))
         n_files += len(files)
         listing = ", ".join(f"'{f}'" for f in files)
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
     spark.sparkContext.setLogLevel("ERROR")
     ensure_raw(spark, cfg, args.reuse)
     day = cfg.generate.dates[len(cfg.generate.dates) // 2]
-    as_of = L.default_as_of(day) + dt.timedelta(days=9)  # every window of the day has closed
+    as_of = default_as_of(day) + dt.timedelta(days=9)  # every window of the day has closed
     cores = spark.sparkContext.defaultParallelism
 
     # The first run in a session also pays the JVM's warm-up (class loading, JIT, code
@@ -137,11 +140,11 @@ def main(argv=None) -> int:
 
     # The same reference query on Spark SQL: separates the engine gap from the job's own work
     # (quarantine, per-row fates, the gate, two Delta commits).
-    from pipelines.labels_sql import count_sql, label_sql
+    from labels_oracle import count_sql, label_sql
 
-    w = L.Windows.from_config(cfg.labels)
-    sc = L.scope_of(day, as_of, w)
-    for s in L.SOURCES:
+    w = Windows.from_config(cfg.labels)
+    sc = scope_of(day, as_of, w)
+    for s in SOURCES:
         L.read_scope(spark, cfg, s, *sc.dt_range(s, w)).createOrReplaceTempView(f"raw_{s}")
     t0 = time.time()
     sql_counts = tuple(int(x) for x in spark.sql(count_sql(label_sql(

@@ -72,10 +72,11 @@ def main() -> None:
     import torch
     from pyspark.sql import functions as F
 
-    from esmm.config import load_config
+    from esmm.config_loader import load_config
     from esmm.model import build_model
     from pipelines import score
     from pipelines.features import encode_features, feature_names
+    from pipelines.score_model import ScoringModel
     from pipelines.session import get_spark
 
     root = tempfile.mkdtemp(prefix="bench_score_")
@@ -88,7 +89,7 @@ def main() -> None:
     torch.save(net.state_dict(), buf)
     meta = {"model_id": "bench", "model": dataclasses.asdict(cfg.model),
             "features": dataclasses.asdict(spec), "feature_mapping_id": spec.mapping_id}
-    model = score.ScoringModel("bench", json.loads(json.dumps(meta)), buf.getvalue())
+    model = ScoringModel("bench", json.loads(json.dumps(meta)), buf.getvalue())
 
     spark = get_spark(cfg.spark)
     spark.sparkContext.setLogLevel("ERROR")

@@ -38,7 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from esmm.config import Config, load_config  # noqa: E402
+from esmm.config import Config  # noqa: E402
+from esmm.config_loader import load_config  # noqa: E402
 
 DATES = [f"2026-11-{d:02d}" for d in range(1, 11)]
 

@@ -1,13 +1,15 @@
-"""Typed configuration: YAML files plus ``--set key=value`` overrides, loaded once.
+"""Typed configuration schema: one dataclass per section, each with its own checks.
 
-Every job builds one :class:`Config` at its entry point (``load_config``) and
-passes it (or the section it needs) down. The dataclass defaults below are the
-embedded defaults a single machine runs on; ``conf/default.yaml`` spells the
-same values out for people to copy and edit (a test keeps the two identical).
+Every job builds one :class:`Config` at its entry point
+(:func:`esmm.config_loader.load_config`, YAML files plus ``--set key=value``
+overrides) and passes it (or the section it needs) down. The dataclass defaults
+below are the embedded defaults a single machine runs on; ``conf/default.yaml``
+spells the same values out for people to copy and edit (a test keeps the two
+identical).
 
-Errors are raised as :class:`ConfigError` naming the dotted key, before any
-Spark or torch work starts: an unknown key, a value of the wrong type, or an
-impossible value (a negative window, an end date before the start date).
+Each section's ``validate(key)`` raises :class:`esmm.errors.ConfigError` naming
+the dotted key: a value of the wrong range or an impossible combination (a
+negative window, an end date before the start date).
 """
 from __future__ import annotations
 
@@ -15,51 +17,14 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-import yaml
+from esmm.errors import ConfigError
+from esmm.timeutil import date_range, parse_date, parse_duration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONF = REPO_ROOT / "conf" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or an impossible value."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: str, key: str = "duration") -> int:
-    """``"90s"``, ``"5m"``, ``"2h"``, ``"7d"`` -> whole seconds (>= 0)."""
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ConfigError(
-            f"{key}: {value!r} is not a duration; write a non-negative number with a unit, "
-            f"e.g. '30s', '5m', '2h', '7d'"
-        )
-    return int(float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
-
-
-def parse_date(value: str, key: str = "date") -> dt.date:
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError as e:
-        raise ConfigError(f"{key}: {value!r} is not a date in yyyy-MM-dd form") from e
-
-
-def date_range(start: str, end: str) -> list[str]:
-    """Inclusive list of ``yyyy-MM-dd`` strings; raises if end < start."""
-    d0, d1 = parse_date(start, "start"), parse_date(end, "end")
-    if d1 < d0:
-        raise ConfigError(f"end date {end} is before start date {start}")
-    return [(d0 + dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
 
 
 def _require(cond: bool, key: str, msg: str) -> None:
@@ -445,7 +410,7 @@ class GateConfig:
     calibration_max: float = 1.25
 
     # Keys of earlier versions, refused with what replaced them.
-    REMOVED_KEYS: typing.ClassVar[dict[str, str]] = {
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
         "max_auc_drop": "a fixed allowed AUC drop ignored the noise of the day; the gate now tests the "
                         "AUC difference against its DeLong standard error at level nightly.gate.alpha",
     }
@@ -460,7 +425,7 @@ class GateConfig:
 
 @dataclass
 class NightlyConfig:
-    """The nightly pipeline (pipelines/nightly.py): windows, gate, lock."""
+    """The nightly pipeline (pipelines/nightly/): windows, gate, lock."""
 
     train_days: int = 7  # trailing window of days the model trains on (ends the day before eval)
     eval_day: str = "mature"  # mature: newest label-mature day | latest: the run date (immature labels)
@@ -497,156 +462,3 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and build dataclasses recursively."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        return _build(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if isinstance(value, (dt.date, dt.datetime)):
-            return value.isoformat()
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in names:
-            full = f"{prefix}.{k}" if prefix else k
-            removed = getattr(cls, "REMOVED_KEYS", {})
-            if k in removed:
-                raise ConfigError(f"{full}: removed; {removed[k]}")
-            raise ConfigError(f"{full}: unknown key; known keys here: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _validate_children(obj: Any, prefix: str) -> None:
-    if hasattr(obj, "validate"):
-        obj.validate(prefix)
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if dataclasses.is_dataclass(v):
-            _validate_children(v, f"{prefix}.{f.name}" if prefix else f.name)
-
-
-def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_override(item: str) -> dict[str, Any]:
-    """``"generate.days=3"`` -> ``{"generate": {"days": 3}}`` (value parsed as YAML)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.path=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except (yaml.YAMLError, ValueError) as e:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from e
-    out: dict[str, Any] = {}
-    cur = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read configuration file {path}: {e}") from e
-    try:
-        data = yaml.safe_load(text) or {}
-    except (yaml.YAMLError, ValueError) as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
-
-
-def load_config(files: Optional[list[str | Path]] = None,
-                overrides: Optional[list[str]] = None,
-                use_default_file: bool = True) -> Config:
-    """Build the one :class:`Config` of a run.
-
-    Order: dataclass defaults < ``conf/default.yaml`` < each of ``files`` <
-    ``overrides`` (``key.path=value``). Raises :class:`ConfigError` on any bad key.
-    """
-    data: dict[str, Any] = {}
-    paths: list[Path] = []
-    if use_default_file and DEFAULT_CONF.exists():
-        paths.append(DEFAULT_CONF)
-    paths += [Path(f) for f in files or []]
-    for p in paths:
-        data = _merge(data, _read_yaml(p))
-    for item in overrides or []:
-        data = _merge(data, parse_override(item))
-    cfg = _build(Config, data, "")
-    _validate_children(cfg, "")
-    return cfg
-
-
-def section_from_dict(cls: type, data: dict[str, Any], key: str) -> Any:
-    """Rebuild and validate one config section (e.g. ModelConfig) saved with asdict."""
-    obj = _build(cls, data, key)
-    _validate_children(obj, key)
-    return obj
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with :meth:`Config.to_dict` (e.g. inside a model artifact)."""
-    cfg = _build(Config, data, "")
-    _validate_children(cfg, "")
-    return cfg

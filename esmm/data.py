@@ -7,7 +7,7 @@ Exactly the files of one Delta version are read (never the folder): Parquet
 files of overwritten or vacuum-pending versions stay in the folder until VACUUM,
 and a folder read would mix them in.
 
-Input table ``curated/examples`` (contract of issue 3), partitioned by ``dt``::
+Input table ``curated/examples`` (written by :mod:`pipelines.features`), partitioned by ``dt``::
 
     impression_id STRING, dt STRING, click INT, conversion INT, label_mature BOOLEAN,
     <categorical feature name> INT (one per spec.categorical, in [0, buckets)),

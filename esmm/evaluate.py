@@ -34,15 +34,6 @@ import torch
 from esmm.config import FeatureSpec
 from esmm.data import Snapshot, read_arrow
 
-METRIC_ORDER = (
-    "rows", "clicks", "conversions",
-    "ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_all_truth",
-    "ctr_logloss", "cvr_logloss_clicked", "ctcvr_logloss",
-    "ctr_calibration", "cvr_calibration_clicked", "ctcvr_calibration",
-    "pcvr_bias_all", "pcvr_bias_clicked",
-)
-
-
 def auc(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
     """Rank AUC with ties counted one half; ``labels`` in [0, 1] may be soft.
 
@@ -221,14 +212,3 @@ def reliability_diagram(pred: dict[str, np.ndarray], click: np.ndarray, conversi
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def format_table(rows: dict[str, dict[str, str | float]], columns: Optional[list[str]] = None) -> str:
-    """Plain-text table: one row per name, one column per metric (strings or floats)."""
-    cols = columns or [m for m in METRIC_ORDER if any(m in r for r in rows.values())]
-    cells = [["model", *cols]]
-    for name, r in rows.items():
-        cells.append([name, *[(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")))
-                              for c in cols]])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)

@@ -43,7 +43,8 @@ from typing import Any, Optional
 
 import torch
 
-from esmm.config import REPO_ROOT, FeatureSpec, ModelConfig, section_from_dict
+from esmm.config import REPO_ROOT, FeatureSpec, ModelConfig
+from esmm.config_loader import section_from_dict
 from esmm.model import EntireSpaceModel, build_model
 
 META_FORMAT = 1

@@ -1,7 +1,7 @@
 """``train(config) -> TrainResult``: one function for every launcher.
 
 * single process: ``train(cfg)``;
-* ``torchrun --nproc_per_node N -m jobs.train_entry ...`` (or any launcher that
+* ``torchrun --nproc_per_node N -m jobs.cli train ...`` (or any launcher that
   sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``):
   DDP over gloo on CPU, NCCL on GPU;
 * Spark: ``TorchDistributor(num_processes=N, local_mode=True, use_gpu=False).run(train, cfg)``.

@@ -38,15 +38,10 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from esmm.config import MODEL_KINDS, Config, load_config
-from esmm.evaluate import METRIC_ORDER, format_table
-
-SIZES = {  # name: (days, impressions per day); the last day is the evaluation day
-    "tiny": (3, 5_000),
-    "default": (7, 60_000),
-    "large": (8, 250_000),
-    "xl": (15, 1_000_000),
-}
+from esmm.config import MODEL_KINDS, Config
+from esmm.config_loader import load_config
+from esmm.metrics_table import METRIC_ORDER, format_table
+from jobs.bench_sizes import SIZES
 
 
 def bench_overrides(size: str, cvr: Optional[float] = None) -> list[str]:
@@ -62,7 +57,7 @@ def bench_overrides(size: str, cvr: Optional[float] = None) -> list[str]:
 def backfill_as_of(cfg: Config) -> dt.datetime:
     """As-of time of the bench's label runs: the end of the last generated day plus
     click_window + attribution_window, so every generated day's labels are mature."""
-    from pipelines.labels import default_as_of
+    from esmm.timeutil import default_as_of
 
     return default_as_of(cfg.generate.dates[-1]) + dt.timedelta(
         seconds=cfg.labels.seconds("click_window") + cfg.labels.seconds("attribution_window"))

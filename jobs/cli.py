@@ -1,29 +1,52 @@
 """The ``esmm`` command: one sub-command per job.
 
 Every sub-command takes ``--conf FILE`` (repeatable, later files win) and
-``--set key.path=value`` (repeatable, wins over files). The configuration is
-built and validated once, here, before any Spark or torch work starts.
+``--set key.path=value`` (repeatable, wins over files); a sub-command's own
+shortcuts (``train --model KIND`` = ``--set model.kind=KIND``) are declared with
+it and win over both. The configuration is built and validated once, here,
+before any Spark or torch work starts. Building the parser imports neither
+Spark nor torch: each command imports its job when it runs.
 
 Under spark-submit run this file itself::
 
     spark-submit --packages io.delta:delta-spark_2.12:3.3.3 jobs/cli.py generate --set ...
+
+under torchrun run the module: ``torchrun --nproc_per_node N -m jobs.cli train ...``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from esmm.config import Config, ConfigError, load_config
+from esmm.config import Config
+from esmm.config_loader import load_config
+from esmm.errors import ConfigError
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Config, argparse.Namespace], int]
+    shortcuts: dict[str, str] = field(default_factory=dict)  # argparse dest -> config key
 
 
-def command(name: str, help_: str, add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help_: str, add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+            shortcuts: dict[str, str] | None = None):
+    """Register ``esmm <name>``. ``shortcuts``: this command's options that are
+    ``--set`` in disguise (``{"days": "generate.days"}``); an option not listed there
+    is the command's own argument (``score --model`` is a registry id)."""
     def deco(fn: Callable[[Config, argparse.Namespace], int]):
-        COMMANDS[name] = (help_, add_args, fn)
+        COMMANDS[name] = Command(help_, add_args, fn, dict(shortcuts or {}))
         return fn
     return deco
 
@@ -51,7 +74,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-date", help="shortcut for generate.start_date")
 
 
-@command("generate", "write synthetic raw logs and sim/truth", _generate_args)
+GENERATE_SHORTCUTS = {"days": "generate.days", "impressions_per_day": "generate.impressions_per_day",
+                      "seed": "generate.seed", "start_date": "generate.start_date"}
+
+
+@command("generate", "write synthetic raw logs and sim/truth", _generate_args, GENERATE_SHORTCUTS)
 def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines import generate
 
@@ -74,7 +101,7 @@ def cmd_summary(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- serving (issue 5)
+# --------------------------------------------------------------------------- serving
 
 
 def _date_arg(p: argparse.ArgumentParser) -> None:
@@ -92,7 +119,7 @@ def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
 
     try:
         score.run(_spark(cfg), cfg, args.date, model_id=args.model)
-    except score.ScoringInputError as e:
+    except (score.ScoringInputError, FileNotFoundError) as e:  # FileNotFoundError: an unknown --model id
         print(f"esmm score: {e}", file=sys.stderr)
         return 2
     return 0
@@ -101,9 +128,10 @@ def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
 @command("nightly", "labels, features, train, evaluate, gate, score, report for one date "
                     "(exit 0 ok, 3 a step failed, 75 lock held)", _date_arg)
 def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
-    from pipelines.nightly import EXIT_OK, run_nightly
+    from pipelines import nightly
+    from pipelines.nightly.runner import EXIT_OK
 
-    r = run_nightly(cfg, args.date, lambda: _spark(cfg))
+    r = nightly.run(cfg, args.date, lambda: _spark(cfg))
     if r.exit_code != EXIT_OK:
         what = f"step {r.failed_step!r} failed" if r.failed_step else "did not run"
         print(f"esmm nightly {args.date}: {what} (exit {r.exit_code}): {r.message}", file=sys.stderr)
@@ -133,10 +161,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("demo", "generate a week of logs, run the nightly pipeline on its last dates, "
-                 "print the metric table and the report path", _demo_args)
+                 "print the metric table and the report path", _demo_args, GENERATE_SHORTCUTS)
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     """The README's demo: conf/demo.yaml (applied first; --conf/--set still win) + the chain."""
-    from pipelines.nightly import EXIT_OK, run_nightly
+    from pipelines import nightly
+    from pipelines.nightly.runner import EXIT_OK
     from pipelines.report import text_table
 
     t0 = time.time()
@@ -148,7 +177,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     result = None
     for d in dates:
         print(f"--- esmm nightly --date {d}")
-        result = run_nightly(cfg, d, lambda: spark)
+        result = nightly.run(cfg, d, lambda: spark)
         if result.exit_code != EXIT_OK:
             print(f"esmm demo: nightly {d} failed at step {result.failed_step!r}: {result.message}",
                   file=sys.stderr)
@@ -163,9 +192,9 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- trainer (issue 4)
+# --------------------------------------------------------------------------- trainer
 # esmm train / esmm models / esmm promote / esmm bench quality. train() itself needs no
-# Spark, so `torchrun --nproc_per_node N jobs/cli.py train ...` runs it on every rank.
+# Spark, so `torchrun --nproc_per_node N -m jobs.cli train ...` runs it on every rank.
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -177,11 +206,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-date", action="append", default=None,
                    help="evaluation dt (repeatable; train.eval_dates)")
     p.add_argument("--epochs", type=int, help="shortcut for train.epochs")
+    p.add_argument("--result-json", metavar="PATH",
+                   help="rank 0 writes {model_id, artifact_dir, metrics, ...} of the trained model here "
+                        "(how a launcher learns the id it registered)")
 
 
-@command("train", "train a model on curated/examples (works under torchrun)", _train_args)
+def write_result_json(path: str, r) -> None:
+    """Rank 0's :class:`esmm.train.TrainResult` as JSON, written whole or not at all."""
+    body = {"model_id": r.model_id, "artifact_dir": r.artifact_dir, "metrics": r.metrics,
+            "examples_version": r.examples_version, "steps": r.steps,
+            "total_samples": r.total_samples, "world_size": r.world_size, "seconds": r.seconds}
+    tmp = f"{path}.tmp{os.getpid()}"
+    Path(tmp).write_text(json.dumps(body, default=float))
+    os.replace(tmp, path)
+
+
+@command("train", "train a model on curated/examples (works under torchrun)", _train_args,
+         {"model": "model.kind", "train_start": "train.train_start", "train_end": "train.train_end",
+          "eval_date": "train.eval_dates", "epochs": "train.epochs"})
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm.evaluate import format_table
+    from esmm.metrics_table import format_table
     from esmm.train import train
 
     r = train(cfg)
@@ -192,6 +236,8 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
         print(f"model {r.model_id} -> {r.artifact_dir}")
         if r.metrics:
             print(format_table({r.model_id or cfg.model.kind: r.metrics}))
+        if args.result_json:
+            write_result_json(args.result_json, r)
     return 0
 
 
@@ -216,13 +262,17 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
     from esmm import registry
 
-    registry.promote(cfg.lakehouse.path("registry"), args.model_id)
+    try:
+        registry.promote(cfg.lakehouse.path("registry"), args.model_id)
+    except ValueError as e:  # no such model id
+        print(f"esmm promote: {e}", file=sys.stderr)
+        return 2
     print(f"{args.model_id} is the champion")
     return 0
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    from jobs.bench_quality import SIZES
+    from jobs.bench_sizes import SIZES
 
     p.add_argument("which", choices=["quality"], help="quality: naive vs ESMM vs ESCM2 on generated logs")
     p.add_argument("--size", choices=list(SIZES), default="default", help="data size (default: 7 days x 60k)")
@@ -247,7 +297,7 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- labels and features (issue 3)
+# --------------------------------------------------------------------------- labels and features
 
 
 def _dates_args(p: argparse.ArgumentParser) -> None:
@@ -265,7 +315,7 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dates(args: argparse.Namespace) -> list[str]:
-    from esmm.config import date_range, parse_date
+    from esmm.timeutil import date_range, parse_date
 
     if args.date:
         if args.end:
@@ -278,11 +328,12 @@ def _dates(args: argparse.Namespace) -> list[str]:
 
 @command("labels", "build curated/labels (and curated/quarantine) for dates", _labels_args)
 def cmd_labels(cfg: Config, args: argparse.Namespace) -> int:
+    from esmm.timeutil import parse_as_of
     from pipelines import labels
 
     try:
         dates = _dates(args)
-        as_of = labels.parse_as_of(args.as_of) if args.as_of else None
+        as_of = parse_as_of(args.as_of) if args.as_of else None
     except ConfigError as e:
         print(f"esmm labels: {e}", file=sys.stderr)
         return 2
@@ -314,29 +365,16 @@ def cmd_features(cfg: Config, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- main
 
 
-_SHORTCUTS = {
-    "days": "generate.days",
-    "impressions_per_day": "generate.impressions_per_day",
-    "seed": "generate.seed",
-    "start_date": "generate.start_date",
-    "model": "model.kind",
-    "train_start": "train.train_start",
-    "train_end": "train.train_end",
-    "eval_date": "train.eval_dates",
-    "epochs": "train.epochs",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esmm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_, add_args, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
+    for name, c in COMMANDS.items():
+        p = sub.add_parser(name, help=c.help)
         p.add_argument("--conf", action="append", default=[], metavar="FILE",
                        help="YAML configuration file (repeatable; later files win)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override one key, e.g. --set generate.days=3 (repeatable)")
-        add_args(p)
+        c.add_args(p)
     return parser
 
 
@@ -347,7 +385,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.command == "demo":
         args.conf = [str(DEMO_CONF), *args.conf]
-    for attr, key in _SHORTCUTS.items():
+    for attr, key in COMMANDS[args.command].shortcuts.items():
         v = getattr(args, attr, None)
         if v is not None:
             overrides.append(f"{key}={v}")
@@ -361,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"esmm {args.command}: configuration error: {e}", file=sys.stderr)
         return 2
-    _, _, fn = COMMANDS[args.command]
-    return fn(cfg, args)
+    return COMMANDS[args.command].run(cfg, args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ after the date of its ``ts``)::
                      user_id STRING, item_id STRING, ts TIMESTAMP, value DOUBLE (nullable),
                      dt STRING
 
-Extra columns are allowed; a missing required column, or one of an incompatible
+Each record's id column is :data:`ID_COLUMN`; a JSON source's unparseable line
+lands in :data:`CORRUPT_COLUMN`. Extra columns are allowed; a missing required column, or one of an incompatible
 type, is a :class:`ContractError` naming the table and column.
 """
 from __future__ import annotations
@@ -21,6 +22,17 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from esmm.config import FeatureSpec
+
+SOURCES = ("impressions", "clicks", "conversions")
+ID_COLUMN = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
+# Ids a record of each source cannot be used without (a conversion without a click_id
+# also needs user_id and item_id for last-touch attribution).
+REQUIRED_IDS = {
+    "impressions": ("impression_id", "user_id", "item_id"),
+    "clicks": ("click_id", "impression_id"),
+    "conversions": ("conversion_id",),
+}
+CORRUPT_COLUMN = "_corrupt_record"  # the unparseable line of a JSON source (PERMISSIVE mode)
 
 _INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _NUMERIC = _INTEGRAL + (T.FloatType, T.DoubleType, T.DecimalType)

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from esmm.config import Config, FeatureSpec
-from pipelines.contract import RAW_REQUIRED, check_raw, feature_columns
+from pipelines.contract import CORRUPT_COLUMN, RAW_REQUIRED, check_raw, feature_columns
 
 
 def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: bool = False) -> DataFrame:
@@ -18,9 +18,7 @@ def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: 
     ``pin``: read the newest version *now* (see :func:`read_raw`) rather than whatever
     is newest at each later action.
     """
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not is_delta(spark, path):
         raise FileNotFoundError(f"no Delta table at {path}; run the job that writes it first "
                                 f"(see README: pipeline order)")
     if pin and version is None:
@@ -62,7 +60,7 @@ def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -
         schema = raw_json_schema(source, cfg.features)
         df = (spark.read.schema(schema)
               .option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", "_corrupt_record")
+              .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
               .json(path))
     return check_raw(df, source, cfg.features, path)
 
@@ -77,17 +75,18 @@ def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
                 fields.append(T.StructField(col, T.StringType() if kind == "categorical"
                                             else T.DoubleType(), True))
                 have.add(col)
-    fields.append(T.StructField("_corrupt_record", T.StringType(), True))
+    fields.append(T.StructField(CORRUPT_COLUMN, T.StringType(), True))
     return T.StructType(fields)
 
 
 def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
-                replace_where: str | None = None) -> None:
+                replace_where: str | None = None, user_metadata: str | None = None) -> None:
     """Atomically write ``df`` as a Delta table.
 
     With ``replace_where`` only the matching rows are replaced (one Delta commit:
     a reader sees the old or the new version, never a half-written one);
     without it the whole table is overwritten. The schema may evolve.
+    ``user_metadata`` tags the commit (see :func:`commit_metrics`).
     """
     w = df.write.format("delta").mode("overwrite")
     if partition_by:
@@ -96,4 +95,69 @@ def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
         w = w.option("replaceWhere", replace_where)
     else:
         w = w.option("overwriteSchema", "true")
+    if user_metadata:
+        w = w.option("userMetadata", user_metadata)
     w.save(path)
+
+
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+def merge_delta(df: DataFrame, path: str, on: str, delete_unmatched_where: str | None = None,
+                user_metadata: str | None = None) -> None:
+    """Upsert ``df`` (alias ``s``) into the Delta table at ``path`` (alias ``t``) in one commit.
+
+    Rows matching ``on`` are updated, the others inserted; with
+    ``delete_unmatched_where`` the target rows meeting it that ``df`` lacks are
+    deleted, so the slice becomes exactly ``df``. ``user_metadata`` tags the
+    commit (a MERGE takes it from the session conf only: set for this call).
+    """
+    from delta.tables import DeltaTable
+
+    spark = df.sparkSession
+    merge = (DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), on)
+             .whenMatchedUpdateAll().whenNotMatchedInsertAll())
+    if delete_unmatched_where is not None:
+        merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_where)
+    prev = spark.conf.get(_USER_METADATA, None)
+    if user_metadata:
+        spark.conf.set(_USER_METADATA, user_metadata)
+    try:
+        merge.execute()
+    finally:
+        if prev is None:
+            spark.conf.unset(_USER_METADATA)
+        else:
+            spark.conf.set(_USER_METADATA, prev)
+
+
+def is_delta(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` holds a Delta table."""
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def commit_metrics(spark: SparkSession, path: str, user_metadata: str, lookback: int = 20) -> dict | None:
+    """``operationMetrics`` of the newest of the last ``lookback`` commits tagged
+    ``user_metadata``; None when there is none."""
+    from delta.tables import DeltaTable
+
+    history = DeltaTable.forPath(spark, path).history(lookback)
+    for r in history.select("userMetadata", "operationMetrics").collect():
+        if r["userMetadata"] == user_metadata:
+            return r["operationMetrics"] or {}
+    return None
+
+
+def delete_where(spark: SparkSession, path: str, condition: str) -> bool:
+    """Delete the rows matching the SQL ``condition`` in one commit (none when nothing matches).
+
+    Returns False, deleting nothing, when ``path`` holds no Delta table yet.
+    """
+    from delta.tables import DeltaTable
+
+    if not is_delta(spark, path):
+        return False
+    DeltaTable.forPath(spark, path).delete(condition)
+    return True

@@ -51,7 +51,8 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from esmm.config import Config, GenerateConfig, parse_duration
+from esmm.config import Config, GenerateConfig
+from esmm.timeutil import parse_duration
 
 K = 4  # latent dimensions per factor
 _TWO53 = float(2**53)

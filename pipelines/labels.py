@@ -69,456 +69,37 @@ Tables
     click INT, first_click_ts TIMESTAMP, conversion INT, conversion_ts TIMESTAMP,
     label_mature BOOLEAN, as_of TIMESTAMP, dt STRING (= UTC date of ts)
 
-``curated/quarantine`` (partitioned by dt)::
-
-    source STRING (impressions|clicks|conversions), record_id STRING (the record's id,
-    or 'sha256:<hex>' of the record when it has none), reason STRING, record STRING
-    (the record as JSON; the raw line for corrupt_record), run_id STRING,
-    quarantined_at TIMESTAMP, dt STRING (owner date, or 'unknown')
+``curated/quarantine``: the schema of :mod:`pipelines.quarantine`; this job writes
+sources impressions, clicks and conversions, record_id the record's id (or
+'sha256:<hex>' of the record when the id is blank), dt the owner date or 'unknown'.
 """
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
-import uuid
 from dataclasses import dataclass, field
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from esmm.config import Config, ConfigError, LabelConfig, parse_date
+from esmm.config import Config
+from esmm.timeutil import US, default_as_of, micros_date, new_run_id
+from pipelines.contract import SOURCES
+from pipelines.labels_report import DayReport, count_fates
+from pipelines.labels_rules import (DATE_RE, IMP_ORDER, REASONS, Windows, arrived_between,
+                                    attribute_conversions, between, candidate_conditions, check_records,
+                                    click_status, day_candidates, fold_copies, kept_impressions, label_rows,
+                                    quarantine_rows, rank_copies, record_json, scope_of, winners)
+from pipelines.quarantine import UNKNOWN_DT, stamp, write_quarantine
 
-SOURCES = ("impressions", "clicks", "conversions")
-KEY = {"impressions": "impression_id", "clicks": "click_id", "conversions": "conversion_id"}
-REQUIRED_IDS = {
-    "impressions": ("impression_id", "user_id", "item_id"),
-    "clicks": ("click_id", "impression_id"),
-    "conversions": ("conversion_id",),
-}
-CORRUPT = "_corrupt_record"
-UNKNOWN_DT = "unknown"
-US = 1_000_000
-DAY_S = 86_400
-DAY_US = DAY_S * US
 # A cached side up to this many rows is broadcast where the planner's static estimate
 # would shuffle the large side first (AQE switches to a broadcast only after that shuffle).
 BROADCAST_MAX_ROWS = 2_000_000
-CLICK_LOOKUP_WINDOWS = 4  # a conversion's click is searched 4 attribution windows back
-DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
-
-# reason -> (gated, what it means). Gated reasons count towards max_bad_fraction.
-REASONS: dict[str, tuple[bool, str]] = {
-    "corrupt_record": (True, "the line could not be parsed; record holds the raw line"),
-    "missing_dt": (True, "arrival partition dt is NULL or not yyyy-MM-dd"),
-    "missing_impression_id": (True, "impression_id is NULL or blank"),
-    "missing_click_id": (True, "click_id is NULL or blank"),
-    "missing_conversion_id": (True, "conversion_id is NULL or blank"),
-    "missing_user_id": (True, "user_id is NULL or blank (impression, or conversion without click_id)"),
-    "missing_item_id": (True, "item_id is NULL or blank (impression, or conversion without click_id)"),
-    "missing_ts": (True, "ts is NULL"),
-    "ts_after_arrival": (True, "dt is before the UTC date of ts (clock error)"),
-    "arrived_too_late": (True, "dt is after the UTC date of ts + max_lateness"),
-    "orphan_click": (True, "no impression with its impression_id among those the run reads"),
-    "click_before_impression": (True, "click ts earlier than impression ts - click_skew"),
-    "click_after_window": (False, "click ts later than impression ts + click_window"),
-    "unknown_click": (True, "no click with its click_id within 4 attribution windows before it"),
-    "conversion_before_click": (True, "conversion ts earlier than its click's ts"),
-    "conversion_after_window": (False, "conversion ts later than click ts + attribution_window"),
-    "click_not_valid": (False, "its click is quarantined (counted under clicks)"),
-    "no_click_in_window": (False, "no click_id and no valid click of the same user_id and "
-                                  "item_id within attribution_window before it"),
-}
-
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("source", T.StringType()),
-    T.StructField("record_id", T.StringType()),
-    T.StructField("reason", T.StringType()),
-    T.StructField("record", T.StringType()),
-    T.StructField("run_id", T.StringType()),
-    T.StructField("quarantined_at", T.TimestampType()),
-    T.StructField("dt", T.StringType()),
-])
 LABEL_COLUMNS = ("click", "first_click_ts", "conversion", "conversion_ts", "label_mature", "as_of", "dt")
 
 
 class LabelGateError(RuntimeError):
     """A source's quarantined share exceeds ``labels.max_bad_fraction``; nothing was written."""
-
-
-# --------------------------------------------------------------------------- parameters
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The label windows, in whole seconds."""
-
-    click_skew: int = 300
-    click_window: int = DAY_S
-    attribution_window: int = 7 * DAY_S
-    max_lateness: int = DAY_S
-
-    @classmethod
-    def from_config(cls, c: LabelConfig) -> "Windows":
-        return cls(c.seconds("click_skew"), c.seconds("click_window"),
-                   c.seconds("attribution_window"), c.seconds("max_lateness"))
-
-    @property
-    def dedupe_days(self) -> int:
-        """Days before an event date searched for earlier copies of an impression."""
-        return max(1, math.ceil(self.max_lateness / DAY_S))
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Event-time ranges (epoch microseconds, inclusive) one day's run needs, per role.
-
-    ``hi`` is the latest ts that can matter: min(as_of, day end + W + T + S).
-    """
-
-    day: str
-    as_of_us: int
-    day_lo: int  # first microsecond of the day
-    day_hi: int  # last microsecond of the day
-    hi: int
-    click_lo: int  # clicks needed: their own day, valid-click checks, conversion lookups
-    valid_lo: int  # clicks whose validity (and impression) the run decides
-    imp_lo: int  # impressions needed: the day, earlier copies, clicked impressions
-    conv_lo: int  # conversions needed: owned by the day or attributable to its clicks
-
-    def dt_range(self, source: str, w: Windows) -> tuple[str, str]:
-        """Arrival partitions that can hold the source's records of this scope."""
-        lo = {"impressions": self.imp_lo, "clicks": self.click_lo, "conversions": self.conv_lo}[source]
-        first = min(_date_str(lo), self.day)
-        last = max(_date_str(self.hi + w.max_lateness * US), self.day)
-        return first, last
-
-
-def utc_micros(t: dt.datetime) -> int:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
-
-
-def _date_str(us: int) -> str:
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=us // DAY_US)).isoformat()
-
-
-def default_as_of(day: str) -> dt.datetime:
-    """The end of the day: the next midnight UTC (``ts <= as_of`` counts)."""
-    d = parse_date(day, "date")
-    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
-
-
-def parse_as_of(value: str) -> dt.datetime:
-    """``2026-11-09`` (end of that day) or an ISO time (naive = UTC) -> aware UTC datetime."""
-    s = str(value).strip()
-    try:
-        if len(s) == 10:
-            return default_as_of(s)
-        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except (ValueError, ConfigError) as e:
-        raise ConfigError(f"--as-of: {value!r} is not a date (yyyy-MM-dd) or an ISO time "
-                          f"(yyyy-MM-ddTHH:MM:SS[Z])") from e
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
-
-
-def scope_of(day: str, as_of: dt.datetime, w: Windows) -> Scope:
-    day_lo = utc_micros(default_as_of(day)) - DAY_US
-    day_hi = day_lo + DAY_US - 1
-    a = utc_micros(as_of)
-    W, S, Tw = w.click_window * US, w.click_skew * US, w.attribution_window * US
-    hi = min(a, day_hi + W + Tw + S)
-    valid_lo = day_lo - Tw - S
-    return Scope(
-        day=day, as_of_us=a, day_lo=day_lo, day_hi=day_hi, hi=hi,
-        click_lo=day_lo - CLICK_LOOKUP_WINDOWS * Tw - S,
-        valid_lo=valid_lo,
-        imp_lo=min(valid_lo - W, day_lo - w.dedupe_days * DAY_US),
-        conv_lo=day_lo - S,
-    )
-
-
-# --------------------------------------------------------------------------- column helpers
-
-
-def date_of_us(us: Column) -> Column:
-    """UTC date string of epoch microseconds, whatever the session time zone."""
-    days = F.floor(us / F.lit(DAY_US)).cast("int")
-    return F.date_add(F.lit("1970-01-01").cast("date"), days).cast("string")
-
-
-def _blank(c: str) -> Column:
-    return F.col(c).isNull() | (F.trim(F.col(c).cast("string")) == "")
-
-
-def _between(c: Column, lo: int, hi: int) -> Column:
-    return (c >= F.lit(lo)) & (c <= F.lit(hi))
-
-
-def arrived_between(first: str, last: str) -> Column:
-    """Partition filter on dt (pushed down to Delta / partitioned folders): the branches
-    that need one day's rows must not scan the whole lookback at full width."""
-    return (F.col("dt") >= first) & (F.col("dt") <= last)
-
-
-def raw_columns(df: DataFrame) -> list[str]:
-    """The source's own columns (without Spark's corrupt-record and our ``__`` columns)."""
-    return [c for c in df.columns if c != CORRUPT and not c.startswith("__")]
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-def check_records(df: DataFrame, source: str, w: Windows, with_hash: bool = True) -> DataFrame:
-    """Add the record-level verdict of each raw row.
-
-    Adds ``__us`` LONG (ts in epoch microseconds), ``__date`` STRING (UTC date of
-    ts), ``__reason`` STRING (NULL when the record passes), ``__owner`` STRING (the
-    date whose run accounts for the record: __date when it passes, else dt, or
-    'unknown' when dt is missing) and, ``with_hash``, ``__h`` LONG (hash of the
-    record, the last tie-breaker between copies; it reads every column, so the
-    impressions' narrow passes leave it out).
-    """
-    cols = raw_columns(df)
-    us = F.unix_micros(F.col("ts"))
-    ev = date_of_us(us)
-    checks: list[tuple[Column, str]] = []
-    if CORRUPT in df.columns:
-        # Spark's JSON reader parses only the columns a query reads, so a bad value in a
-        # column a narrow pass leaves out would not mark the line corrupt there, and the
-        # passes would disagree about one record. The second term is never true, but it
-        # reads every column and the optimizer cannot fold it away: every pass parses all.
-        every_column = F.greatest(F.lit(0), record_hash(cols)) < 0
-        checks.append((F.col(CORRUPT).isNotNull() | every_column, "corrupt_record"))
-    checks.append((_blank("dt") | ~F.col("dt").rlike(DATE_RE), "missing_dt"))
-    checks += [(_blank(c), f"missing_{c}") for c in REQUIRED_IDS[source]]
-    checks.append((F.col("ts").isNull(), "missing_ts"))
-    if source == "conversions":
-        no_click = _blank("click_id")
-        checks += [(no_click & _blank("user_id"), "missing_user_id"),
-                   (no_click & _blank("item_id"), "missing_item_id")]
-    checks.append((F.col("dt") < ev, "ts_after_arrival"))
-    checks.append((F.col("dt") > date_of_us(us + F.lit(w.max_lateness * US)), "arrived_too_late"))
-    reason = F.when(checks[0][0], F.lit(checks[0][1]))
-    for cond, name in checks[1:]:
-        reason = reason.when(cond, F.lit(name))
-    out = df.select("*", us.alias("__us"), ev.alias("__date"), reason.alias("__reason"))
-    owner = (F.when(F.col("__reason").isNull(), F.col("__date"))
-             .when(F.col("__reason") == "missing_dt", F.lit(UNKNOWN_DT))
-             .otherwise(F.col("dt")))
-    out = out.select("*", owner.alias("__owner"))
-    return out.select("*", record_hash(cols).alias("__h")) if with_hash else out
-
-
-def record_hash(cols: list[str]) -> Column:
-    return F.xxhash64(*[F.col(c) for c in cols])
-
-
-def rank_copies(df: DataFrame, key: str, order: tuple[str, ...] = ("__us", "dt", "__h")) -> DataFrame:
-    """Add ``__rank`` INT: 1 for the kept copy of each ``key`` (by ``order``: earliest ts,
-    then dt, then the record hash for clicks and conversions; see :data:`IMP_ORDER`)."""
-    win = Window.partitionBy(key).orderBy(*[F.col(c) for c in order])
-    return df.withColumn("__rank", F.row_number().over(win))
-
-
-# Impression copies are ordered by ts, dt, user_id, item_id on narrow columns; copies equal
-# on all four are told apart by the record hash only where it matters (kept_impressions).
-IMP_ORDER = ("__us", "dt", "user_id", "item_id")
-
-
-def day_candidates(imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
-    """The copies that compete for the day's impression ids (narrow).
-
-    ``imps_ok``: impressions passing the record checks with ts <= as_of. Candidates are
-    the day's copies and copies on the ``dedupe_days`` days before (an impression whose
-    earliest copy lies on an earlier day is left to that day's run). Output:
-    ``impression_id``, the :data:`IMP_ORDER` columns, ``__date`` and ``__d`` LONG (1 for
-    a copy of the day).
-    """
-    on_day, earlier = candidate_conditions(sc, w)
-    return imps_ok.where(on_day | earlier).select("impression_id", *IMP_ORDER, "__date",
-                                                  on_day.cast("long").alias("__d"))
-
-
-def candidate_conditions(sc: Scope, w: Windows) -> tuple[Column, Column]:
-    """(a copy of the day, a copy on one of the ``dedupe_days`` days before)."""
-    L_us = w.max_lateness * US
-    first = _date_str(sc.day_lo - w.dedupe_days * DAY_US)
-    date = F.col("__date")
-    on_day = arrived_between(sc.day, _date_str(sc.day_hi + L_us)) & (date == sc.day)
-    earlier = (arrived_between(first, _date_str(sc.day_lo - 1 + L_us))
-               & (date >= first) & (date < sc.day))
-    return on_day, earlier
-
-
-def fold_copies(cand: DataFrame) -> DataFrame:
-    """Copy counts of the ids with a copy on the day, folded to the size of the duplicates.
-
-    Output: one row per id with several candidate copies (``impression_id``, ``__n``
-    LONG copies, ``__n_day`` LONG copies on the day, ``__ids`` = 1) and one row with
-    ``impression_id`` NULL whose ``__ids`` counts the ids with a single copy (each is
-    labelled as it is). Both aggregates keep fixed-width buffers, so Spark runs them as
-    hash aggregates, and the second collapses the singles before its shuffle.
-    """
-    ids = (cand.groupBy("impression_id").agg(F.count(F.lit(1)).alias("__n"), F.sum("__d").alias("__n_day"))
-           .where(F.col("__n_day") > 0))
-    dup_id = F.when(F.col("__n") > 1, F.col("impression_id"))
-    return ids.groupBy(dup_id.alias("impression_id")).agg(
-        F.count(F.lit(1)).alias("__ids"), F.max("__n").alias("__n"), F.max("__n_day").alias("__n_day"))
-
-
-def winners(cand: DataFrame, multi: DataFrame) -> DataFrame:
-    """The winning copy (minimum of :data:`IMP_ORDER`) of each id of ``multi``.
-
-    Output: ``multi``'s columns plus ``__w_us``, ``__w_dt``, ``__w_user``, ``__w_item``,
-    ``__w_date``. ``multi`` is small (the duplicated ids), so the join is a broadcast.
-    """
-    mine = cand.join(multi.select("impression_id"), "impression_id", "left_semi")
-    best = rank_copies(mine, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
-    best = best.select("impression_id", *[F.col(c).alias(a) for c, a in zip(
-        (*IMP_ORDER, "__date"), ("__w_us", "__w_dt", "__w_user", "__w_item", "__w_date"))])
-    return multi.join(best, "impression_id")
-
-
-def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
-    """Decide each click of the validity range against its (deduplicated) impression.
-
-    Input: kept clicks (one per click_id) and visible good impressions.
-    Output: the clicks with ts in [valid_lo, hi], their raw columns plus ``__us``,
-    ``__date``, ``__reason`` (NULL = valid, else orphan_click,
-    click_before_impression, click_after_window), ``__imp_us``, ``__imp_user``,
-    ``__imp_item`` (of the impression; NULL for orphans). ``imps_ok`` may be just the
-    impressions of the clicked ids (:func:`build_labels` passes those, fetched once).
-    """
-    clicks = clicks_kept.where(_between(F.col("__us"), sc.valid_lo, sc.hi)).drop("__reason")
-    wanted = clicks.select("impression_id").distinct()
-    imp = (imps_ok.select("impression_id", "__us", "dt", "user_id", "item_id")
-           .join(wanted, "impression_id", "left_semi"))
-    imp = (rank_copies(imp, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
-           .select("impression_id", F.col("__us").alias("__imp_us"),
-                   F.col("user_id").alias("__imp_user"), F.col("item_id").alias("__imp_item")))
-    j = clicks.drop("__rank").join(imp, "impression_id", "left")
-    cus, ius = F.col("__us"), F.col("__imp_us")
-    reason = (F.when(ius.isNull(), F.lit("orphan_click"))
-              .when(cus < ius - F.lit(w.click_skew * US), F.lit("click_before_impression"))
-              .when(cus > ius + F.lit(w.click_window * US), F.lit("click_after_window")))
-    return j.withColumn("__reason", reason)
-
-
-def attribute_conversions(convs_kept: DataFrame, clicks_kept: DataFrame, status: DataFrame,
-                          sc: Scope, w: Windows) -> DataFrame:
-    """Attribute each conversion of the scope to one click, or give the reason why not.
-
-    Output: the kept conversions with ts in [conv_lo, hi], their raw columns plus
-    ``__us``, ``__date``, ``__reason`` (NULL = attributed), ``__click`` (the
-    attributed click_id), ``__imp`` (its impression_id) and ``__via``
-    ('click_id' | 'last_touch').
-    """
-    Tw = F.lit(w.attribution_window * US)
-    convs = convs_kept.where(_between(F.col("__us"), sc.conv_lo, sc.hi)).drop("__reason", "__rank")
-    cols = convs.columns
-
-    with_id = convs.where(~_blank("click_id"))
-    known = clicks_kept.select("click_id", F.col("__us").alias("__k_us"))
-    st = status.select("click_id", F.col("__reason").alias("__k_reason"),
-                       F.col("impression_id").alias("__k_imp"), F.lit(True).alias("__k_has"))
-    j = with_id.join(known, "click_id", "left").join(st, "click_id", "left")
-    cu, ku = F.col("__us"), F.col("__k_us")
-    r1 = (F.when(ku.isNull(), F.lit("unknown_click"))
-          .when(cu < ku, F.lit("conversion_before_click"))
-          .when(cu > ku + Tw, F.lit("conversion_after_window"))
-          .when(F.col("__k_has").isNull() | F.col("__k_reason").isNotNull(), F.lit("click_not_valid")))
-    by_id = j.select(*cols, r1.alias("__reason"),
-                     F.when(r1.isNull(), F.col("click_id")).alias("__click"),
-                     F.when(r1.isNull(), F.col("__k_imp")).alias("__imp"),
-                     F.lit("click_id").alias("__via"))
-
-    without = convs.where(_blank("click_id"))
-    valid = status.where(F.col("__reason").isNull()).select(
-        F.col("click_id").alias("__c_id"), F.col("__us").alias("__c_us"),
-        F.col("impression_id").alias("__c_imp"),
-        F.col("__imp_user").alias("user_id"), F.col("__imp_item").alias("item_id"))
-    cand = (without.select("conversion_id", "user_id", "item_id", "__us")
-            .join(valid, ["user_id", "item_id"])
-            .where((F.col("__c_us") <= F.col("__us")) & (F.col("__us") <= F.col("__c_us") + Tw)))
-    latest = Window.partitionBy("conversion_id").orderBy(F.col("__c_us").desc(), F.col("__c_id").desc())
-    best = (cand.withColumn("__n", F.row_number().over(latest)).where(F.col("__n") == 1)
-            .select("conversion_id", "__c_id", "__c_imp"))
-    lt = without.join(best, "conversion_id", "left")
-    r2 = F.when(F.col("__c_id").isNull(), F.lit("no_click_in_window"))
-    by_touch = lt.select(*cols, r2.alias("__reason"), F.col("__c_id").alias("__click"),
-                         F.col("__c_imp").alias("__imp"), F.lit("last_touch").alias("__via"))
-    return by_id.unionByName(by_touch)
-
-
-def kept_impressions(full_day: DataFrame, multi: DataFrame, day: str) -> DataFrame:
-    """The full-width kept impressions of the day: one row per ``impression_id``.
-
-    ``full_day``: checked visible impressions of the day (raw columns, ``__us``, ...);
-    ``multi``: :func:`winners` of the ids with several copies. Ids with one copy
-    (nearly all) pass an anti join against the few ids with several (broadcast when
-    small: no full-width shuffle). Of those, the day keeps the copy equal to the
-    winner on :data:`IMP_ORDER`, the smallest record hash among equal ones (equal
-    hashes mean equal records).
-    """
-    single = full_day.join(multi.select("impression_id"), "impression_id", "left_anti")
-    winners = multi.where(F.col("__w_date") == day).select(
-        "impression_id", *[F.col(a).alias(c) for a, c in zip(
-            ("__w_us", "__w_dt", "__w_user", "__w_item"), IMP_ORDER)])
-    tied = full_day.join(winners, ["impression_id", *IMP_ORDER], "left_semi")
-    tied = tied.withColumn("__h", record_hash(raw_columns(full_day)))
-    first = Window.partitionBy("impression_id").orderBy("__h")
-    chosen = tied.withColumn("__r", F.row_number().over(first)).where(F.col("__r") == 1).drop("__r", "__h")
-    return single.unionByName(chosen)
-
-
-def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame,
-               sc: Scope, w: Windows) -> DataFrame:
-    """The ``curated/labels`` rows of the day (schema in the module docstring).
-
-    ``kept``: :func:`kept_impressions`; ``status``: :func:`click_status`;
-    ``conversions``: :func:`attribute_conversions`.
-    """
-    raw = [c for c in raw_columns(kept) if c != "dt"]
-    clicks = (status.where(F.col("__reason").isNull()).groupBy("impression_id")
-              .agg(F.min("ts").alias("first_click_ts")))
-    convs = (conversions.where(F.col("__reason").isNull())
-             .groupBy(F.col("__imp").alias("impression_id"))
-             .agg(F.min("ts").alias("conversion_ts")))
-    j = kept.join(clicks, "impression_id", "left").join(convs, "impression_id", "left")
-    mature = F.lit(sc.as_of_us) >= F.col("__us") + F.lit((w.click_window + w.attribution_window) * US)
-    return j.select(
-        *raw,
-        F.col("first_click_ts").isNotNull().cast("int").alias("click"),
-        "first_click_ts",
-        F.col("conversion_ts").isNotNull().cast("int").alias("conversion"),
-        "conversion_ts",
-        mature.alias("label_mature"),
-        F.timestamp_micros(F.lit(sc.as_of_us)).alias("as_of"),
-        F.lit(sc.day).alias("dt"),
-    )
-
-
-def _record_json(df: DataFrame) -> Column:
-    record = F.to_json(F.struct(*[F.col(c) for c in raw_columns(df)]))
-    if CORRUPT in df.columns:
-        record = F.coalesce(F.col(CORRUPT), record)
-    return record
-
-
-def quarantine_rows(df: DataFrame, source: str, owner: Column) -> DataFrame:
-    """Quarantine rows (without run_id/quarantined_at) of ``df``'s records with a ``__reason``.
-
-    The record JSON is ``__record`` when ``df`` carries it (the impressions' narrow
-    pass computes it for bad rows only), else built from ``df``'s raw columns.
-    """
-    key = KEY[source]
-    record = F.col("__record") if "__record" in df.columns else _record_json(df)
-    rid = F.when(_blank(key), F.concat(F.lit("sha256:"), F.sha2(record, 256))).otherwise(F.col(key))
-    return df.select(F.lit(source).alias("source"), rid.alias("record_id"),
-                     F.col("__reason").alias("reason"), record.alias("record"), owner.alias("dt"))
 
 
 @dataclass
@@ -541,7 +122,7 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
 
     Inputs: the raw sources (contract of :mod:`pipelines.contract`; JSON sources may
     carry ``_corrupt_record``) holding at least the partitions of
-    :meth:`Scope.dt_range`; more is fine, the result is the same. ``as_of`` cuts
+    :meth:`pipelines.labels_rules.Scope.dt_range`; more is fine, the result is the same. ``as_of`` cuts
     event time (``ts <= as_of``). ``fates`` has one row per (source, fate, reason)
     with fate in: labelled, valid, attributed, duplicate, quarantined, after_as_of.
 
@@ -580,7 +161,7 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
 
     us, reason, dt_ = F.col("__us"), F.col("__reason"), F.col("dt")
     is_day = F.col("__date") == day
-    day_arrivals = arrived_between(day, _date_str(sc.day_hi + w.max_lateness * US))
+    day_arrivals = arrived_between(day, micros_date(sc.day_hi + w.max_lateness * US))
     # A bad record's owner is its dt (or 'unknown'), so only those partitions hold them.
     own_dt = (dt_ == day) | dt_.isNull() | ~dt_.rlike(DATE_RE)
     owned_bad = own_dt & reason.isNotNull() & F.col("__owner").isin(day, UNKNOWN_DT)
@@ -589,14 +170,14 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
     # Impressions are the wide, large source: every pass over the scope is narrow (no
     # record hash, no feature columns), and only the labels read the day at full width.
     imp = check_records(impressions, "impressions", w, with_hash=False)
-    imps_ok = imp.where(reason.isNull() & (us <= a) & _between(us, sc.imp_lo, sc.hi))
+    imps_ok = imp.where(reason.isNull() & (us <= a) & between(us, sc.imp_lo, sc.hi))
     # Owned bad records and the day's arrivals after as_of: few, kept with their JSON.
     imp_odd = keep(imp.where((own_dt | day_arrivals) & (owned_bad | after_as_of)).select(
         *[c for c in imp.columns if c.startswith("__") or c in ("impression_id", "dt")],
-        F.when(reason.isNotNull(), _record_json(imp)).alias("__record")))
+        F.when(reason.isNotNull(), record_json(imp)).alias("__record")))
     chk = {s: keep(check_records(df, s, w)) for s, df in (("clicks", clicks), ("conversions", conversions))}
     ok = {s: df.where(reason.isNull() & (us <= a)) for s, df in chk.items()}
-    clicks_ranked = keep(rank_copies(ok["clicks"].where(_between(us, sc.click_lo, sc.hi)), "click_id"))
+    clicks_ranked = keep(rank_copies(ok["clicks"].where(between(us, sc.click_lo, sc.hi)), "click_id"))
     clicks_kept = clicks_ranked.where(F.col("__rank") == 1)
 
     copies = keep(fold_copies(day_candidates(imps_ok, sc, w)))
@@ -604,7 +185,7 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
     dup_ids = copies.where(F.col("impression_id").isNotNull())
     # One narrow pass over the scope picks out every impression a later step looks at:
     # the clicked ones (click validity) and the day's duplicated ones (their winner).
-    lookup = (clicks_kept.where(_between(us, sc.valid_lo, sc.hi)).select("impression_id")
+    lookup = (clicks_kept.where(between(us, sc.valid_lo, sc.hi)).select("impression_id")
               .unionByName(dup_ids.select("impression_id")).distinct())
     if n_lookup <= BROADCAST_MAX_ROWS:  # known small: broadcast, rather than shuffle the scope first
         lookup = F.broadcast(lookup)
@@ -614,7 +195,7 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
                .join(lookup, "impression_id", "left_semi"))
     multi = keep(winners(few.where(F.col("__cand")), dup_ids))
     status = keep(click_status(clicks_kept, few, sc, w))
-    convs_ranked = keep(rank_copies(ok["conversions"].where(_between(us, sc.conv_lo, sc.hi)),
+    convs_ranked = keep(rank_copies(ok["conversions"].where(between(us, sc.conv_lo, sc.hi)),
                                     "conversion_id"))
     attributed = keep(attribute_conversions(convs_ranked.where(F.col("__rank") == 1), clicks_kept,
                                             status, sc, w))
@@ -665,90 +246,6 @@ def _union(dfs: list[DataFrame]) -> DataFrame:
     return out
 
 
-# --------------------------------------------------------------------------- run report
-
-
-@dataclass
-class SourceCounts:
-    source: str
-    rows_in: int = 0  # raw rows the day owns (excluding events after as_of)
-    duplicates: int = 0
-    out: int = 0  # labelled impressions / valid clicks / attributed conversions
-    quarantined: dict[str, int] = field(default_factory=dict)
-    after_as_of: int = 0
-    detail: dict[str, int] = field(default_factory=dict)  # conversions: click_id / last_touch
-
-    @property
-    def gated(self) -> int:
-        return sum(n for r, n in self.quarantined.items() if REASONS.get(r, (True, ""))[0])
-
-    @property
-    def bad_fraction(self) -> float:
-        distinct = self.rows_in - self.duplicates
-        return self.gated / distinct if distinct > 0 else 0.0
-
-
-@dataclass
-class DayReport:
-    day: str
-    as_of: dt.datetime
-    run_id: str
-    sources: dict[str, SourceCounts]
-    label_rows: int = 0
-    clicks: int = 0
-    conversions: int = 0
-    mature: int = 0
-    seconds: float = 0.0
-    written: bool = False
-    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
-
-    def lines(self) -> list[str]:
-        out = [f"labels {self.day} as of {self.as_of.isoformat()} (run {self.run_id})"]
-        for s in SOURCES:
-            c = self.sources[s]
-            out.append(f"  {s:<12} in {c.rows_in:>11,}  duplicates removed {c.duplicates:>9,}  "
-                       f"out {c.out:>11,}  quarantined {sum(c.quarantined.values()):>8,}  "
-                       f"gated {c.bad_fraction:7.3%}"
-                       + (f"  (after as-of, not counted: {c.after_as_of:,})" if c.after_as_of else "")
-                       + ("  [" + ", ".join(f"{k} {v:,}" for k, v in sorted(c.detail.items())) + "]"
-                          if c.detail else ""))
-        reasons = [(s, r, n) for s in SOURCES for r, n in sorted(self.sources[s].quarantined.items())]
-        if reasons:
-            out.append("  quarantined by reason: " + ", ".join(
-                f"{s}/{r} {n:,}{'' if REASONS.get(r, (True,))[0] else ' (not gated)'}" for s, r, n in reasons))
-        if not self.written:
-            out.append(f"  curated/labels dt={self.day}: not written "
-                       f"({self.sources['impressions'].out:,} impressions would have been labelled)")
-            return out
-        out.append(f"  curated/labels dt={self.day}: {self.label_rows:,} rows, click {self.clicks:,}, "
-                   f"conversion {self.conversions:,}, mature {self.mature:,}"
-                   + (f"; {self.seconds:.1f}s, {self.label_rows / self.seconds:,.0f} rows/s"
-                      if self.seconds > 0 else ""))
-        if self.timings:
-            out.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
-        return out
-
-
-def count_fates(fates: list) -> dict[str, SourceCounts]:
-    """Fold collected ``fates`` rows into per-source counts."""
-    out = {s: SourceCounts(s) for s in SOURCES}
-    for r in fates:
-        c = out[r["source"]]
-        if r["fate"] == "after_as_of":
-            c.after_as_of += r["n"]
-            continue
-        c.rows_in += r["n"]
-        if r["fate"] == "duplicate":
-            c.duplicates += r["n"]
-        elif r["fate"] == "quarantined":
-            c.quarantined[r["reason"]] = c.quarantined.get(r["reason"], 0) + r["n"]
-        else:
-            c.out += r["n"]
-            if r["reason"]:
-                c.detail[r["reason"]] = c.detail.get(r["reason"], 0) + r["n"]
-    return out
-
-
 def check_gate(report: DayReport, max_bad_fraction: float) -> None:
     """Raise :class:`LabelGateError` naming the first source above ``max_bad_fraction``."""
     for s in SOURCES:
@@ -780,23 +277,6 @@ def read_scope(spark: SparkSession, cfg: Config, source: str, first_dt: str, las
     return df.where(((dt_ >= first_dt) & (dt_ <= last_dt)) | dt_.isNull() | ~dt_.rlike(DATE_RE))
 
 
-def write_quarantine(rows: DataFrame, path: str, day: str) -> None:
-    """Replace the quarantine rows owned by ``day`` and the dt-less ('unknown') ones, in one
-    atomic commit. Every run re-derives the whole 'unknown' set (rows without a valid dt
-    are always read), so replacing it never loses or doubles a record."""
-    from pipelines.delta_io import write_delta
-
-    rows = rows.select(*[F.col(f.name).cast(f.dataType) for f in QUARANTINE_SCHEMA.fields])
-    # Only the label job's own sources: the scorer quarantines into the same table.
-    sources = ", ".join(f"'{x}'" for x in SOURCES)
-    write_delta(rows, path, ["dt"],
-                replace_where=f"dt IN ('{day}', '{UNKNOWN_DT}') AND source IN ({sources})")
-
-
-def new_run_id(prefix: str = "labels") -> str:
-    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
 def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | None = None,
             run_id: str | None = None, log=print) -> DayReport:
     """Label one day: read the scope, compute, report, gate, then write.
@@ -810,7 +290,7 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
     t0 = time.time()
     w = Windows.from_config(cfg.labels)
     as_of = as_of or default_as_of(day)
-    run_id = run_id or new_run_id()
+    run_id = run_id or new_run_id("labels")
     sc = scope_of(day, as_of, w)
     src = {s: read_scope(spark, cfg, s, *sc.dt_range(s, w)) for s in SOURCES}
     timings: dict[str, float] = {}
@@ -825,10 +305,10 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
         report = DayReport(day, as_of, run_id, count_fates(res.fates.collect()), timings=timings)
         lap("count")
         check_gate(report, cfg.labels.max_bad_fraction)
-        now_us = utc_micros(dt.datetime.now(dt.timezone.utc))
-        q = res.quarantine.select("*", F.lit(run_id).alias("run_id"),
-                                  F.timestamp_micros(F.lit(now_us)).alias("quarantined_at"))
-        write_quarantine(q, cfg.lakehouse.path("quarantine"), day)
+        # Every run re-derives the whole 'unknown' set (rows without a valid dt are always
+        # read), so replacing it with the day's never loses or doubles a record.
+        write_quarantine(stamp(res.quarantine, run_id, dt.datetime.now(dt.timezone.utc)),
+                         cfg.lakehouse.path("quarantine"), [day, UNKNOWN_DT], SOURCES)
         lap("quarantine")
         # Written straight from the plan (caching a full-width day costs more than one
         # more read); the summary is read back from the committed partition.
@@ -860,5 +340,5 @@ def run(spark: SparkSession, cfg: Config, dates: list[str], as_of: dt.datetime |
     ``as_of`` applies to every date; by default each date uses its own end of day.
     Stops at the first date whose gate fails (earlier dates stay written).
     """
-    run_id = run_id or new_run_id()
+    run_id = run_id or new_run_id("labels")
     return [run_day(spark, cfg, d, as_of, run_id, log) for d in dates]

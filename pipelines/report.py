@@ -36,11 +36,8 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from esmm.metrics_table import format_table, format_value, ordered
 from pipelines import report_uncertainty
-
-HEADLINE = ("ctcvr_auc", "ctr_auc", "cvr_auc_clicked", "cvr_auc_all_truth", "ctcvr_calibration",
-            "ctr_calibration", "cvr_calibration_clicked", "ctcvr_logloss", "ctr_logloss",
-            "pcvr_bias_all", "rows", "clicks", "conversions")
 
 
 @dataclass
@@ -87,7 +84,7 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
     from pyspark.sql import functions as F
 
     from esmm import registry
-    from pipelines.runs import RunsTable
+    from pipelines.nightly.runs import RunsTable
 
     def table(name: str):
         path = cfg.lakehouse.path(name)
@@ -283,11 +280,7 @@ def chart_curves(d: ReportData, out: Path) -> Optional[str]:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "n/a"
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
-    return html.escape(str(v))
+    return html.escape(format_value(v))
 
 
 def metric_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -295,8 +288,7 @@ def metric_table(metrics: dict[str, dict[str, float]]) -> str:
     roles = [r for r in ("candidate", "champion") if r in metrics] or list(metrics)
     if not roles:
         return "<p>No evaluation this run.</p>"
-    names = [m for m in HEADLINE if any(m in metrics[r] for r in roles)]
-    names += sorted({m for r in roles for m in metrics[r]} - set(names))
+    names = ordered(m for r in roles for m in metrics[r])
     head = "".join(f"<th>{html.escape(r)}</th>" for r in roles)
     both = len(roles) == 2
     rows = []
@@ -317,11 +309,9 @@ def text_table(metrics: dict[str, dict[str, float]]) -> str:
     roles = [r for r in ("candidate", "champion") if r in metrics]
     if not roles:
         return "(no evaluation)"
-    names = [m for m in HEADLINE if any(m in metrics[r] for r in roles)]
-    lines = [f"{'metric':<26}" + "".join(f"{r:>14}" for r in roles)]
-    for m in names:
-        lines.append(f"{m:<26}" + "".join(f"{_fmt(metrics[r].get(m, float('nan'))):>14}" for r in roles))
-    return "\n".join(lines)
+    names = ordered(m for r in roles for m in metrics[r])
+    return format_table({m: {r: metrics[r].get(m, float("nan")) for r in roles} for m in names}, roles,
+                        corner="metric")
 
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}
@@ -383,7 +373,7 @@ def _body(d: ReportData, out: Path) -> str:
     if ids:
         parts.append(f"<p>{ids}</p>")
     parts.append(metric_table(d.metrics))
-    parts.append(report_uncertainty.interval_table(d.metrics, d.uncertainty, HEADLINE))
+    parts.append(report_uncertainty.interval_table(d.metrics, d.uncertainty))
     if d.gate:
         ok = d.gate.get("promoted")
         parts.append(f"<p class=\"{'ok' if ok else 'bad'}\">Gate: {html.escape(str(d.gate.get('decision', d.gate.get('skipped', ''))))}</p>")

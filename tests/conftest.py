@@ -2,11 +2,14 @@
 partitions, Delta configured, like delta-io's test base); tests never stop it."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
 import pytest
 
-from esmm.config import SparkConfig, load_config
+from esmm.config import SparkConfig
+from esmm.config_loader import load_config
 
 
 # Tests talk to this machine only: bind Spark (and the standalone cluster) to loopback.
@@ -52,3 +55,32 @@ def make_cfg(tmp_path):
 def _no_cuda(monkeypatch):
     # Tests are CPU-only by design; keep torch from probing for a GPU.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("ESMM_TEST_CUDA", ""))
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()`` -> a TCP port on 127.0.0.1 that nothing listens on right now."""
+
+    def _port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return _port
+
+
+@pytest.fixture(scope="session")
+def shuffle_partitions(spark):
+    """``with shuffle_partitions(n): ...`` runs a block with n shuffle partitions, then
+    restores the session's value (tiny tables: fewer empty tasks per query)."""
+
+    @contextlib.contextmanager
+    def _set(n: int):
+        old = spark.conf.get("spark.sql.shuffle.partitions")
+        spark.conf.set("spark.sql.shuffle.partitions", str(n))
+        try:
+            yield
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", old)
+
+    return _set

@@ -8,6 +8,7 @@ from jobs.bench_quality import backfill_as_of, bench_overrides, prepare
 from pipelines.delta_io import read_delta
 
 
+@pytest.mark.integration
 @pytest.mark.slow  # end to end: generate + two label runs + features
 def test_prepare_labels_all_days_mature_with_last_touch(spark, make_cfg):
     # Size tiny cut to 2 days x 3,000 (each label run costs tens of Spark jobs); cvr 0.3 so

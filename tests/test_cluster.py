@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,6 @@ import pytest
 from pipelines.session import cached_delta_jars
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spark_home() -> Path:
@@ -39,26 +32,26 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def standalone_cluster(tmp_path_factory):
+def standalone_cluster(tmp_path_factory, free_port):
     """Start a standalone master and one 1-core worker; yield the master URL."""
     home = _spark_home()
     log_dir = tmp_path_factory.mktemp("cluster")
     env = dict(os.environ, SPARK_HOME=str(home), SPARK_LOG_DIR=str(log_dir),
                SPARK_WORKER_DIR=str(log_dir / "work"), PYSPARK_PYTHON=sys.executable)
-    port = _free_port()
+    port = free_port()
     url = f"spark://127.0.0.1:{port}"
     cls = str(home / "bin" / "spark-class")
     master_log = open(log_dir / "master.log", "w")
     worker_log = open(log_dir / "worker.log", "w")
     master = subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                               "--port", str(port), "--webui-port", str(_free_port())],
+                               "--port", str(port), "--webui-port", str(free_port())],
                               env=env, stdout=master_log, stderr=subprocess.STDOUT)
     worker = None
     try:
         _wait_for(lambda: "I have been elected leader" in (log_dir / "master.log").read_text(), 60,
                   "the standalone master")
         worker = subprocess.Popen([cls, "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
-                                   "--cores", "1", "--memory", "1g", "--webui-port", str(_free_port())],
+                                   "--cores", "1", "--memory", "1g", "--webui-port", str(free_port())],
                                   env=env, stdout=worker_log, stderr=subprocess.STDOUT)
         _wait_for(lambda: "Successfully registered with master" in (log_dir / "worker.log").read_text(), 60,
                   "the standalone worker")
@@ -75,6 +68,7 @@ def standalone_cluster(tmp_path_factory):
         worker_log.close()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_generate_job_under_spark_submit_on_a_standalone_cluster(standalone_cluster, tmp_path, spark):
     url, env = standalone_cluster

@@ -3,8 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esmm.config import (DEFAULT_CONF, Config, ConfigError, date_range, load_config,
-                         parse_duration)
+from esmm.config import Config
+from esmm.config_loader import DEFAULT_CONF, load_config
+from esmm.errors import ConfigError
+from esmm.timeutil import date_range, parse_duration
 
 
 def test_default_yaml_matches_embedded_defaults():

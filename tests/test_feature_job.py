@@ -11,6 +11,8 @@ from jobs.cli import main
 from pipelines import features
 from pipelines.delta_io import read_delta
 
+pytestmark = pytest.mark.integration  # whole jobs on real tables
+
 D, D1 = "2026-11-02", "2026-11-03"
 # The spec of tests/test_features.py, whose golden indices are pinned there.
 SPEC = ["features.categorical=[{name: user_city, buckets: 50}, {name: position, buckets: 8}]",

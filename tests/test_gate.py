@@ -251,9 +251,9 @@ def _artifact(models, model_id: str):
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_the_gate_step_decision_lands_in_the_step_outputs(make_cfg, tmp_path, shuffle):
     from esmm import registry
-    from pipelines import nightly_steps
-    from pipelines.nightly import Step, run_nightly
-    from pipelines.runs import RunsTable
+    from pipelines.nightly import steps as nightly_steps
+    from pipelines.nightly.runner import Step, run_nightly
+    from pipelines.nightly.runs import RunsTable
 
     cfg = make_cfg()
     reg, models = cfg.lakehouse.path("registry"), tmp_path / "models"

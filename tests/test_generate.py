@@ -6,10 +6,12 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from pipelines import generate
 from pipelines.contract import RAW_REQUIRED, ContractError, check_raw
 from pipelines.delta_io import read_delta
+
+pytestmark = pytest.mark.integration  # whole jobs on real tables
 
 N_PER_DAY, DAYS = 15_000, 2
 

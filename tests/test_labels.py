@@ -14,10 +14,14 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from esmm.errors import ConfigError
+from esmm.timeutil import default_as_of, parse_as_of
 from pipelines import labels as L
+from pipelines.labels_report import count_fates
+from pipelines.labels_rules import Windows, scope_of
 
 D = "2026-11-02"
-W = L.Windows()
+W = Windows()
 UTC = dt.timezone.utc
 
 
@@ -104,16 +108,14 @@ FAR = t("00:00", 9)  # every window of D has closed
 
 
 @pytest.fixture(scope="module")
-def frames(spark):
+def frames(spark, shuffle_partitions):
     # A handful of rows: one shuffle partition saves ~100 tiny tasks per query.
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "1")
-    dfs = [spark.createDataFrame(rows, schema).coalesce(1).cache()
-           for rows, schema in ((IMPRESSIONS, IMP), (CLICKS, CLK), (CONVERSIONS, CNV))]
-    yield dfs
-    for df in dfs:
-        df.unpersist()
-    spark.conf.set("spark.sql.shuffle.partitions", old)
+    with shuffle_partitions(1):
+        dfs = [spark.createDataFrame(rows, schema).coalesce(1).cache()
+               for rows, schema in ((IMPRESSIONS, IMP), (CLICKS, CLK), (CONVERSIONS, CNV))]
+        yield dfs
+        for df in dfs:
+            df.unpersist()
 
 
 def compute(frames, day_=D, as_of=FAR):
@@ -211,7 +213,7 @@ def test_counts_in_out_duplicates_and_reasons(far):
             "click_not_valid", "unknown_click", "conversion_before_click", "missing_user_id",
             "no_click_in_window", "conversion_after_window")},
     }
-    counts = L.count_fates([{"source": s, "fate": f, "reason": r, "n": n} for (s, f, r), n in fates.items()])
+    counts = count_fates([{"source": s, "fate": f, "reason": r, "n": n} for (s, f, r), n in fates.items()])
     assert (counts["clicks"].rows_in, counts["clicks"].duplicates, counts["clicks"].out) == (14, 1, 9)
     # Gated: before-skew, orphan, missing id (3 of 13 distinct); after-window is not gated.
     assert counts["clicks"].gated == 3 and counts["clicks"].bad_fraction == pytest.approx(3 / 13)
@@ -240,22 +242,22 @@ def test_as_of_cuts_events_and_maturity(frames):
 
 
 def test_scope_reads_the_partitions_the_windows_need():
-    sc = L.scope_of(D, L.default_as_of(D), W)
-    assert L.default_as_of(D) == t("00:00", 1)
+    sc = scope_of(D, default_as_of(D), W)
+    assert default_as_of(D) == t("00:00", 1)
     # Impressions: the day, clicks' impressions back to T + S + W before it; default as-of ends at D+1.
     assert sc.dt_range("impressions", W) == (day(-9), day(2))
     assert sc.dt_range("clicks", W) == (day(-29), day(2))  # conversions' clicks: 4 T back
     assert sc.dt_range("conversions", W) == (day(-1), day(2))
-    far = L.scope_of(D, FAR, W)
+    far = scope_of(D, FAR, W)
     assert far.dt_range("conversions", W) == (day(-1), day(10))  # D + W + T + S, + lateness
-    assert L.parse_as_of("2026-11-10") == t("00:00", 9)
-    assert L.parse_as_of("2026-11-02T16:00:00Z") == L.parse_as_of("2026-11-02 16:00") == t("16:00")
-    with pytest.raises(L.ConfigError, match="--as-of"):
-        L.parse_as_of("yesterday")
+    assert parse_as_of("2026-11-10") == t("00:00", 9)
+    assert parse_as_of("2026-11-02T16:00:00Z") == parse_as_of("2026-11-02 16:00") == t("16:00")
+    with pytest.raises(ConfigError, match="--as-of"):
+        parse_as_of("yesterday")
 
 
 def test_windows_come_from_the_configuration(make_cfg):
     cfg = make_cfg("labels.click_window=2h", "labels.attribution_window=3d", "labels.max_lateness=36h")
-    w = L.Windows.from_config(cfg.labels)
+    w = Windows.from_config(cfg.labels)
     assert (w.click_skew, w.click_window, w.attribution_window, w.max_lateness) == (300, 7200, 259200, 129600)
     assert w.dedupe_days == 2

@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from esmm.timeutil import parse_as_of
 from jobs.cli import main
 from pipelines import labels as L
+from pipelines.contract import SOURCES
 from pipelines.delta_io import read_delta
+
+pytestmark = pytest.mark.integration  # whole jobs on real tables
 
 D = "2026-11-02"
 UTC = dt.timezone.utc
@@ -59,11 +63,9 @@ def version(spark, path):
 
 
 @pytest.fixture
-def few_partitions(spark):
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "1")
-    yield
-    spark.conf.set("spark.sql.shuffle.partitions", old)
+def few_partitions(shuffle_partitions):
+    with shuffle_partitions(1):
+        yield
 
 
 def test_parquet_and_json_sources_corrupt_lines_and_the_gate(spark, make_cfg, tmp_path, few_partitions):
@@ -135,10 +137,10 @@ def test_json_impression_with_a_bad_feature_value_is_corrupt_in_every_pass(spark
     (land / "conversions" / f"dt={D}" / "part-0.json").write_text(json.dumps(
         {"conversion_id": "v1", "click_id": "k1", "user_id": "u1", "item_id": "x1",
          "ts": "2026-11-02T12:00:00Z", "value": 2.0}) + "\n")
-    cfg = make_cfg(*[f"sources.{s}.{k}={v}" for s in L.SOURCES
+    cfg = make_cfg(*[f"sources.{s}.{k}={v}" for s in SOURCES
                      for k, v in (("format", "json"), ("path", land / s))],
                    "labels.max_bad_fraction=0.5")
-    (report,) = L.run(spark, cfg, [D], as_of=L.parse_as_of(FAR), log=lambda m: None)
+    (report,) = L.run(spark, cfg, [D], as_of=parse_as_of(FAR), log=lambda m: None)
     imps = report.sources["impressions"]
     assert (imps.rows_in, imps.duplicates, imps.out, imps.quarantined) == (3, 0, 2, {"corrupt_record": 1})
     end = "2026-11-12 00:00:00"  # as-of FAR = the end of that day

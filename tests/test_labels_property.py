@@ -8,12 +8,14 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
+from esmm.timeutil import parse_as_of
 from jobs.cli import main
-from pipelines import generate, labels as L
+from labels_oracle import count_sql, label_sql
+from pipelines import generate
 from pipelines.delta_io import read_delta
-from pipelines.labels_sql import count_sql, label_sql
+from pipelines.labels_rules import Windows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DAYS = ["2026-11-01", "2026-11-02"]
 AS_OF = "2026-11-12"  # every window of every day has closed
@@ -28,22 +30,20 @@ GEN = ["generate.start_date=2026-11-01", "generate.days=2", "generate.impression
 
 
 @pytest.fixture(scope="module")
-def world(spark, tmp_path_factory):
+def world(spark, tmp_path_factory, shuffle_partitions):
     root = tmp_path_factory.mktemp("prop") / "lakehouse"
     sets = [x for s in [f"lakehouse.root={root}", *GEN] for x in ("--set", s)]
-    old = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "2")
-    assert main(["generate", *sets]) == 0
-    # Label every arrival date the logs cover: 2026-11-03 holds only late arrivals, and a
-    # malformed one among them is that date's to quarantine.
-    assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
-    assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
-    from esmm.config import load_config
-    cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
-    t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
-         ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
-    yield cfg, t
-    spark.conf.set("spark.sql.shuffle.partitions", old)
+    with shuffle_partitions(2):
+        assert main(["generate", *sets]) == 0
+        # Label every arrival date the logs cover: 2026-11-03 holds only late arrivals, and a
+        # malformed one among them is that date's to quarantine.
+        assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
+        assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
+        from esmm.config_loader import load_config
+        cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
+        t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
+             ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
+        yield cfg, t
 
 
 def test_label_properties(world):
@@ -81,9 +81,9 @@ def test_labels_equal_an_independent_sql_query(spark, world):
     cfg, t = world
     for name in ("impressions", "clicks", "conversions"):
         t[name].createOrReplaceTempView(f"raw_{name}")
-    w = L.Windows.from_config(cfg.labels)
+    w = Windows.from_config(cfg.labels)
     day = DAYS[1]
-    query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, L.parse_as_of(AS_OF), w)
+    query = label_sql("raw_impressions", "raw_clicks", "raw_conversions", day, parse_as_of(AS_OF), w)
     expected = spark.sql(count_sql(query)).first()
     lab = t["labels"].where(F.col("dt") == day)
     got = lab.agg(F.count(F.lit(1)), F.sum("click"), F.sum("conversion")).first()

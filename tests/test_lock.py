@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from esmm.lock import FileLock, LockHeld
+from pipelines.nightly.lock import FileLock, LockHeld
 
 
 def _dead_pid() -> int:
@@ -81,7 +81,7 @@ def test_concurrent_processes_only_one_wins(tmp_path):
     path = tmp_path / "race.lock"
     code = (
         "import sys, time\n"
-        "from esmm.lock import FileLock, LockHeld\n"
+        "from pipelines.nightly.lock import FileLock, LockHeld\n"
         "try:\n"
         f"    FileLock(__import__('pathlib').Path({str(path)!r}), sys.argv[1]).acquire()\n"
         "    print('WON', flush=True); time.sleep(2)\n"

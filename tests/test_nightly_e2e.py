@@ -1,7 +1,8 @@
 """End to end: generate -> nightly on consecutive dates -> serving/scores, runs, report.
 
 One small generated world (4 days x ~3,000 impressions, a tiny model) is shared by the
-steps of one scenario, in order:
+stages of one scenario; each stage is a module fixture that builds on the previous one,
+and the tests check them, in order:
 
 1. nightly 2026-11-03 with a fault injected inside the scoring tasks: exit 3, the
    score step named, serving/scores not written;
@@ -23,23 +24,21 @@ import math
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
-pytest.importorskip("esmm.train", reason="needs the trainer of issue 4 (git merge main)")
-pytest.importorskip("pipelines.labels", reason="needs the label job of issue 3 (git merge main)")
+from esmm import registry
+from pipelines import generate, nightly, score
+from pipelines.nightly.runner import EXIT_OK, EXIT_STEP_FAILED
+from pipelines.nightly.runs import RunsTable
+from pipelines.nightly.steps import STEPS
 
-from pyspark.sql import functions as F  # noqa: E402
-
-from pipelines import generate, score  # noqa: E402
-from pipelines.nightly import EXIT_OK, EXIT_STEP_FAILED, STEPS, run_nightly  # noqa: E402
-from pipelines.runs import RunsTable  # noqa: E402
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 D3, D4 = "2026-11-03", "2026-11-04"
 
 
 @pytest.fixture(scope="module")
 def world(spark, tmp_path_factory):
-    from esmm.config import load_config
+    from esmm.config_loader import load_config
 
     root = tmp_path_factory.mktemp("e2e")
     cfg = load_config(overrides=[
@@ -71,33 +70,58 @@ def _versions(cfg) -> dict[str, int]:
             for t in ("labels", "examples", "quarantine", "registry", "scores", "runs")}
 
 
-def test_nightly_chain(spark, world):
-    cfg = world
+@pytest.fixture(scope="module")
+def faulted(spark, world):
+    """Stage 1: nightly D3 with a fault injected inside the scoring tasks."""
     from delta.tables import DeltaTable
-    from esmm import registry
 
-    # 1. A fault inside the scoring tasks: the step fails, named; nothing reaches serving/scores.
-    r1 = run_nightly(cfg, D3, lambda: spark, options={"score": {"fail_after_batches": 0}}, log=_quiet)
+    r = nightly.run(world, D3, lambda: spark, options={"score": {"fail_after_batches": 0}}, log=_quiet)
+    return {"result": r, "scores_written": DeltaTable.isDeltaTable(spark, world.lakehouse.path("scores")),
+            "champion": (registry.champion(world.lakehouse.path("registry")) or {}).get("model_id")}
+
+
+@pytest.fixture(scope="module")
+def retried(spark, world, faulted):
+    """Stage 2: D3 again; then the same day re-scored cleanly by the same model."""
+    r = nightly.run(world, D3, lambda: spark, log=_quiet)
+    recovered = _scores(spark, world, D3)
+    score.run(spark, world, D3, model_id=faulted["champion"], log=_quiet)
+    return {"result": r, "recovered": recovered, "clean": _scores(spark, world, D3)}
+
+
+@pytest.fixture(scope="module")
+def next_night(spark, world, retried):
+    """Stage 3: nightly D4."""
+    return nightly.run(world, D4, lambda: spark, log=_quiet)
+
+
+@pytest.fixture(scope="module")
+def same_night_again(spark, world, next_night):
+    """Stage 4: nightly D4 a second time, with every table's Delta version around it."""
+    before = _versions(world)
+    r = nightly.run(world, D4, lambda: spark, log=_quiet)
+    return {"result": r, "before": before, "after": _versions(world)}
+
+
+def test_1_a_scoring_fault_fails_the_score_step_and_writes_no_scores(faulted):
+    r1 = faulted["result"]
     assert (r1.exit_code, r1.failed_step) == (EXIT_STEP_FAILED, "score"), r1.message
     assert "injected scoring fault" in r1.message
     assert r1.ran == ["labels", "features", "train", "evaluate", "gate", "score"]
-    assert not DeltaTable.isDeltaTable(spark, cfg.lakehouse.path("scores"))
-    champion = registry.champion(cfg.lakehouse.path("registry"))["model_id"]  # first model: promoted
+    assert not faulted["scores_written"]
+    assert faulted["champion"] is not None  # the first model is promoted
 
-    # 2. Re-run: completed steps are not repeated, the failed one is retried.
-    r2 = run_nightly(cfg, D3, lambda: spark, log=_quiet)
+
+def test_2_rerun_retries_only_the_failed_step_and_equals_a_clean_run(retried):
+    r2 = retried["result"]
     assert r2.exit_code == EXIT_OK and r2.ran == ["score", "report"], r2.message
     assert r2.reused == ["labels", "features", "train", "evaluate", "gate"]
-    recovered = _scores(spark, cfg, D3)
-    # What an uninterrupted run writes: the same day scored cleanly by the same model.
-    score.run(spark, cfg, D3, model_id=champion, log=_quiet)
-    assert _scores(spark, cfg, D3) == recovered
+    assert retried["recovered"] and retried["clean"] == retried["recovered"]
 
-    # 3. The next date: every step once.
-    r3 = run_nightly(cfg, D4, lambda: spark, log=_quiet)
-    assert r3.exit_code == EXIT_OK and r3.ran == list(STEPS), r3.message
 
-    # Each candidate key of each day scored exactly once, by the champion of that night.
+def test_3_next_date_runs_every_step_and_scores_each_key_once(spark, world, next_night):
+    cfg = world
+    assert next_night.exit_code == EXIT_OK and next_night.ran == list(STEPS), next_night.message
     imps = spark.read.format("delta").load(cfg.lakehouse.path("impressions"))
     for day in (D3, D4):
         keys = {r[0] for r in imps.where(F.col("dt") == day).select("impression_id").distinct().collect()}
@@ -111,23 +135,26 @@ def test_nightly_chain(spark, world):
     assert {v[3] for v in _scores(spark, cfg, D4).values()} == \
         {registry.champion(cfg.lakehouse.path("registry"))["model_id"]}
 
-    # The runs table: each step once per date, except D3's retried score step.
-    runs = RunsTable(cfg.lakehouse.path("runs")).rows()
+
+def test_3_runs_table_has_each_step_once_but_the_retried_score(world, next_night):
+    runs = RunsTable(world.lakehouse.path("runs")).rows()
     d4 = [(r["step"], r["attempt"], r["status"]) for r in runs if r["run_date"] == D4]
     assert sorted(d4) == sorted((s, 1, "succeeded") for s in STEPS)
     d3 = sorted((r["step"], r["attempt"], r["status"]) for r in runs if r["run_date"] == D3)
     assert d3 == sorted([(s, 1, "succeeded") for s in STEPS if s != "score"]
                         + [("score", 1, "failed"), ("score", 2, "succeeded")])
 
-    # 4. The same date twice changes nothing.
-    before = _versions(cfg)
-    r4 = run_nightly(cfg, D4, lambda: spark, log=_quiet)
-    assert r4.exit_code == EXIT_OK and r4.ran == [] and r4.reused == list(STEPS)
-    assert _versions(cfg) == before
 
-    # 5. A bidding system without Spark reads the same table.
+def test_4_the_same_date_twice_changes_nothing(same_night_again):
+    r4 = same_night_again["result"]
+    assert r4.exit_code == EXIT_OK and r4.ran == [] and r4.reused == list(STEPS)
+    assert same_night_again["after"] == same_night_again["before"]
+
+
+def test_5_a_reader_without_spark_reads_the_same_scores(spark, world, next_night):
     from deltalake import DeltaTable as RsTable
 
+    cfg = world
     pdf = RsTable(cfg.lakehouse.path("scores")).to_pandas()
     assert list(pdf.columns) == ["impression_id", "pctr", "pcvr", "pctcvr", "model_id", "scored_at", "dt"]
     assert len(pdf) == spark.read.format("delta").load(cfg.lakehouse.path("scores")).count()
@@ -136,15 +163,16 @@ def test_nightly_chain(spark, world):
         for k, v in _scores(spark, cfg, day).items():
             assert rs[(day, k)] == pytest.approx((v[0], v[2]))
 
-    # 6. The report of the night.
+
+def test_6_the_report_of_the_night(next_night):
     from tests.test_report import CHROMIUM, browser_probe, check_page_images
 
-    page = Path(r3.outputs["report"]["path"])
+    page = Path(next_night.outputs["report"]["path"])
     srcs = check_page_images(page)
     assert {"volumes.png", "maturity.png", "scores.png", "curves.png", "reliability.png"} <= set(srcs)
     # The gate's decision and its numbers are in the step outputs and on the page.
-    gate = r3.outputs["gate"]
-    assert set(r3.outputs["evaluate"]["predictions"]) == {"candidate", "champion"}
+    gate = next_night.outputs["gate"]
+    assert set(next_night.outputs["evaluate"]["predictions"]) == {"candidate", "champion"}
     assert gate["n_conversions"] >= 0 and gate["n_rows"] > 0 and "calibration" in gate["tests"]
     assert html.escape(gate["decision"]) in page.read_text()
     if CHROMIUM:

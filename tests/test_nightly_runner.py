@@ -13,9 +13,10 @@ import pytest
 import deltalake
 
 from esmm.config import LabelConfig, NightlyConfig
-from pipelines.nightly import (EXIT_LOCK_HELD, EXIT_OK, EXIT_STEP_FAILED, SkipStep, Step,
-                               label_horizon_days, lock_path, plan_dates, run_nightly)
-from pipelines.runs import RunsTable
+from pipelines.nightly.plan import label_horizon_days, plan_dates
+from pipelines.nightly.runner import (EXIT_LOCK_HELD, EXIT_OK, EXIT_STEP_FAILED, SkipStep, Step, lock_path,
+                                      run_nightly)
+from pipelines.nightly.runs import RunsTable
 
 DAYS = [f"2026-11-{d:02d}" for d in range(1, 15)]
 
@@ -81,7 +82,7 @@ def test_fail_retry_and_idempotent_rerun(spark, make_cfg):
     cfg = make_cfg()
     rec = Recorder()
     rec.fail = {"score"}
-    r1 = run_nightly(cfg, "2026-11-14", lambda: spark, steps=rec.steps(), available=DAYS, log=lambda m: None)
+    r1 = run_nightly(cfg, "2026-11-14", lambda: spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert (r1.exit_code, r1.failed_step) == (EXIT_STEP_FAILED, "score")
     assert "RuntimeError: score broke" in r1.message
     assert rec.calls == ["labels", "train", "gate", "score"]
@@ -90,7 +91,7 @@ def test_fail_retry_and_idempotent_rerun(spark, make_cfg):
     assert failed["message"] == "RuntimeError: score broke" and failed["finished_at"] is not None
 
     rec.fail, rec.calls = set(), []
-    r2 = run_nightly(cfg, "2026-11-14", lambda: spark, steps=rec.steps(), available=DAYS, log=lambda m: None)
+    r2 = run_nightly(cfg, "2026-11-14", lambda: spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert r2.exit_code == EXIT_OK and rec.calls == ["score"]
     assert r2.reused == ["labels", "train", "gate"] and r2.ran == ["score"]
     assert _rows(cfg) == [
@@ -106,13 +107,13 @@ def test_fail_retry_and_idempotent_rerun(spark, make_cfg):
     def no_spark():
         raise AssertionError("a complete date needs no Spark")
 
-    r3 = run_nightly(cfg, "2026-11-14", no_spark, steps=rec.steps(), available=DAYS, log=lambda m: None)
+    r3 = run_nightly(cfg, "2026-11-14", no_spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert r3.exit_code == EXIT_OK and rec.calls == [] and r3.ran == []
     assert r3.outputs["train"]["model_id"] == "m1"
     assert deltalake.DeltaTable(cfg.lakehouse.path("runs")).version() == version
 
     # Another date is independent.
-    r4 = run_nightly(cfg, "2026-11-13", lambda: spark, steps=rec.steps(), available=DAYS, log=lambda m: None)
+    r4 = run_nightly(cfg, "2026-11-13", lambda: spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert r4.exit_code == EXIT_OK and rec.calls == ["labels", "train", "gate", "score"]
 
 
@@ -125,7 +126,7 @@ def test_held_lock_refuses_before_starting_spark(make_cfg):
     def no_spark():
         raise AssertionError("Spark must not start while the lock is held")
 
-    r = run_nightly(cfg, "2026-11-14", no_spark, steps=[], available=DAYS, log=lambda m: None)
+    r = run_nightly(cfg, "2026-11-14", no_spark, [], available=DAYS, log=lambda m: None)
     assert r.exit_code == EXIT_LOCK_HELD and "held by run other" in r.message
     assert json.loads(path.read_text())["run_id"] == "other"
 
@@ -143,7 +144,7 @@ def test_a_step_left_running_by_a_killed_run_is_retried(spark, make_cfg):
     path.write_text(json.dumps({"run_id": "dead-run", "pid": p.pid, "host": socket.gethostname()}))
 
     rec = Recorder()
-    r = run_nightly(cfg, "2026-11-14", lambda: spark, steps=rec.steps(), available=DAYS, log=lambda m: None)
+    r = run_nightly(cfg, "2026-11-14", lambda: spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert r.exit_code == EXIT_OK and rec.calls == ["train", "gate", "score"]
     rows = {(x.step, x.attempt): x  # Spark reads what delta-rs wrote
             for x in spark.read.format("delta").load(cfg.lakehouse.path("runs")).collect()}

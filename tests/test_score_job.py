@@ -21,6 +21,9 @@ from esmm.config import CategoricalField, FeatureSpec, NumericField
 from esmm.model import build_model
 from pipelines import score
 from pipelines.features import encode_features, feature_names
+from pipelines.score_model import ScoringInputError, ScoringModel, resolve_model
+
+pytestmark = pytest.mark.integration  # whole jobs on real tables
 
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8), CategoricalField("user_id", buckets=64)],
                    numeric=[NumericField("price", transform="log1p", clip_min=0.0, clip_max=12.0)])
@@ -48,7 +51,7 @@ def _model(cfg, spec=SPEC, model_id="m-test"):
     torch.save(net.state_dict(), buf)
     meta = {"model_id": model_id, "model": dataclasses.asdict(mcfg), "features": dataclasses.asdict(spec),
             "feature_mapping_id": spec.mapping_id}
-    return net, score.ScoringModel(model_id, json.loads(json.dumps(meta)), buf.getvalue())
+    return net, ScoringModel(model_id, json.loads(json.dumps(meta)), buf.getvalue())
 
 
 def _candidates(spark, path, rows):
@@ -126,7 +129,7 @@ def test_score_job_refuses_candidates_without_the_models_columns(spark, make_cfg
     cfg = make_cfg(f"score.candidates={cand}")
     other = FeatureSpec(categorical=[CategoricalField("item_shop", buckets=8)], numeric=[])
     _, model = _model(cfg, spec=other)
-    with pytest.raises(score.ScoringInputError, match=r"raw feature column\(s\) \['item_shop'\]"):
+    with pytest.raises(ScoringInputError, match=r"raw feature column\(s\) \['item_shop'\]"):
         score.run(spark, cfg, DAY, model=model, log=lambda m: None)
 
 
@@ -140,5 +143,5 @@ def test_score_job_refuses_a_model_whose_spec_is_not_its_mapping(spark, make_cfg
     # Not in the registry: --model MODEL_ID then looks in the models folder.
     registry.save_artifact(Path(cfg.lakehouse.path("models")) / "m-test", net,
                            {**model.meta, "feature_mapping_id": "fm-other"})
-    with pytest.raises(score.ScoringInputError, match=r"hashes to .* but it was trained on feature mapping fm-other"):
-        score.resolve_model(cfg, "m-test")
+    with pytest.raises(ScoringInputError, match=r"hashes to .* but it was trained on feature mapping fm-other"):
+        resolve_model(cfg, "m-test")

@@ -5,7 +5,8 @@ import pytest
 from pyspark.sql import types as T
 
 from esmm.config import CategoricalField, FeatureSpec, NumericField
-from pipelines.score import ScoringInputError, check_candidates, check_keys, split_unscorable
+from pipelines.score_checks import check_candidates, check_keys, split_unscorable
+from pipelines.score_model import ScoringInputError
 
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8)],
                    numeric=[NumericField("price", transform="log1p")])

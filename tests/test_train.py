@@ -1,6 +1,5 @@
 """train(): real multi-process gloo DDP, crash and resume, one Delta version, artifact and registry."""
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +8,12 @@ import pytest
 import torch
 
 from esmm import registry
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from esmm.data import resolve_snapshot
 from esmm.train import train
 from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
+
+pytestmark = pytest.mark.integration  # multi-process DDP and whole training runs
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 600
@@ -34,12 +35,6 @@ def make(root, *extra):
                                   "train.train_start=2026-11-01", "train.train_end=2026-11-03", *extra])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_snapshot_has_odd_row_groups(lake):
     import pyarrow.parquet as pq
 
@@ -48,7 +43,7 @@ def test_snapshot_has_odd_row_groups(lake):
     assert groups == 3
 
 
-def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path):
+def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path, free_port):
     cfg = make(lake, f"train.checkpoint_dir={tmp_path / 'ck'}", "train.eval_dates=[2026-11-04]",
                "train.epochs=2", "train.register=false")
     torch.multiprocessing.spawn(ddp_worker, args=(2, free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
@@ -71,7 +66,7 @@ def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path):
 
 CRASH = """
 import sys; sys.path.insert(0, {tests!r})
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from esmm.train import train
 from examples_data import TINY_OVERRIDES
 cfg = load_config(overrides=[*TINY_OVERRIDES, *{overrides!r}])

@@ -1,29 +1,15 @@
-"""The nightly pipeline: the one command a scheduler calls, ``esmm nightly --date D``.
+"""The nightly runner: the lock, the runs table and the run loop over the steps it is given.
 
-Steps, in order (each a library call, none shells out to the CLI)::
-
-    labels    refresh curated/labels for the dates whose labels can still change
-    features  rebuild curated/examples for the same dates
-    train     train cfg.model on the trailing cfg.nightly.train_days before the eval day
-    evaluate  candidate and champion on the evaluation day (same rows, same metrics)
-    gate      promote the candidate if it passes (the first model always does)
-    score     score the candidates of the last cfg.nightly.score_days days with the champion
-    report    write the run report (HTML + PNG charts) under reports/<D>/
-
-Dates, for run date ``D`` (``H`` = ceil((click_window + attribution_window +
-max_lateness) / 1 day), 9 days by default): a day ``d`` has final labels once
-every click and conversion it can get has arrived, i.e. ``d <= D - H``. So the
-label refresh covers ``[D - H, D]`` (``D - H`` just became final), the newest
-mature day is ``D - H`` (``nightly.eval_day = mature``), and the candidate trains
-on the ``train_days`` days before it. ``nightly.eval_day = latest`` evaluates on
-``D`` itself with whatever labels exist: only for demos on short logs, and the
-report says the labels are immature.
+``esmm nightly --date D`` runs :func:`pipelines.nightly.run`, which passes the
+default steps (:mod:`pipelines.nightly.steps`) to :func:`run_nightly`; this module
+imports no step. The dates each step works on come from
+:func:`pipelines.nightly.plan.plan_dates`.
 
 Bookkeeping: every step's attempt is a row of the runs table
-(:mod:`pipelines.runs`). A re-run of the same date skips the steps that
+(:mod:`pipelines.nightly.runs`). A re-run of the same date skips the steps that
 succeeded or were skipped, retries the failed one and continues; it changes no
 table when everything already succeeded. Only one run at a time: the
-:class:`esmm.lock.FileLock` is taken before Spark starts and heart-beaten
+:class:`pipelines.nightly.lock.FileLock` is taken before Spark starts and heart-beaten
 between steps.
 
 Exit codes (:data:`EXIT_CODES`): 0 ok, 2 configuration error, 3 a step failed
@@ -32,18 +18,16 @@ run (EX_TEMPFAIL: retry later).
 """
 from __future__ import annotations
 
-import datetime as dt
-import math
-import re
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from esmm.config import Config, LabelConfig, NightlyConfig, parse_date, parse_duration
-from esmm.lock import FileLock, LockHeld
+from esmm.config import Config
+from esmm.timeutil import new_run_id, parse_date, parse_duration
+from pipelines.nightly.lock import FileLock, LockHeld
+from pipelines.nightly.plan import NightlyPlan, available_dates, plan_dates
 
 EXIT_OK, EXIT_CONFIG, EXIT_STEP_FAILED, EXIT_LOCK_HELD = 0, 2, 3, 75
 EXIT_CODES = {
@@ -52,76 +36,10 @@ EXIT_CODES = {
     EXIT_STEP_FAILED: "a step failed; the message names it; re-run the same date to retry it",
     EXIT_LOCK_HELD: "another run holds the lock; nothing ran; retry later",
 }
-STEPS = ("labels", "features", "train", "evaluate", "gate", "score", "report")
 
 
 class SkipStep(Exception):
     """Raised by a step that has nothing to do tonight; recorded as ``skipped`` with the reason."""
-
-
-# --------------------------------------------------------------------------- date plan
-
-
-def _days(d: str, n: int) -> str:
-    return (parse_date(d) + dt.timedelta(days=n)).isoformat()
-
-
-def label_horizon_days(labels: LabelConfig) -> int:
-    """Days after which an impression day's labels can no longer change (``H``)."""
-    secs = sum(parse_duration(getattr(labels, k), k)
-               for k in ("click_window", "attribution_window", "max_lateness"))
-    return math.ceil(secs / 86400)
-
-
-@dataclass(frozen=True)
-class NightlyPlan:
-    """Which dates each step works on, for run date ``run_date``."""
-
-    run_date: str
-    refresh_dates: list[str]  # labels + features
-    eval_date: Optional[str]  # None: no usable evaluation day yet
-    eval_mature: bool  # False when eval_day = latest (labels still open)
-    train_dates: list[str]
-    score_dates: list[str]
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def plan_dates(run_date: str, available: list[str], labels: LabelConfig,
-               nightly: NightlyConfig) -> NightlyPlan:
-    """Pure date arithmetic (see the module docstring). ``available``: days with impressions."""
-    parse_date(run_date, "--date")
-    avail = sorted(d for d in set(available) if d <= run_date)
-    h = label_horizon_days(labels)
-    refresh = [d for d in avail if d >= _days(run_date, -h)]
-    if nightly.eval_day == "latest":
-        eval_date, mature = (run_date if run_date in avail else None), False
-    else:
-        eligible = [d for d in avail if d <= _days(run_date, -h)]
-        eval_date, mature = (eligible[-1] if eligible else None), True
-    train = []
-    if eval_date is not None:
-        train = [d for d in avail if _days(eval_date, -nightly.train_days) <= d < eval_date]
-    score = [_days(run_date, -i) for i in range(nightly.score_days - 1, -1, -1)]
-    return NightlyPlan(run_date, refresh, eval_date, mature, train, score)
-
-
-_DT_IN_PATH = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
-
-
-def available_dates(spark, cfg: Config) -> list[str]:
-    """Arrival days present in the raw impressions (from file paths: no data is read)."""
-    from pipelines.delta_io import read_raw
-
-    df = read_raw(spark, cfg, "impressions")
-    found = {m.group(1) for f in df.inputFiles() for m in [_DT_IN_PATH.search(f)] if m}
-    if not found:  # not laid out by dt= folders: read the column
-        found = {r[0] for r in df.select("dt").distinct().collect()}
-    return sorted(found)
-
-
-# --------------------------------------------------------------------------- runner
 
 
 @dataclass
@@ -162,7 +80,7 @@ def lock_path(cfg: Config) -> Path:
         return Path(cfg.nightly.lock_path).expanduser()
     runs = cfg.lakehouse.path("runs")
     if "://" in runs:
-        from esmm.config import ConfigError
+        from esmm.errors import ConfigError
 
         raise ConfigError(f"nightly.lock_path: the runs table {runs} is on an object store, where an "
                           f"O_EXCL lock file cannot be created; set nightly.lock_path to a path on a "
@@ -171,21 +89,21 @@ def lock_path(cfg: Config) -> Path:
 
 
 def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
-                steps: Optional[list[Step]] = None, run_id: Optional[str] = None,
+                steps: list[Step], run_id: Optional[str] = None,
                 options: Optional[dict[str, dict[str, Any]]] = None,
                 available: Optional[list[str]] = None,
                 log: Callable[[str], None] = print) -> NightlyResult:
     """Run (or resume) the nightly pipeline for ``run_date``; never raises for a step failure.
 
-    ``get_spark`` is called only once the lock is held. ``steps`` defaults to
-    :func:`default_steps`. ``options`` passes per-step keyword hooks (the tests'
+    ``get_spark`` is called only once the lock is held. ``steps``: the steps in
+    order (:func:`pipelines.nightly.steps.default_steps` for the real night). ``options`` passes per-step keyword hooks (the tests'
     fault injection: ``{"score": {"fail_after_batches": 1}}``). ``available``:
     the days with impressions (default: read from the raw impressions table).
     """
-    from pipelines.runs import DONE, RunsTable
+    from pipelines.nightly.runs import DONE, RunsTable
 
     parse_date(run_date, "--date")
-    run_id = run_id or f"{run_date}-{uuid.uuid4().hex[:8]}"
+    run_id = run_id or new_run_id(f"nightly-{run_date}")
     lock = FileLock(lock_path(cfg), run_id, parse_duration(cfg.nightly.lock_stale_after))
     try:
         lock.acquire()
@@ -196,7 +114,6 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
         log(f"nightly {run_date}: took over the stale lock of run {lock.took_over.get('run_id')} "
             f"(pid {lock.took_over.get('pid')} on {lock.took_over.get('host')})")
     result = NightlyResult(run_date, run_id, EXIT_OK)
-    steps = steps if steps is not None else default_steps()
     try:
         runs = RunsTable(cfg.lakehouse.path("runs"))
         runs.ensure()
@@ -254,10 +171,3 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
         lock.release()
     return result
 
-
-def default_steps() -> list[Step]:
-    from pipelines import nightly_steps as s
-
-    return [Step("labels", s.labels), Step("features", s.features), Step("train", s.train),
-            Step("evaluate", s.evaluate), Step("gate", s.gate), Step("score", s.score),
-            Step("report", s.report)]

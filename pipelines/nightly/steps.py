@@ -1,15 +1,26 @@
 """The nightly pipeline's steps: each calls the other jobs' library functions.
 
-Every step takes a :class:`pipelines.nightly.NightlyContext` and returns a
+Steps, in order (:func:`default_steps`; each a library call, none shells out to
+the CLI except a torchrun training)::
+
+    labels    refresh curated/labels for the dates whose labels can still change
+    features  rebuild curated/examples for the same dates
+    train     train cfg.model on the trailing cfg.nightly.train_days before the eval day
+    evaluate  candidate and champion on the evaluation day (same rows, same metrics)
+    gate      promote the candidate if it passes (the first model always does)
+    score     score the candidates of the last cfg.nightly.score_days days with the champion
+    report    write the run report (HTML + PNG charts) under reports/<D>/
+
+Every step takes a :class:`pipelines.nightly.runner.NightlyContext` and returns a
 JSON-able dict (kept in the runs table's ``outputs``, so a re-run that skips a
 step still hands its outputs to the later ones), or raises
-:class:`pipelines.nightly.SkipStep` with the reason it has nothing to do.
+:class:`pipelines.nightly.runner.SkipStep` with the reason it has nothing to do.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import re
 import subprocess
 import sys
 import tempfile
@@ -17,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.nightly import NightlyContext, SkipStep
-
-_DT_IN_PATH = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
+from esmm.timeutil import default_as_of
+from pipelines.nightly.plan import dates_in_paths
+from pipelines.nightly.runner import NightlyContext, SkipStep, Step
 
 
 def _existing_dates(spark, path: str) -> set[str]:
@@ -29,7 +40,7 @@ def _existing_dates(spark, path: str) -> set[str]:
     if not DeltaTable.isDeltaTable(spark, path):
         return set()
     files = spark.read.format("delta").load(path).inputFiles()
-    return {m.group(1) for f in files for m in [_DT_IN_PATH.search(f)] if m}
+    return dates_in_paths(files)
 
 
 def label_dates(ctx: NightlyContext) -> list[str]:
@@ -47,7 +58,7 @@ def labels(ctx: NightlyContext) -> dict[str, Any]:
     dates = label_dates(ctx)
     if not dates:
         raise SkipStep(f"no impressions up to {ctx.run_date}")
-    as_of = label_job.default_as_of(ctx.run_date)
+    as_of = default_as_of(ctx.run_date)
     reports = label_job.run(ctx.spark, ctx.cfg, dates, as_of=as_of, run_id=ctx.run_id, log=ctx.log)
     rows = {r.day: r.label_rows for r in reports}
     return {"dates": dates, "as_of": as_of.isoformat(), "rows": rows, "plan": ctx.plan.as_dict(),
@@ -76,25 +87,26 @@ def train_config(ctx: NightlyContext):
 
 
 def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
-    """``torchrun --nproc_per_node N jobs/cli.py train --conf <this run's config>``; the model
-    id is read back from the registry (rank 0 registers it)."""
+    """``torchrun --nproc_per_node N -m jobs.cli train --conf <this run's config>
+    --result-json <file>``; rank 0 writes the id of the model it registered and
+    its metrics to that file."""
     import yaml
 
-    from esmm import registry
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(cfg.to_dict(), f)
-    before = {r["model_id"] for r in registry.list_models(cfg.lakehouse.path("registry"))}
+    work = Path(tempfile.mkdtemp(prefix=f"esmm-train-{ctx.run_date}-"))
+    conf, result = work / "config.yaml", work / "result.json"
+    conf.write_text(yaml.safe_dump(cfg.to_dict()))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={cfg.nightly.torchrun_nproc}",
-           str(Path(__file__).resolve().parents[1] / "jobs" / "cli.py"), "train", "--conf", f.name]
+           "-m", "jobs.cli", "train", "--conf", str(conf), "--result-json", str(result)]
     ctx.log("  train: " + " ".join(cmd))
     subprocess.run(cmd, check=True)
-    new = [r for r in registry.list_models(cfg.lakehouse.path("registry")) if r["model_id"] not in before]
-    if len(new) != 1:
-        raise RuntimeError(f"torchrun training registered {len(new)} models, expected 1")
-    meta = registry.read_meta(new[0]["artifact_dir"])
-    return new[0]["model_id"], meta.get("metrics") or {}
+    try:
+        out = json.loads(result.read_text())
+    except FileNotFoundError:
+        raise RuntimeError(f"torchrun training exited 0 but wrote no result file {result}") from None
+    if not out.get("model_id"):
+        raise RuntimeError(f"torchrun training registered no model (result file {result}: {out})")
+    return out["model_id"], out.get("metrics") or {}
 
 
 def train(ctx: NightlyContext) -> dict[str, Any]:
@@ -232,7 +244,7 @@ def score(ctx: NightlyContext) -> dict[str, Any]:
 def report(ctx: NightlyContext) -> dict[str, Any]:
     """Write reports/<run date>/index.html."""
     from pipelines import report as report_job
-    from pipelines.runs import RunsTable
+    from pipelines.nightly.runs import RunsTable
 
     steps = [s for s in RunsTable(ctx.cfg.lakehouse.path("runs")).rows(ctx.run_date) if s["step"] != "report"]
     data = report_job.collect(ctx.spark, ctx.cfg, ctx.run_date, outputs=ctx.outputs,
@@ -240,3 +252,13 @@ def report(ctx: NightlyContext) -> dict[str, Any]:
     data.steps = steps
     page = report_job.render(data, Path(ctx.cfg.lakehouse.path("reports")) / ctx.run_date)
     return {"path": str(page), "summary": str(page)}
+
+
+def default_steps() -> list[Step]:
+    """The nightly's steps, in the order they run."""
+    return [Step("labels", labels), Step("features", features), Step("train", train),
+            Step("evaluate", evaluate), Step("gate", gate), Step("score", score),
+            Step("report", report)]
+
+
+STEPS = tuple(s.name for s in default_steps())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pipelines.labels import Windows
+from pipelines.labels_rules import Windows
 
 
 def _ok_id(c: str) -> str:

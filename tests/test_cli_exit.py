@@ -1,0 +1,45 @@
+"""`esmm promote` as a scheduler runs it: a fresh process, no terminal, stdin closed.
+
+Each call must print its line and exit 0; an abort at interpreter exit (a native thread
+alive at shutdown) shows up here as exit 134 with a `terminate called ...` line.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esmm import registry
+
+pytestmark = pytest.mark.integration  # several fresh interpreters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _artifact(root: Path, model_id: str) -> Path:
+    """A registrable artifact: the registry reads meta.json only."""
+    d = root / "models" / "artifacts" / model_id
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({
+        "format": registry.META_FORMAT, "model_id": model_id, "kind": "esmm", "feature_mapping_id": "f",
+        "examples": {"version": 0}, "window": {"train_start": "2026-11-01", "train_end": "2026-11-02",
+                                               "eval_dates": ["2026-11-03"]}, "metrics": {}}))
+    return d
+
+
+def test_promote_repeatedly_without_a_terminal(tmp_path):
+    root = tmp_path / "lakehouse"
+    reg = str(root / "models" / "registry")
+    ids = ["m-a", "m-b"]
+    for m in ids:
+        registry.register(reg, _artifact(root, m))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    for i in range(6):
+        m = ids[i % 2]
+        p = subprocess.run([sys.executable, "-m", "jobs.cli", "promote", m, "--set", f"lakehouse.root={root}"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=REPO,
+                           timeout=120)
+        assert (p.returncode, p.stdout) == (0, f"{m} is the champion\n"), p.stderr[-2000:]
+        assert registry.champion(reg)["model_id"] == m
