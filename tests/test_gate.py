@@ -12,7 +12,9 @@ import math
 import numpy as np
 import pytest
 
-from esmm.config import ConfigError, GateConfig, load_config
+from esmm.config import GateConfig
+from esmm.config_loader import load_config
+from esmm.errors import ConfigError
 from esmm.gate import align, decide, load_predictions, save_predictions
 from esmm.intervals import (calibration_interval, delong, delong_test, logloss_test, poisson_interval,
                             wilson_interval)
