@@ -74,7 +74,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for k in data:
         if k not in names:
             full = f"{prefix}.{k}" if prefix else k
-            removed = getattr(cls, "REMOVED_KEYS", {})
+            removed = getattr(cls, "REMOVED_KEYS", {})  # keys of earlier versions, with what replaced them
             if k in removed:
                 raise ConfigError(f"{full}: removed; {removed[k]}")
             raise ConfigError(f"{full}: unknown key; known keys here: {sorted(names)}")

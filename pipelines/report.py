@@ -39,10 +39,6 @@ import pandas as pd
 from esmm.metrics_table import format_table, format_value, ordered
 from pipelines import report_uncertainty
 
-HEADLINE = ("ctcvr_auc", "ctr_auc", "cvr_auc_clicked", "cvr_auc_all_truth", "ctcvr_calibration",
-            "ctr_calibration", "cvr_calibration_clicked", "ctcvr_logloss", "ctr_logloss",
-            "pcvr_bias_all", "rows", "clicks", "conversions")
-
 
 @dataclass
 class ReportData:
@@ -380,7 +376,7 @@ def _body(d: ReportData, out: Path) -> str:
     if ids:
         parts.append(f"<p>{ids}</p>")
     parts.append(metric_table(d.metrics))
-    parts.append(report_uncertainty.interval_table(d.metrics, d.uncertainty, HEADLINE))
+    parts.append(report_uncertainty.interval_table(d.metrics, d.uncertainty))
     if d.gate:
         ok = d.gate.get("promoted")
         parts.append(f"<p class=\"{'ok' if ok else 'bad'}\">Gate: {html.escape(str(d.gate.get('decision', d.gate.get('skipped', ''))))}</p>")

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from esmm.intervals import metric_intervals, paired_intervals, reliability_bins
+from esmm.metrics_table import ordered
 
 LEVEL = 0.95
 TASKS = (("ctr", "CTR (all impressions)"), ("cvr", "CVR (clicked impressions)"),
@@ -63,13 +64,13 @@ def _iv(metrics: dict[str, float], ivs: dict[str, list[float]], name: str) -> st
     return f"{_num(v)} [{_num(iv[0])}, {_num(iv[1])}]" if iv else f"{_num(v)} (no interval)"
 
 
-def interval_table(metrics: dict[str, dict[str, float]], unc: dict[str, Any], names: tuple[str, ...]) -> str:
+def interval_table(metrics: dict[str, dict[str, float]], unc: dict[str, Any]) -> str:
     """HTML: each metric with its 95% interval per role, and candidate - champion with its paired interval."""
     ivs = unc.get("intervals") or {}
     roles = [r for r in ROLES if r in metrics and r in ivs]
     if not roles:
         return ""
-    shown = [m for m in names if any(m in metrics[r] for r in roles) and any(m in ivs[r] for r in roles)]
+    shown = [m for m in ordered(m for r in roles for m in ivs[r]) if any(m in metrics[r] for r in roles)]
     paired = unc.get("paired") or {}
     both = len(roles) == 2
     head = "".join(f"<th>{r} [95% interval]</th>" for r in roles)

@@ -171,8 +171,8 @@ def test_6_the_report_of_the_night(next_night):
     srcs = check_page_images(page)
     assert {"volumes.png", "maturity.png", "scores.png", "curves.png", "reliability.png"} <= set(srcs)
     # The gate's decision and its numbers are in the step outputs and on the page.
-    gate = r3.outputs["gate"]
-    assert set(r3.outputs["evaluate"]["predictions"]) == {"candidate", "champion"}
+    gate = next_night.outputs["gate"]
+    assert set(next_night.outputs["evaluate"]["predictions"]) == {"candidate", "champion"}
     assert gate["n_conversions"] >= 0 and gate["n_rows"] > 0 and "calibration" in gate["tests"]
     assert html.escape(gate["decision"]) in page.read_text()
     if CHROMIUM:
