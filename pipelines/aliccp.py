@@ -158,24 +158,25 @@ def _ids(features: Column, fid: str) -> Column:
 def to_labels(joined: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataFrame:
     """Joined rows -> ``curated/labels`` rows (schema in the module docstring), plus ``reason``
     (``multiple_values:f<id>`` for a single-valued field with several ids, else the input's)."""
-    cols, checks = {}, []
-    def all_ids(fid: str) -> Column:
-        return F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid))
-
-    for f in spec.categorical:
-        ids = all_ids(field_id(f))
-        if f.multi:
-            cols[f.source] = ids
-        else:
-            cols[f.source] = ids.getItem(0)
-            checks.append((F.size(ids) > 1, f"multiple_values:{f.source}"))
-    reason = F.coalesce(F.col("reason"), _first_reason(*checks))
+    fids = {f.source: field_id(f) for f in spec.categorical}
+    fids.setdefault("f101", "101")
+    fids.setdefault("f205", "205")
+    # Each field's ids once, in a projection of their own: the next one reads them twice
+    # (value and check), and Spark does not inline a non-trivial expression twice.
+    ids = joined.select(
+        "sample_id", "click", "conversion", "line", "reason",
+        *[F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid)).alias(f"__{c}")
+          for c, fid in fids.items()])
+    singles = [f for f in spec.categorical if not f.multi]
+    reason = F.coalesce(F.col("reason"), _first_reason(
+        *[(F.size(f"__{f.source}") > 1, f"multiple_values:{f.source}") for f in singles]))
     midnight = F.to_timestamp(F.lit(day))
-    return joined.select(
+    return ids.select(
         F.concat(F.lit(f"{split}-"), F.col("sample_id")).alias("impression_id"),
         midnight.alias("ts"),
-        all_ids("101").getItem(0).alias("user_id"), all_ids("205").getItem(0).alias("item_id"),
-        *[c.alias(name) for name, c in cols.items()],
+        F.col("__f101").getItem(0).alias("user_id"), F.col("__f205").getItem(0).alias("item_id"),
+        *[(F.col(f"__{f.source}") if f.multi else F.col(f"__{f.source}").getItem(0)).alias(f.source)
+          for f in spec.categorical],
         F.col("click").cast("int").alias("click"), F.lit(None).cast("timestamp").alias("first_click_ts"),
         F.col("conversion").cast("int").alias("conversion"),
         F.lit(None).cast("timestamp").alias("conversion_ts"), F.lit(True).alias("label_mature"),
