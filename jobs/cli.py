@@ -224,7 +224,10 @@ def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     from jobs.bench_quality import SIZES
 
-    p.add_argument("which", choices=["quality"], help="quality: naive vs ESMM vs ESCM2 on generated logs")
+    p.add_argument("which", choices=["quality", "aliccp"],
+                   help="quality: naive vs ESMM vs ESCM2 on generated logs; aliccp: the ESMM paper's "
+                        "Ali-CCP experiment on --data DIR (with --conf conf/aliccp.yaml)")
+    p.add_argument("--data", help="aliccp: folder with the Ali-CCP files (raw release or processed CSV)")
     p.add_argument("--size", choices=list(SIZES), default="default", help="data size (default: 7 days x 60k)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per model")
     p.add_argument("--cvr", type=float, help="conversion rate of the generated logs (generate.cvr)")
@@ -233,7 +236,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-prepare", action="store_true", help="reuse the examples already generated")
 
 
-@command("bench", "benchmarks: `esmm bench quality`", _bench_args)
+@command("bench", "benchmarks: `esmm bench quality`, `esmm bench aliccp --data DIR`", _bench_args)
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from jobs import bench_quality
 
@@ -241,6 +244,15 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     if not any(o.startswith("train.torch_threads=") for o in overrides):
         overrides.append("train.torch_threads=1")  # no OpenMP spinning next to Spark and readers
     spark = None if args.skip_prepare else _spark(cfg)
+    if args.which == "aliccp":
+        from jobs import bench_aliccp
+
+        if not args.data:
+            print("esmm bench aliccp: --data DIR is required", file=sys.stderr)
+            return 2
+        bench_aliccp.run(spark, args.conf, overrides, args.data, models=tuple(args.models.split(",")),
+                         seeds=args.seeds, epochs=args.epochs, skip_prepare=args.skip_prepare)
+        return 0
     bench_quality.run(spark, args.conf, overrides, size=args.size, seeds=args.seeds,
                       models=tuple(args.models.split(",")), cvr=args.cvr, epochs=args.epochs,
                       skip_prepare=args.skip_prepare)

@@ -217,14 +217,20 @@ def build(skeleton_lines: DataFrame, common_lines: DataFrame, spec: FeatureSpec,
 # --------------------------------------------------------------------------- processed CSV layout
 
 
-def split_of(path: str) -> str:
-    """'train', 'val' or 'test' from a file name (ali_ccp_train_sample.csv -> 'train')."""
+def split_of_or_none(path: str) -> Optional[str]:
+    """'train', 'val' or 'test' from a file name (ali_ccp_train_sample.csv -> 'train'), or None."""
     name = path.rstrip("/").rsplit("/", 1)[-1].lower()
     found = [s for s in SPLITS if re.search(rf"(^|[^a-z]){s}([^a-z]|$)", name)]
-    if len(found) != 1:
+    return found[0] if len(found) == 1 else None
+
+
+def split_of(path: str) -> str:
+    """:func:`split_of_or_none`, raising ValueError naming the file when the name does not tell."""
+    found = split_of_or_none(path)
+    if found is None:
         raise ValueError(f"{path}: cannot tell the split from the file name (want exactly one of "
                          f"{', '.join(SPLITS)} in it); pass --split")
-    return found[0]
+    return found
 
 
 def parse_csv(rows: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataFrame:
