@@ -24,6 +24,10 @@ The release has no timestamps, so each split gets a pseudo-date (``aliccp.train_
 ``aliccp.test_date``, or ``--date`` for a slice): the ESMM paper trains on the train
 half and evaluates on the test half.
 
+PaddleRec's processed text layout (``sample_id,click,conversion,field:id,...``, a
+multi-valued field repeated) goes through the same :func:`to_labels` (:func:`run_paddle`),
+and so does torch-rechub's processed CSV layout (:func:`run_csv`).
+
 Quarantine reasons (source ``aliccp_skeleton`` or ``aliccp_common``; the record is the raw line):
 
     malformed_line              wrong number of comma-separated columns, or a blank id
@@ -290,6 +294,36 @@ def read_csv(spark: SparkSession, path: str) -> DataFrame:
     return df.withColumn("_row", F.monotonically_increasing_id())
 
 
+# --------------------------------------------------------------------------- PaddleRec text layout
+
+_PADDLE_FEATURE = "^[^:,]+:[^:,]+$"
+
+
+def parse_paddle(lines: DataFrame) -> DataFrame:
+    """PaddleRec's processed text layout, ``value`` = ``sample_id,click,conversion,field:id,...``
+    (a multi-valued field repeats) -> the :func:`join_common` columns (no common features).
+
+    Reasons: malformed_line, bad_label, bad_feature (an item not ``field:id``),
+    conversion_without_click.
+    """
+    line = F.regexp_replace(F.col("value"), "\r$", "")
+    c = F.split(line, ",")
+    items = F.slice(c, 4, F.greatest(F.size(c) - 3, F.lit(1)))
+    items = F.when(F.size(c) > 3, items).otherwise(F.array().cast("array<string>"))
+    reason = _first_reason(
+        ((F.size(c) < 3) | (F.trim(c.getItem(0)) == ""), "malformed_line"),
+        (~c.getItem(1).isin(*_LABEL) | ~c.getItem(2).isin(*_LABEL), "bad_label"),
+        (F.exists(items, lambda x: ~x.rlike(_PADDLE_FEATURE)), "bad_feature"),
+        ((c.getItem(2) == "1") & (c.getItem(1) == "0"), "conversion_without_click"),
+    )
+    feats = F.transform(items, lambda x: F.struct(F.substring_index(x, ":", 1).alias("field"),
+                                                  F.substring_index(x, ":", -1).alias("id")))
+    return lines.select(
+        F.when(F.size(c) >= 3, c.getItem(0)).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
+        c.getItem(2).cast("int").alias("conversion"), F.lit(None).cast("string").alias("common_index"),
+        feats.alias("features"), F.array().cast("array<struct<field:string,id:string>>").alias("common_features"), line.alias("line"), reason.alias("reason"))
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -331,6 +365,18 @@ def run(spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str
     """
     day = day or cfg.aliccp.date_of(split)
     labels, bad = build(spark.read.text(skeleton), spark.read.text(common), cfg.features, split, day)
+    return _write(spark, cfg, labels, bad, day, log)
+
+
+def run_paddle(spark: SparkSession, cfg: Config, paths: list[str], split: str, day: Optional[str] = None,
+               log=print) -> dict[str, int]:
+    """Ingest PaddleRec text files (all of one split) into ``dt = day`` (default ``aliccp.<split>_date``)."""
+    day = day or cfg.aliccp.date_of(split)
+    parsed = parse_paddle(spark.read.text(paths))
+    rows = to_labels(parsed.where(F.col("reason").isNull()), cfg.features, split, day)
+    labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
+    bad = (quarantine(parsed, SOURCES[0], "sample_id", day)
+           .unionByName(quarantine(rows, SOURCES[0], "sample_id", day)))
     return _write(spark, cfg, labels, bad, day, log)
 
 
