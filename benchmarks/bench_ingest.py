@@ -81,10 +81,12 @@ def _peak_rss(proc: psutil.Process, stop: threading.Event, box: list[int]) -> No
 
 def ingest(skel: Path, common: Path, lakehouse: Path, driver_memory: str) -> tuple[float, int, str]:
     """Run `esmm ingest aliccp` in a child process: (seconds, peak RSS bytes, its last log line)."""
+    # local_conf keys contain dots, so they come from a file (a --set would nest them).
+    mem = lakehouse.parent / "bench_spark.yaml"
+    mem.write_text(f"spark:\n  master: local[2]\n  local_conf:\n    spark.driver.memory: {driver_memory}\n")
     cmd = [sys.executable, "-m", "jobs.cli", "ingest", "aliccp", "--conf", str(REPO / "conf" / "aliccp.yaml"),
-           "--skeleton", str(skel), "--common", str(common), "--split", "train",
-           "--set", f"lakehouse.root={lakehouse}", "--set", "spark.master=local[2]",
-           "--set", f"spark.local_conf.spark.driver.memory={driver_memory}"]
+           "--conf", str(mem), "--skeleton", str(skel), "--common", str(common), "--split", "train",
+           "--set", f"lakehouse.root={lakehouse}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
