@@ -34,6 +34,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -318,6 +319,16 @@ def main(cfg: Config, args, spark_factory) -> int:
     if not any(o.startswith("train.torch_threads=") for o in overrides):
         overrides.append("train.torch_threads=1")  # no OpenMP spinning next to Spark and readers
     spark = spark_factory()
+    if args.which == "aliccp":
+        from jobs import bench_aliccp
+
+        if not args.data:
+            print("esmm bench aliccp: --data DIR is required", file=sys.stderr)
+            return 2
+        bench_aliccp.run(spark, args.conf, overrides, args.data,
+                         models=tuple((args.models or ",".join(MODEL_KINDS)).split(",")),
+                         seeds=args.seeds or 3, epochs=args.epochs)
+        return 0
     if args.which == "sweep":
         from jobs import bench_sweep
 

@@ -13,8 +13,10 @@ BIAS_LEVELS = {"none": 0.0, "default": 0.5, "strong": 0.9, "negative": -0.5}
 
 def add_args(p) -> None:
     """Arguments of ``esmm bench quality|sweep`` (argparse parser ``p``)."""
-    p.add_argument("which", choices=["quality", "sweep"],
-                   help="quality: the four models over N seeds; sweep: ESMM vs naive over a grid of worlds")
+    p.add_argument("which", choices=["quality", "sweep", "aliccp"],
+                   help="quality: the four models over N seeds; sweep: ESMM vs naive over a grid of worlds; "
+                        "aliccp: the ESMM paper's Ali-CCP experiment on --data DIR (with --conf conf/aliccp.yaml)")
+    p.add_argument("--data", help="aliccp: folder with the Ali-CCP files (raw release or processed CSV)")
     p.add_argument("--size", choices=list(SIZES), help="world size (quality: default, sweep: sweep)")
     p.add_argument("--seeds", type=int, help="worlds (and training seeds) per setting (quality 5, sweep 3)")
     p.add_argument("--cvr", help="generate.cvr; sweep: comma-separated grid (default 0.005,0.02,0.05,0.15)")

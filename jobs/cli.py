@@ -277,7 +277,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     add_args(p)
 
 
-@command("bench", "benchmarks: `esmm bench quality` (models over seeds), `esmm bench sweep` (regimes)",
+@command("bench", "benchmarks: `esmm bench quality` (models over seeds), `esmm bench sweep` (regimes), "
+                  "`esmm bench aliccp --data DIR` (the paper's experiment)",
          _bench_args)
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from jobs import bench_quality
@@ -354,10 +355,10 @@ def cmd_features(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("layout", choices=["aliccp", "aliccp-csv"],
-                   help="aliccp: the raw release (--skeleton, --common, --split); "
-                        "aliccp-csv: processed CSV files (torch-rechub layout)")
-    p.add_argument("paths", nargs="*", help="aliccp-csv: the CSV files (split from each name)")
+    p.add_argument("layout", choices=["aliccp", "aliccp-csv", "aliccp-paddle"],
+                   help="aliccp: the raw release (--skeleton, --common, --split); aliccp-csv: processed "
+                        "CSV files (torch-rechub layout); aliccp-paddle: PaddleRec text files (--split)")
+    p.add_argument("paths", nargs="*", help="aliccp-csv / aliccp-paddle: the files (csv: split from each name)")
     p.add_argument("--skeleton", help="sample_skeleton_{train,test}.csv")
     p.add_argument("--common", help="common_features_{train,test}.csv")
     p.add_argument("--split", choices=["train", "val", "test"], help="which split (dt: aliccp.<split>_date)")
@@ -369,13 +370,16 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines import aliccp
 
     if args.layout == "aliccp" and not (args.skeleton and args.common and args.split) or \
-            args.layout == "aliccp-csv" and not args.paths:
-        print("esmm ingest: aliccp needs --skeleton, --common and --split; aliccp-csv needs PATH...",
-              file=sys.stderr)
+            args.layout == "aliccp-csv" and not args.paths or \
+            args.layout == "aliccp-paddle" and not (args.paths and args.split):
+        print("esmm ingest: aliccp needs --skeleton, --common and --split; aliccp-csv needs PATH...; "
+              "aliccp-paddle needs PATH... and --split", file=sys.stderr)
         return 2
     spark = _spark(cfg)
     if args.layout == "aliccp":
         aliccp.run(spark, cfg, args.skeleton, args.common, args.split, day=args.date)
+    elif args.layout == "aliccp-paddle":
+        aliccp.run_paddle(spark, cfg, args.paths, args.split, day=args.date)
     else:
         aliccp.run_csv(spark, cfg, args.paths, split=args.split)
     return 0

@@ -24,6 +24,10 @@ The release has no timestamps, so each split gets a pseudo-date (``aliccp.train_
 ``aliccp.test_date``, or ``--date`` for a slice): the ESMM paper trains on the train
 half and evaluates on the test half.
 
+PaddleRec's processed text layout (``sample_id,click,conversion,field:id,...``, a
+multi-valued field repeated) goes through the same :func:`to_labels` (:func:`run_paddle`),
+and so does torch-rechub's processed CSV layout (:func:`run_csv`).
+
 Quarantine reasons (source ``aliccp_skeleton`` or ``aliccp_common``; the record is the raw line):
 
     malformed_line              wrong number of comma-separated columns, or a blank id
@@ -159,24 +163,25 @@ def _ids(features: Column, fid: str) -> Column:
 def to_labels(joined: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataFrame:
     """Joined rows -> ``curated/labels`` rows (schema in the module docstring), plus ``reason``
     (``multiple_values:f<id>`` for a single-valued field with several ids, else the input's)."""
-    cols, checks = {}, []
-    def all_ids(fid: str) -> Column:
-        return F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid))
-
-    for f in spec.categorical:
-        ids = all_ids(field_id(f))
-        if f.multi:
-            cols[f.source] = ids
-        else:
-            cols[f.source] = ids.getItem(0)
-            checks.append((F.size(ids) > 1, f"multiple_values:{f.source}"))
-    reason = F.coalesce(F.col("reason"), _first_reason(*checks))
+    fids = {f.source: field_id(f) for f in spec.categorical}
+    fids.setdefault("f101", "101")
+    fids.setdefault("f205", "205")
+    # Each field's ids once, in a projection of their own: the next one reads them twice
+    # (value and check), and Spark does not inline a non-trivial expression twice.
+    ids = joined.select(
+        "sample_id", "click", "conversion", "line", "reason",
+        *[F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid)).alias(f"__{c}")
+          for c, fid in fids.items()])
+    singles = [f for f in spec.categorical if not f.multi]
+    reason = F.coalesce(F.col("reason"), _first_reason(
+        *[(F.size(f"__{f.source}") > 1, f"multiple_values:{f.source}") for f in singles]))
     midnight = F.to_timestamp(F.lit(day))
-    return joined.select(
+    return ids.select(
         F.concat(F.lit(f"{split}-"), F.col("sample_id")).alias("impression_id"),
         midnight.alias("ts"),
-        all_ids("101").getItem(0).alias("user_id"), all_ids("205").getItem(0).alias("item_id"),
-        *[c.alias(name) for name, c in cols.items()],
+        F.col("__f101").getItem(0).alias("user_id"), F.col("__f205").getItem(0).alias("item_id"),
+        *[(F.col(f"__{f.source}") if f.multi else F.col(f"__{f.source}").getItem(0)).alias(f.source)
+          for f in spec.categorical],
         F.col("click").cast("int").alias("click"), F.lit(None).cast("timestamp").alias("first_click_ts"),
         F.col("conversion").cast("int").alias("conversion"),
         F.lit(None).cast("timestamp").alias("conversion_ts"), F.lit(True).alias("label_mature"),
@@ -217,14 +222,20 @@ def build(skeleton_lines: DataFrame, common_lines: DataFrame, spec: FeatureSpec,
 # --------------------------------------------------------------------------- processed CSV layout
 
 
-def split_of(path: str) -> str:
-    """'train', 'val' or 'test' from a file name (ali_ccp_train_sample.csv -> 'train')."""
+def split_of_or_none(path: str) -> Optional[str]:
+    """'train', 'val' or 'test' from a file name (ali_ccp_train_sample.csv -> 'train'), or None."""
     name = path.rstrip("/").rsplit("/", 1)[-1].lower()
     found = [s for s in SPLITS if re.search(rf"(^|[^a-z]){s}([^a-z]|$)", name)]
-    if len(found) != 1:
+    return found[0] if len(found) == 1 else None
+
+
+def split_of(path: str) -> str:
+    """:func:`split_of_or_none`, raising ValueError naming the file when the name does not tell."""
+    found = split_of_or_none(path)
+    if found is None:
         raise ValueError(f"{path}: cannot tell the split from the file name (want exactly one of "
                          f"{', '.join(SPLITS)} in it); pass --split")
-    return found[0]
+    return found
 
 
 def parse_csv(rows: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataFrame:
@@ -284,6 +295,36 @@ def read_csv(spark: SparkSession, path: str) -> DataFrame:
     return df.withColumn("_row", F.monotonically_increasing_id())
 
 
+# --------------------------------------------------------------------------- PaddleRec text layout
+
+_PADDLE_FEATURE = "^[^:,]+:[^:,]+$"
+
+
+def parse_paddle(lines: DataFrame) -> DataFrame:
+    """PaddleRec's processed text layout, ``value`` = ``sample_id,click,conversion,field:id,...``
+    (a multi-valued field repeats) -> the :func:`join_common` columns (no common features).
+
+    Reasons: malformed_line, bad_label, bad_feature (an item not ``field:id``),
+    conversion_without_click.
+    """
+    line = F.regexp_replace(F.col("value"), "\r$", "")
+    c = F.split(line, ",")
+    items = F.slice(c, 4, F.greatest(F.size(c) - 3, F.lit(1)))
+    items = F.when(F.size(c) > 3, items).otherwise(F.array().cast("array<string>"))
+    reason = _first_reason(
+        ((F.size(c) < 3) | (F.trim(c.getItem(0)) == ""), "malformed_line"),
+        (~c.getItem(1).isin(*_LABEL) | ~c.getItem(2).isin(*_LABEL), "bad_label"),
+        (F.exists(items, lambda x: ~x.rlike(_PADDLE_FEATURE)), "bad_feature"),
+        ((c.getItem(2) == "1") & (c.getItem(1) == "0"), "conversion_without_click"),
+    )
+    feats = F.transform(items, lambda x: F.struct(F.substring_index(x, ":", 1).alias("field"),
+                                                  F.substring_index(x, ":", -1).alias("id")))
+    return lines.select(
+        F.when(F.size(c) >= 3, c.getItem(0)).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
+        c.getItem(2).cast("int").alias("conversion"), F.lit(None).cast("string").alias("common_index"),
+        feats.alias("features"), F.array().cast("array<struct<field:string,id:string>>").alias("common_features"), line.alias("line"), reason.alias("reason"))
+
+
 # --------------------------------------------------------------------------- jobs
 
 
@@ -324,6 +365,18 @@ def run(spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str
     """
     day = day or cfg.aliccp.date_of(split)
     labels, bad = build(spark.read.text(skeleton), spark.read.text(common), cfg.features, split, day)
+    return _write(spark, cfg, labels, bad, day, log)
+
+
+def run_paddle(spark: SparkSession, cfg: Config, paths: list[str], split: str, day: Optional[str] = None,
+               log=print) -> dict[str, int]:
+    """Ingest PaddleRec text files (all of one split) into ``dt = day`` (default ``aliccp.<split>_date``)."""
+    day = day or cfg.aliccp.date_of(split)
+    parsed = parse_paddle(spark.read.text(paths))
+    rows = to_labels(parsed.where(F.col("reason").isNull()), cfg.features, split, day)
+    labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
+    bad = (quarantine(parsed, SOURCES[0], "sample_id", day)
+           .unionByName(quarantine(rows, SOURCES[0], "sample_id", day)))
     return _write(spark, cfg, labels, bad, day, log)
 
 

@@ -11,7 +11,7 @@ from pipelines import aliccp, features
 from pipelines.delta_io import read_delta
 
 A, B, C = "\x01", "\x02", "\x03"
-BEHAVIOUR = [f"a{i}" for i in range(70)]  # longer than the model's max_len (64): all kept in tables
+BEHAVIOUR = [f"a{i}" for i in range(300)]  # more than the model reads (max_len 256): all kept in tables
 
 
 def feats(*pairs):
@@ -101,7 +101,7 @@ def test_multi_values_survive_into_the_examples_in_full(spark, ingested):
     features.run(spark, cfg, [cfg.aliccp.train_date], log=lambda *_: None)
     ex = {r.impression_id: r for r in read_delta(spark, cfg.lakehouse.path("examples")).collect()}
     r1 = ex["train-1"]
-    assert len(r1.f109_14) == len(BEHAVIOUR) and len(set(r1.f109_14)) > 60 and 0 not in r1.f109_14
+    assert len(r1.f109_14) == len(BEHAVIOUR) and len(set(r1.f109_14)) > 250 and 0 not in r1.f109_14
     assert len(r1.f853) == 3 and len(set(r1.f853)) == 3 and len(r1.f210) == 2
     assert ex["train-7"].f210 == [0] and ex["train-7"].f205 == 0  # empty -> the NULL row
     spec = {f.name: f for f in cfg.features.categorical}
@@ -115,3 +115,24 @@ def test_split_from_file_names():
     assert aliccp.split_of("ali_ccp_val_sample.csv") == "val"
     with pytest.raises(ValueError, match="cannot tell the split"):
         aliccp.split_of(str(Path("/d/trainval.csv")))
+
+
+def test_paddlerec_text_layout(spark, tmp_path):
+    # PaddleRec's layout: sample_id,click,conversion,field:id,... with repeated fields.
+    lines = ["1,1,0,210:1,210:2,216:4,301:5,205:6,101:12,150_14:18,150_14:19,150_14:20",
+             "2,0,1,205:7,101:12",          # conversion without click
+             "3,0,0,205:8,101:12,216",      # an item without ':'
+             "4,1,1,205:9,101:13"]
+    f = tmp_path / "small.txt"
+    f.write_text("\n".join(lines) + "\n")
+    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}"])
+    counts = aliccp.run_paddle(spark, cfg, [str(f)], "test", log=lambda *_: None)
+    labels = {r.impression_id: r for r in read_delta(spark, cfg.lakehouse.path("labels")).collect()}
+    assert sorted(labels) == ["test-1", "test-4"]
+    r1 = labels["test-1"]
+    assert (r1.click, r1.conversion, r1.f210, r1.f150_14, r1.f216, r1.f205) == (
+        1, 0, ["1", "2"], ["18", "19", "20"], "4", "6")
+    assert all(r.dt == cfg.aliccp.test_date for r in labels.values())
+    q = read_delta(spark, cfg.lakehouse.path("quarantine")).collect()
+    assert sorted((r.record_id, r.reason) for r in q) == [("2", "conversion_without_click"), ("3", "bad_feature")]
+    assert counts["rows"] == 2 and counts["conversions"] == 1

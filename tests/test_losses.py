@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from esmm.config import ConfigError, ModelConfig
+from esmm.config import ModelConfig
+from esmm.errors import ConfigError
 from esmm.losses import compute_loss, ipw_mean, propensity
 
 
