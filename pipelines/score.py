@@ -32,9 +32,15 @@
 ``serving/scores`` (Delta, partitioned by dt)::
 
     <key columns>  as in the candidates (default impression_id STRING)
-    pctr           FLOAT  P(click | impression)
+    pctr           FLOAT  P(click | impression), calibrated when the model has maps
     pcvr           FLOAT  P(conversion | click, impression), over the entire space
+                          (calibrated: calibrated pctcvr / calibrated pctr, clipped to [0, 1])
     pctcvr         FLOAT  P(click and conversion | impression) = pctr * pcvr
+    pctr_raw       FLOAT  the network's own outputs, before calibration (audit); equal
+    pcvr_raw       FLOAT  to pctr, pcvr, pctcvr when the model is uncalibrated
+    pctcvr_raw     FLOAT
+    calibrated     BOOLEAN whether pctr/pcvr/pctcvr went through calibration maps
+    calibration_id STRING the maps applied (esmm/calibration.py), NULL when uncalibrated
     model_id       STRING the registry model that scored the row
     scored_at      TIMESTAMP UTC, one value per job
     dt             STRING yyyy-MM-dd, the candidates' day
@@ -63,6 +69,7 @@ from esmm.config import Config, FeatureSpec, ScoreConfig
 from pipelines.features import encode_features, feature_names
 
 SCORE_COLUMNS = ("pctr", "pcvr", "pctcvr")
+RAW_COLUMNS = ("pctr_raw", "pcvr_raw", "pctcvr_raw")
 
 
 class ScoringInputError(ValueError):
@@ -74,11 +81,13 @@ class ScoringInputError(ValueError):
 
 @dataclass
 class ScoringModel:
-    """What the executors need: the id, the meta (config + spec) and the weights as bytes."""
+    """What the executors need: the id, the meta (config + spec), the weights as bytes and
+    the calibration maps (None: uncalibrated)."""
 
     model_id: str
     meta: dict[str, Any]
     state_bytes: bytes
+    calibration: Any = None  # esmm.calibration.CalibrationMaps
 
     @property
     def spec(self) -> FeatureSpec:
@@ -109,7 +118,9 @@ def resolve_model(cfg: Config, model_id: Optional[str] = None) -> ScoringModel:
             f"{spec.mapping_id} but it was trained on feature mapping {meta.get('feature_mapping_id')}; "
             f"the artifact does not describe its own inputs, refusing to score with it")
     state_bytes = (Path(artifact_dir) / "model.pt").read_bytes()
-    return ScoringModel(model_id, meta, state_bytes)
+    from esmm import calibration
+
+    return ScoringModel(model_id, meta, state_bytes, calibration.load(artifact_dir, model_id))
 
 
 _MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: model id -> network in eval mode
@@ -374,7 +385,9 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
                 fail_after_batches: Optional[int] = None) -> DataFrame:
     """Run the model over ``encoded`` (keys + encoded features) inside the executors.
 
-    Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT. Tensor shapes
+    Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT (calibrated by
+    ``model.calibration``'s maps, :func:`esmm.calibration.apply`, when it has
+    them), ``pctr_raw``, ``pcvr_raw``, ``pctcvr_raw`` FLOAT. Tensor shapes
     per Arrow batch of B rows: ``cat`` LongTensor[B, n_cat], ``num``
     FloatTensor[B, n_num], in the spec's column order. ``fail_after_batches``
     (tests only) raises inside a task after that many batches, to prove a
@@ -391,7 +404,10 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
     meta_json = json.dumps(model.meta)
     model_id = model.model_id
     key_fields = [encoded.schema[k] for k in keys]
-    out_schema = T.StructType(key_fields + [T.StructField(c, T.FloatType(), True) for c in SCORE_COLUMNS])
+    out_cols = SCORE_COLUMNS + RAW_COLUMNS
+    out_schema = T.StructType(key_fields + [T.StructField(c, T.FloatType(), True) for c in out_cols])
+    maps = model.calibration
+    map_fields = [(f, cat_names.index(f)) for f in (maps.fields if maps is not None else [])]
 
     def predict(batches: Iterator[Any]) -> Iterator[Any]:
         import numpy as np
@@ -417,10 +433,16 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
                     block[:, j] = col.to_numpy(zero_copy_only=False)
             with torch.inference_mode():
                 out = net(torch.from_numpy(cat), torch.from_numpy(num))
+            raw = [out[c].reshape(-1).numpy() for c in SCORE_COLUMNS]
+            final = raw
+            if maps is not None:
+                from esmm.calibration import apply
+
+                final = list(apply(maps, raw[0], raw[2], {f: cat[:, j] for f, j in map_fields}))
             arrays = [rb.column(k) for k in keys]
-            arrays += [pa.array(out[c].reshape(-1).numpy().astype(np.float32, copy=False)) for c in SCORE_COLUMNS]
+            arrays += [pa.array(np.asarray(a, dtype=np.float32)) for a in final + raw]
             if out_fields is None:
-                out_fields = pa.schema([rb.schema.field(k) for k in keys] + [(c, pa.float32()) for c in SCORE_COLUMNS])
+                out_fields = pa.schema([rb.schema.field(k) for k in keys] + [(c, pa.float32()) for c in out_cols])
             yield pa.RecordBatch.from_arrays(arrays, schema=out_fields)
 
     return encoded.select(*keys, *cat_names, *num_names).mapInArrow(predict, out_schema)
@@ -484,7 +506,9 @@ def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: 
             else:
                 spark.conf.set(key, prev)
         return
-    w = scores.write.format("delta").mode("overwrite").partitionBy("dt").option("replaceWhere", f"dt = '{day}'")
+    # mergeSchema: a table written before the raw/calibration columns existed gains them.
+    w = (scores.write.format("delta").mode("overwrite").partitionBy("dt").option("replaceWhere", f"dt = '{day}'")
+         .option("mergeSchema", "true"))
     if run_id:
         w = w.option("userMetadata", run_id)
     w.save(path)
@@ -538,11 +562,13 @@ class ScoreReport:
     seconds: float
     candidates: str
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the job, for tuning
+    calibration_id: Optional[str] = None  # None: scores are the raw model outputs
 
     def line(self) -> str:
         q = ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())) or "none"
-        return (f"score {self.day}: {self.scored:,} rows scored by {self.model_id} from {self.candidates} "
-                f"in {self.seconds:.1f}s; quarantined: {q}")
+        cal = f"calibrated by {self.calibration_id}" if self.calibration_id else "UNCALIBRATED (no maps)"
+        return (f"score {self.day}: {self.scored:,} rows scored by {self.model_id} ({cal}) from "
+                f"{self.candidates} in {self.seconds:.1f}s; quarantined: {q}")
 
 
 def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = None,
@@ -597,7 +623,10 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.batch_size))
         try:
             scores = score_frame(encoded, model, sc.key_columns, task_threads(spark, sc), fail_after_batches)
-            scores = scores.select(*sc.key_columns, *SCORE_COLUMNS,
+            cal_id = model.calibration.calibration_id if model.calibration is not None else None
+            scores = scores.select(*sc.key_columns, *SCORE_COLUMNS, *RAW_COLUMNS,
+                                   F.lit(cal_id is not None).alias("calibrated"),
+                                   F.lit(cal_id).cast("string").alias("calibration_id"),
                                    F.lit(model.model_id).alias("model_id"),
                                    F.lit(now).cast("timestamp").alias("scored_at"),
                                    F.lit(day).alias("dt"))
@@ -628,6 +657,7 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         scored = (spark.read.format("delta").load(cfg.lakehouse.path("scores"))
                   .where(F.col("dt") == day).count())
     lap("count")
-    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases)
+    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases,
+                         model.calibration.calibration_id if model.calibration is not None else None)
     log(report.line())
     return report
