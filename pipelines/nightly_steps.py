@@ -35,7 +35,7 @@ def _existing_dates(spark, path: str) -> set[str]:
 def label_dates(ctx: NightlyContext) -> list[str]:
     """The refresh window, plus any training/evaluation day without examples yet (a backfill)."""
     p = ctx.plan
-    needed = set(p.train_dates) | ({p.eval_date} if p.eval_date else set())
+    needed = set(p.train_dates) | {d for d in (p.eval_date, p.calibration_date) if d}
     have = _existing_dates(ctx.spark, ctx.cfg.lakehouse.path("examples"))
     return sorted(set(p.refresh_dates) | (needed - have))
 
@@ -67,12 +67,13 @@ def features(ctx: NightlyContext) -> dict[str, Any]:
 
 
 def train_config(ctx: NightlyContext):
-    """The run's Config with the training window and evaluation day of the plan."""
+    """The run's Config with the training window, evaluation and calibration days of the plan."""
     p, cfg = ctx.plan, ctx.cfg
     t = dataclasses.replace(cfg.train, train_start=p.train_dates[0], train_end=p.train_dates[-1],
                             eval_dates=[p.eval_date], mature_only=p.eval_mature,
                             register=True, progress=False)
-    return dataclasses.replace(cfg, train=t)
+    cal = dataclasses.replace(cfg.calibration, dates=[p.calibration_date] if p.calibration_date else [])
+    return dataclasses.replace(cfg, train=t, calibration=cal)
 
 
 def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
@@ -115,7 +116,7 @@ def train(ctx: NightlyContext) -> dict[str, Any]:
         r = train_fn(cfg)
         model_id, metrics = r.model_id, r.metrics
     return {"model_id": model_id, "train_dates": p.train_dates, "eval_date": p.eval_date,
-            "metrics": metrics, "seconds": round(time.time() - t0, 1),
+            "calibration_date": p.calibration_date, "metrics": metrics, "seconds": round(time.time() - t0, 1),
             "summary": f"{model_id} on {p.train_dates[0]}..{p.train_dates[-1]}, "
                        f"CTCVR AUC {metrics.get('ctcvr_auc', float('nan')):.4f} on {p.eval_date}"}
 
@@ -163,10 +164,16 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
 
 
 def gate_decision(cand: dict[str, float], champ: dict[str, float] | None, g) -> tuple[bool, str]:
-    """(promote?, why) under ``nightly.gate`` (:class:`esmm.config.GateConfig`). Pure."""
-    cal = cand.get("ctcvr_calibration", math.nan)
+    """(promote?, why) under ``nightly.gate`` (:class:`esmm.config.GateConfig`). Pure.
+
+    The calibration bound judges what serving/scores will hold: the calibrated
+    pCTCVR's PCOC (``ctcvr_pcoc_cal``) when the candidate has maps, else the raw one.
+    """
+    calibrated = "ctcvr_pcoc_cal" in cand
+    cal = cand.get("ctcvr_pcoc_cal" if calibrated else "ctcvr_calibration", math.nan)
     cal_ok = g.calibration_min <= cal <= g.calibration_max  # False for NaN
-    cal_txt = f"CTCVR calibration {cal:.3f} {'inside' if cal_ok else 'OUTSIDE'} [{g.calibration_min}, {g.calibration_max}]"
+    cal_txt = (f"{'calibrated' if calibrated else 'UNCALIBRATED'} CTCVR calibration {cal:.3f} "
+               f"{'inside' if cal_ok else 'OUTSIDE'} [{g.calibration_min}, {g.calibration_max}]")
     if champ is None:
         return True, f"promoted: first model ({cal_txt})"
     a, b = cand.get("ctcvr_auc", math.nan), champ.get("ctcvr_auc", math.nan)

@@ -35,6 +35,8 @@ from typing import Any, Optional
 import pandas as pd
 
 HEADLINE = ("ctcvr_auc", "ctr_auc", "cvr_auc_clicked", "cvr_auc_all_truth", "ctcvr_calibration",
+            "ctcvr_pcoc_cal", "ctr_pcoc_cal", "ctcvr_field_rce_position_raw", "ctcvr_field_rce_position_cal",
+            "ctcvr_ece_raw", "ctcvr_ece_cal",
             "ctr_calibration", "cvr_calibration_clicked", "ctcvr_logloss", "ctr_logloss",
             "pcvr_bias_all", "rows", "clicks", "conversions")
 
