@@ -20,13 +20,18 @@ from esmm.data import Snapshot, read_arrow, resolve_snapshot
 
 
 def check_fields(cal: CalibrationConfig, spec: FeatureSpec) -> None:
-    """Every calibration field must be a categorical feature of the model."""
+    """Every field with its own maps must be a categorical feature of the model."""
     names = [f.name for f in spec.categorical]
-    for key in ("fields", "report_fields"):
-        bad = [f for f in getattr(cal, key) if f not in names]
-        if bad:
-            raise CalibrationError(f"calibration.{key}: {bad} are not categorical features of the "
-                                   f"model's feature spec ({names})")
+    bad = [f for f in cal.fields if f not in names]
+    if bad:
+        raise CalibrationError(f"calibration.fields: {bad} are not categorical features of the "
+                               f"model's feature spec ({names}); set calibration.fields to some of them or []")
+
+
+def report_fields(cal: CalibrationConfig, spec: FeatureSpec) -> list[str]:
+    """The ``calibration.report_fields`` the model has (a breakdown, so the others are just absent)."""
+    names = {f.name for f in spec.categorical}
+    return [f for f in cal.report_fields if f in names]
 
 
 def check_dates(cal_dates: list[str], train_dates: list[str], eval_dates: list[str]) -> None:
@@ -114,7 +119,7 @@ def fit_calibration(cfg: Config, model_id: str, dates: list[str], *,
     summary = maps.summary()
     if eval_dates:
         flat, per_value = evaluate_calibration(model, maps, resolve_snapshot(table, eval_dates),
-                                               spec, cfg.calibration.report_fields,
+                                               spec, report_fields(cfg.calibration, spec),
                                                mature_only=cfg.train.mature_only,
                                                batch_size=cfg.train.eval_batch_size)
         summary.update(metrics=flat, per_value=per_value, eval_dates=eval_dates)
@@ -139,7 +144,6 @@ def after_training(cfg: Config, model: torch.nn.Module, model_id: str, examples:
     """
     t, cal = cfg.train, cfg.calibration
     spec = cfg.features
-    check_fields(cal, spec)
     maps = None
     section: dict[str, Any] = {"calibrated": False}
     if cal.enabled and cal.dates:
@@ -156,7 +160,7 @@ def after_training(cfg: Config, model: torch.nn.Module, model_id: str, examples:
     flat: dict[str, float] = {}
     if t.eval_dates:
         snap = resolve_snapshot(examples.table_path, list(t.eval_dates), examples.version)
-        flat, per_value = evaluate_calibration(model, maps, snap, spec, cal.report_fields,
+        flat, per_value = evaluate_calibration(model, maps, snap, spec, report_fields(cal, spec),
                                                mature_only=t.mature_only, batch_size=t.eval_batch_size,
                                                device=device)
         section.update(metrics=flat, per_value=per_value, eval_dates=list(t.eval_dates))
