@@ -148,12 +148,20 @@ def after_training(cfg: Config, model: torch.nn.Module, model_id: str, examples:
     section: dict[str, Any] = {"calibrated": False}
     if cal.enabled and cal.dates:
         check_dates(cal.dates, list(examples.dates), list(t.eval_dates))
+        check_fields(cal, spec)
         snap = resolve_snapshot(examples.table_path, list(cal.dates), examples.version)
-        maps = fit_on_snapshot(model, model_id, snap, spec, cal, mature_only=t.mature_only,
-                               batch_size=t.eval_batch_size, device=device)
-        maps.save(artifact_dir)
-        section = {"calibrated": True, **maps.summary()}
-        log(f"calibration: {maps.calibration_id} fitted on {cal.dates} ({maps.method}, fields {maps.fields})")
+        try:
+            maps = fit_on_snapshot(model, model_id, snap, spec, cal, mature_only=t.mature_only,
+                                   batch_size=t.eval_batch_size, device=device)
+        except CalibrationError as e:
+            # A day without a conversion cannot be calibrated on; the model is still a
+            # model: it is saved uncalibrated, with the reason, and scores flagged so.
+            section = {"calibrated": False, "reason": str(e)}
+            log(f"calibration: NOT fitted: {e}")
+        else:
+            maps.save(artifact_dir)
+            section = {"calibrated": True, **maps.summary()}
+            log(f"calibration: {maps.calibration_id} fitted on {cal.dates} ({maps.method}, fields {maps.fields})")
     elif cal.enabled:
         log("calibration: no calibration.dates, the artifact is uncalibrated "
             "(fit later with `esmm calibrate --model ID --date D`)")

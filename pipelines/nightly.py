@@ -109,7 +109,8 @@ def plan_dates(run_date: str, available: list[str], labels: LabelConfig,
     train, cal_date = [], None
     if eval_date is not None:
         before = [d for d in avail if d < eval_date]
-        if calibrate and mature and before:  # every day before a mature day is mature
+        # Every day before a mature day is mature; keep at least one day to train on.
+        if calibrate and mature and len(before) >= 2:
             cal_date = before[-1]
         end = cal_date or eval_date
         train = [d for d in avail if _days(end, -nightly.train_days) <= d < end]

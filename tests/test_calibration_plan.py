@@ -9,6 +9,9 @@ DAYS = [f"2026-11-{d:02d}" for d in range(1, 15)]
 
 
 def test_plan_holds_out_the_mature_day_before_the_eval_day():
+    # Only one day before the eval day: it stays a training day, nothing is held out.
+    p = plan_dates("2026-11-14", DAYS[3:], LabelConfig(), NightlyConfig(train_days=3), calibrate=True)
+    assert (p.calibration_date, p.train_dates) == (None, ["2026-11-04"])
     p = plan_dates("2026-11-14", DAYS, LabelConfig(), NightlyConfig(train_days=3), calibrate=True)
     assert (p.eval_date, p.calibration_date) == ("2026-11-05", "2026-11-04")
     assert p.train_dates == ["2026-11-01", "2026-11-02", "2026-11-03"]
