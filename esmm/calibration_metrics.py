@@ -125,6 +125,6 @@ def format_report(flat: dict[str, float]) -> str:
         cells = []
         for n in names:
             r, c = flat.get(f"{task}_{n}_raw"), flat.get(f"{task}_{n}_cal")
-            cells.append(f"{n} {r:.4f}" + (f" -> {c:.4f}" if c is not None else ""))
+            cells.append(f"{n} {r:.4g}" + (f" -> {c:.4g}" if c is not None else ""))
         lines.append(f"  {task}: " + ", ".join(cells))
     return "calibration (raw -> calibrated):\n" + "\n".join(lines)
