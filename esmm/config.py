@@ -542,6 +542,33 @@ class AliccpConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Post-training calibration of pCTR and pCTCVR (see esmm/calibration.py).
+
+    ``dates``: held-out, label-mature day(s) to fit on, never a training or
+    evaluation day (empty: the trainer saves an uncalibrated artifact; the
+    nightly sets the day before its evaluation day). ``fields``: categorical
+    features with a map per value; ``min_count``: positives of the map's target
+    (clicks for pCTR, conversions for pCTCVR) a value needs on the calibration
+    day for its own map, else it uses the global one.
+    """
+
+    enabled: bool = True
+    method: str = "isotonic"  # isotonic | platt
+    dates: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=lambda: ["position"])
+    min_count: int = 100
+    report_fields: list[str] = field(default_factory=lambda: ["position", "device"])
+
+    def validate(self, key: str) -> None:
+        _require(self.method in ("isotonic", "platt"), f"{key}.method",
+                 f"{self.method!r} is not one of isotonic, platt")
+        _require(self.min_count >= 1, f"{key}.min_count", f"{self.min_count} must be >= 1")
+        for i, d in enumerate(self.dates):
+            parse_date(d, f"{key}.dates[{i}]")
+
+
+@dataclass
 class Config:
     lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
@@ -555,6 +582,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     aliccp: AliccpConfig = field(default_factory=AliccpConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
 from esmm.config import FeatureSpec
 from esmm.data import Snapshot, pack_categorical, read_arrow
+
+if TYPE_CHECKING:
+    from esmm.calibration import CalibrationMaps
 
 def auc(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
     """Rank AUC with ties counted one half; ``labels`` in [0, 1] may be soft.
@@ -150,7 +153,8 @@ def read_truth(truth_path: str, dates: list[str]):
 def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
              truth_path: Optional[str] = None, mature_only: bool = True, batch_size: int = 16384,
              out_dir: Optional[str | Path] = None, device: str | torch.device = "cpu",
-             predictions_path: Optional[str | Path] = None) -> dict[str, float]:
+             predictions_path: Optional[str | Path] = None,
+             calibration: Optional[CalibrationMaps] = None) -> dict[str, float]:
     """Metrics of ``model`` on the rows of ``snapshot`` (the evaluation dates).
 
     Rows with immature labels are left out when ``mature_only`` (their missing
@@ -160,6 +164,9 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     With ``out_dir`` a reliability diagram is written to ``out_dir/reliability.png``.
     With ``predictions_path`` the per-row scores and labels are saved there
     (:func:`esmm.gate.save_predictions`), for tests paired with another model.
+    With ``calibration`` (the artifact's maps, :func:`esmm.calibration.load`) the
+    metrics, diagram and saved scores are those of the calibrated scores, i.e.
+    what ``esmm score`` writes to serving/scores; ``calibrated`` = 1.0 says so.
     """
     cat_names = [f.name for f in spec.categorical]
     num_names = [f.name for f in spec.numeric]
@@ -169,8 +176,16 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     cat = pack_categorical({n: table.column(n) for n in cat_names}, spec)
     num = df[num_names].to_numpy(dtype=np.float32) if num_names else np.zeros((len(df), 0), np.float32)
     pred = predict(model, cat, num, batch_size, device)
+    if calibration is not None:
+        from esmm.calibration import apply
+
+        fields = {f: df[f].to_numpy() for f in calibration.fields}
+        pctr, pcvr, pctcvr = apply(calibration, pred["pctr"], pred["pctcvr"], fields)
+        pred = {**pred, "pctr": pctr, "pcvr": pcvr, "pctcvr": pctcvr}
     click, conv = df["click"].to_numpy(), df["conversion"].to_numpy()
     metrics = compute_metrics(pred, click, conv)
+    if calibration is not None:
+        metrics["calibrated"] = 1.0
     truth = read_truth(truth_path, list(snapshot.dates)) if truth_path else None
     if truth is not None:
         joined = df[["impression_id"]].assign(_row=np.arange(len(df))).merge(

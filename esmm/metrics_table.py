@@ -11,10 +11,13 @@ from typing import Any, Iterable, Optional
 
 METRIC_ORDER = (
     "rows", "clicks", "conversions",
-    "ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_all_truth",
+    "ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_all_truth", "cvr_auc_all_potential",
     "ctr_logloss", "cvr_logloss_clicked", "ctcvr_logloss",
     "ctr_calibration", "cvr_calibration_clicked", "ctcvr_calibration",
-    "pcvr_bias_all", "pcvr_bias_clicked",
+    "pcvr_bias_all", "pcvr_bias_clicked", "pcvr_over_all", "pcvr_over_clicked",
+    # calibration, before (_raw) and after (_cal) the artifact's maps (esmm.calibration_metrics)
+    "ctcvr_pcoc_raw", "ctcvr_pcoc_cal", "ctr_pcoc_raw", "ctr_pcoc_cal",
+    "ctcvr_field_rce_position_raw", "ctcvr_field_rce_position_cal", "ctcvr_ece_raw", "ctcvr_ece_cal",
 )
 
 

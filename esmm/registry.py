@@ -18,7 +18,10 @@ Artifact folder ``<lakehouse models>/<model_id>/``:
 * ``losses.json``: the trainer's per-step loss records, a JSON list of
   ``{"step", "epoch", "samples", "time", "total", <loss part>: float, ...}``
   (the mean over the ``train.log_every`` steps up to ``step``; rank 0's batches);
-* ``reliability.png`` when the model was evaluated.
+* ``reliability.png`` when the model was evaluated;
+* ``calibration.pt`` when calibration maps were fitted (esmm/calibration.py; a plain
+  dict of tensors and strings, loaded with ``weights_only=True``), summarised in
+  ``meta.json`` under ``"calibration"`` (id, method, fields, dates, metrics).
 
 Registry table (Delta, ``cfg.lakehouse.path("registry")``), one row per model::
 
@@ -96,6 +99,12 @@ def save_artifact(artifact_dir: str | Path, model: torch.nn.Module, meta: dict[s
     _atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True,
                                                     default=_json_default).encode())
     return d
+
+
+def rewrite_meta(artifact_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Replace an artifact's ``meta.json`` atomically (e.g. after fitting its calibration)."""
+    _atomic_write_bytes(Path(artifact_dir) / "meta.json", json.dumps(
+        meta, indent=2, sort_keys=True, default=_json_default).encode())
 
 
 def _json_default(o: Any) -> Any:

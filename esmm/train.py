@@ -350,6 +350,10 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
         metrics = evaluate(model, eval_snap, cfg.features, truth_path=cfg.lakehouse.path("truth"),
                            mature_only=t.mature_only, batch_size=t.eval_batch_size,
                            out_dir=artifact_dir, device=d.device)
+    from esmm.calibration_fit import after_training
+
+    cal_metrics, calibration = after_training(cfg, model, model_id, snapshot, artifact_dir, d.device)
+    metrics.update(cal_metrics)
     meta = {
         "model_id": model_id, "kind": cfg.model.kind, "created_at": now.isoformat(),
         "model": dataclasses.asdict(cfg.model), "features": dataclasses.asdict(cfg.features),
@@ -362,7 +366,7 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
         "training": {"steps": result.steps, "samples": result.samples, "seconds": result.seconds,
                      "samples_per_s": result.samples_per_s, "world_size": d.world_size,
                      "losses": result.losses, "resumed_from_step": result.resumed_from_step},
-        "metrics": metrics, "code_version": registry.code_version(),
+        "metrics": metrics, "calibration": calibration, "code_version": registry.code_version(),
     }
     tracker = tracking.start_run(cfg, model_id, tracking.training_tags(
         cfg, model_id, snapshot.table_path, snapshot.version, list(snapshot.dates), d.world_size,

@@ -238,6 +238,32 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
             print(format_table({r.model_id or cfg.model.kind: r.metrics}))
         if args.result_json:
             write_result_json(args.result_json, r)
+        if any(k.endswith("_raw") for k in r.metrics):
+            from esmm.calibration_metrics import format_report
+
+            print(format_report(r.metrics))
+    return 0
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, dest="model_id", help="registry model id to calibrate")
+    p.add_argument("--date", action="append", required=True, dest="cal_dates",
+                   help="held-out label-mature dt to fit on (repeatable); not a training or evaluation day")
+    p.add_argument("--eval-date", action="append", default=None, dest="cal_eval_dates",
+                   help="dt to report raw vs calibrated metrics on (default: the model's evaluation days)")
+
+
+@command("calibrate", "fit calibration maps for a trained model and save them in its artifact",
+         _calibrate_args)
+def cmd_calibrate(cfg: Config, args: argparse.Namespace) -> int:
+    from esmm.calibration import CalibrationError
+    from esmm.calibration_fit import fit_calibration
+
+    try:
+        fit_calibration(cfg, args.model_id, args.cal_dates, eval_dates=args.cal_eval_dates)
+    except CalibrationError as e:
+        print(f"esmm calibrate: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -80,19 +80,23 @@ def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
 
 
 def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
-                replace_where: str | None = None, user_metadata: str | None = None) -> None:
+                replace_where: str | None = None, user_metadata: str | None = None,
+                merge_schema: bool = False) -> None:
     """Atomically write ``df`` as a Delta table.
 
     With ``replace_where`` only the matching rows are replaced (one Delta commit:
     a reader sees the old or the new version, never a half-written one);
     without it the whole table is overwritten. The schema may evolve.
-    ``user_metadata`` tags the commit (see :func:`commit_metrics`).
+    ``user_metadata`` tags the commit (see :func:`commit_metrics`). ``merge_schema``
+    lets a ``replace_where`` write add new columns to an existing table.
     """
     w = df.write.format("delta").mode("overwrite")
     if partition_by:
         w = w.partitionBy(*partition_by)
     if replace_where is not None:
         w = w.option("replaceWhere", replace_where)
+        if merge_schema:
+            w = w.option("mergeSchema", "true")
     else:
         w = w.option("overwriteSchema", "true")
     if user_metadata:

@@ -36,9 +36,15 @@
 ``serving/scores`` (Delta, partitioned by dt)::
 
     <key columns>  as in the candidates (default impression_id STRING)
-    pctr           FLOAT  P(click | impression)
+    pctr           FLOAT  P(click | impression), calibrated when the model has maps
     pcvr           FLOAT  P(conversion | click, impression), over the entire space
+                          (calibrated: calibrated pctcvr / calibrated pctr, clipped to [0, 1])
     pctcvr         FLOAT  P(click and conversion | impression) = pctr * pcvr
+    pctr_raw       FLOAT  the network's own outputs, before calibration (audit); equal
+    pcvr_raw       FLOAT  to pctr, pcvr, pctcvr when the model is uncalibrated
+    pctcvr_raw     FLOAT
+    calibrated     BOOLEAN whether pctr/pcvr/pctcvr went through calibration maps
+    calibration_id STRING the maps applied (esmm/calibration.py), NULL when uncalibrated
     model_id       STRING the registry model that scored the row
     scored_at      TIMESTAMP UTC, one value per job
     dt             STRING yyyy-MM-dd, the candidates' day
@@ -71,6 +77,7 @@ from pipelines.score_checks import (QUARANTINE_SOURCE, check_candidates, check_k
 from pipelines.score_model import ScoringInputError, ScoringModel, cached_network, resolve_model
 
 SCORE_COLUMNS = ("pctr", "pcvr", "pctcvr")
+RAW_COLUMNS = ("pctr_raw", "pcvr_raw", "pctcvr_raw")
 
 
 # --------------------------------------------------------------------------- transforms
@@ -80,7 +87,9 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
                 fail_after_batches: Optional[int] = None) -> DataFrame:
     """Run the model over ``encoded`` (keys + encoded features) inside the executors.
 
-    Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT. Tensor shapes
+    Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT (calibrated by
+    ``model.calibration``'s maps, :func:`esmm.calibration.apply`, when it has
+    them), ``pctr_raw``, ``pcvr_raw``, ``pctcvr_raw`` FLOAT. Tensor shapes
     per Arrow batch of B rows: ``cat`` LongTensor[B, W] (esmm.data.pack_categorical), ``num``
     FloatTensor[B, n_num], in the spec's column order. ``fail_after_batches``
     (tests only) raises inside a task after that many batches, to prove a
@@ -98,7 +107,10 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
     meta_json = json.dumps(model.meta)
     model_id = model.model_id
     key_fields = [encoded.schema[k] for k in keys]
-    out_schema = T.StructType(key_fields + [T.StructField(c, T.FloatType(), True) for c in SCORE_COLUMNS])
+    out_cols = SCORE_COLUMNS + RAW_COLUMNS
+    out_schema = T.StructType(key_fields + [T.StructField(c, T.FloatType(), True) for c in out_cols])
+    maps = model.calibration
+    map_fields = list(maps.fields) if maps is not None else []  # single-valued fields (checked at fit)
 
     def predict(batches: Iterator[Any]) -> Iterator[Any]:
         import numpy as np
@@ -124,10 +136,17 @@ def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_
                     block[:, j] = col.to_numpy(zero_copy_only=False)
             with torch.inference_mode():
                 out = net(torch.from_numpy(cat), torch.from_numpy(num))
+            raw = [out[c].reshape(-1).numpy() for c in SCORE_COLUMNS]
+            final = raw
+            if maps is not None:
+                from esmm.calibration import apply
+
+                values = {f: rb.column(f).to_numpy(zero_copy_only=False) for f in map_fields}
+                final = list(apply(maps, raw[0], raw[2], values))
             arrays = [rb.column(k) for k in keys]
-            arrays += [pa.array(out[c].reshape(-1).numpy().astype(np.float32, copy=False)) for c in SCORE_COLUMNS]
+            arrays += [pa.array(np.asarray(a, dtype=np.float32)) for a in final + raw]
             if out_fields is None:
-                out_fields = pa.schema([rb.schema.field(k) for k in keys] + [(c, pa.float32()) for c in SCORE_COLUMNS])
+                out_fields = pa.schema([rb.schema.field(k) for k in keys] + [(c, pa.float32()) for c in out_cols])
             yield pa.RecordBatch.from_arrays(arrays, schema=out_fields)
 
     return encoded.select(*keys, *cat_names, *num_names).mapInArrow(predict, out_schema)
@@ -178,7 +197,8 @@ def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: 
         on = " AND ".join([f"t.`{k}` = s.`{k}`" for k in keys] + [f"t.dt = '{day}'", "s.dt = t.dt"])
         merge_delta(scores, path, on, delete_unmatched_where=f"t.dt = '{day}'", user_metadata=run_id)
         return
-    write_delta(scores, path, ["dt"], replace_where=f"dt = '{day}'", user_metadata=run_id)
+    # merge_schema: a table written before the raw/calibration columns existed gains them.
+    write_delta(scores, path, ["dt"], replace_where=f"dt = '{day}'", user_metadata=run_id, merge_schema=True)
 
 
 def _committed_rows(spark: SparkSession, path: str, run_id: str) -> Optional[int]:
@@ -205,11 +225,13 @@ class ScoreReport:
     seconds: float
     candidates: str
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the job, for tuning
+    calibration_id: Optional[str] = None  # None: scores are the raw model outputs
 
     def line(self) -> str:
         q = ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())) or "none"
-        return (f"score {self.day}: {self.scored:,} rows scored by {self.model_id} from {self.candidates} "
-                f"in {self.seconds:.1f}s; quarantined: {q}")
+        cal = f"calibrated by {self.calibration_id}" if self.calibration_id else "UNCALIBRATED (no maps)"
+        return (f"score {self.day}: {self.scored:,} rows scored by {self.model_id} ({cal}) from "
+                f"{self.candidates} in {self.seconds:.1f}s; quarantined: {q}")
 
 
 def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = None,
@@ -264,7 +286,10 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sc.batch_size))
         try:
             scores = score_frame(encoded, model, sc.key_columns, task_threads(spark, sc), fail_after_batches)
-            scores = scores.select(*sc.key_columns, *SCORE_COLUMNS,
+            cal_id = model.calibration.calibration_id if model.calibration is not None else None
+            scores = scores.select(*sc.key_columns, *SCORE_COLUMNS, *RAW_COLUMNS,
+                                   F.lit(cal_id is not None).alias("calibrated"),
+                                   F.lit(cal_id).cast("string").alias("calibration_id"),
                                    F.lit(model.model_id).alias("model_id"),
                                    F.lit(now).cast("timestamp").alias("scored_at"),
                                    F.lit(day).alias("dt"))
@@ -296,6 +321,7 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
 
         scored = read_delta(spark, cfg.lakehouse.path("scores")).where(F.col("dt") == day).count()
     lap("count")
-    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases)
+    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases,
+                         model.calibration.calibration_id if model.calibration is not None else None)
     log(report.line())
     return report

@@ -25,11 +25,13 @@ class ScoringInputError(ValueError):
 
 @dataclass
 class ScoringModel:
-    """What the executors need: the id, the meta (config + spec) and the weights as bytes."""
+    """What the executors need: the id, the meta (config + spec), the weights as bytes and
+    the calibration maps (None: uncalibrated)."""
 
     model_id: str
     meta: dict[str, Any]
     state_bytes: bytes
+    calibration: Any = None  # esmm.calibration.CalibrationMaps
 
     @property
     def spec(self) -> FeatureSpec:
@@ -60,7 +62,9 @@ def resolve_model(cfg: Config, model_id: Optional[str] = None) -> ScoringModel:
             f"{spec.mapping_id} but it was trained on feature mapping {meta.get('feature_mapping_id')}; "
             f"the artifact does not describe its own inputs, refusing to score with it")
     state_bytes = (Path(artifact_dir) / "model.pt").read_bytes()
-    return ScoringModel(model_id, meta, state_bytes)
+    from esmm import calibration
+
+    return ScoringModel(model_id, meta, state_bytes, calibration.load(artifact_dir, model_id))
 
 
 _MODEL_CACHE: dict[str, Any] = {}  # per Python worker process: model id -> network in eval mode

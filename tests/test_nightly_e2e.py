@@ -156,7 +156,8 @@ def test_5_a_reader_without_spark_reads_the_same_scores(spark, world, next_night
 
     cfg = world
     pdf = RsTable(cfg.lakehouse.path("scores")).to_pandas()
-    assert list(pdf.columns) == ["impression_id", "pctr", "pcvr", "pctcvr", "model_id", "scored_at", "dt"]
+    assert list(pdf.columns) == ["impression_id", "pctr", "pcvr", "pctcvr", "pctr_raw", "pcvr_raw", "pctcvr_raw",
+                                 "calibrated", "calibration_id", "model_id", "scored_at", "dt"]
     assert len(pdf) == spark.read.format("delta").load(cfg.lakehouse.path("scores")).count()
     rs = {(r.dt, r.impression_id): (r.pctr, r.pctcvr) for r in pdf.itertuples()}
     for day in (D3, D4):

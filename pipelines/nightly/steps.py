@@ -46,7 +46,7 @@ def _existing_dates(spark, path: str) -> set[str]:
 def label_dates(ctx: NightlyContext) -> list[str]:
     """The refresh window, plus any training/evaluation day without examples yet (a backfill)."""
     p = ctx.plan
-    needed = set(p.train_dates) | ({p.eval_date} if p.eval_date else set())
+    needed = set(p.train_dates) | {d for d in (p.eval_date, p.calibration_date) if d}
     have = _existing_dates(ctx.spark, ctx.cfg.lakehouse.path("examples"))
     return sorted(set(p.refresh_dates) | (needed - have))
 
@@ -78,15 +78,17 @@ def features(ctx: NightlyContext) -> dict[str, Any]:
 
 
 def train_config(ctx: NightlyContext):
-    """The run's Config with the training window and evaluation day of the plan, and
-    the run date and run id as tracking tags."""
+    """The run's Config with the training window, evaluation and calibration days of the
+    plan, and the run date and run id as tracking tags."""
     p, cfg = ctx.plan, ctx.cfg
     t = dataclasses.replace(cfg.train, train_start=p.train_dates[0], train_end=p.train_dates[-1],
                             eval_dates=[p.eval_date], mature_only=p.eval_mature,
                             register=True, progress=False)
+    cal = dataclasses.replace(cfg.calibration, dates=[p.calibration_date] if p.calibration_date else [])
     # The MLflow run of the training is tagged with the nightly run it belongs to.
     tags = {**cfg.tracking.tags, "pipeline": "nightly", "run_date": ctx.run_date, "run_id": ctx.run_id}
-    return dataclasses.replace(cfg, train=t, tracking=dataclasses.replace(cfg.tracking, tags=tags))
+    return dataclasses.replace(cfg, train=t, calibration=cal,
+                               tracking=dataclasses.replace(cfg.tracking, tags=tags))
 
 
 def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
@@ -130,7 +132,7 @@ def train(ctx: NightlyContext) -> dict[str, Any]:
         r = train_fn(cfg)
         model_id, metrics = r.model_id, r.metrics
     return {"model_id": model_id, "train_dates": p.train_dates, "eval_date": p.eval_date,
-            "metrics": metrics, "seconds": round(time.time() - t0, 1),
+            "calibration_date": p.calibration_date, "metrics": metrics, "seconds": round(time.time() - t0, 1),
             "summary": f"{model_id} on {p.train_dates[0]}..{p.train_dates[-1]}, "
                        f"CTCVR AUC {metrics.get('ctcvr_auc', float('nan')):.4f} on {p.eval_date}"}
 
@@ -143,7 +145,7 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
     and the report's intervals. The candidate's reliability diagram is the one
     the trainer wrote into its artifact.
     """
-    from esmm import registry
+    from esmm import calibration, registry
     from esmm.data import resolve_snapshot
     from esmm.evaluate import evaluate as eval_fn
 
@@ -158,11 +160,14 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
     work = Path(cfg.lakehouse.path("reports")) / "_evaluations" / ctx.run_date
 
     def scored(artifact_dir, model_id: str, out_dir=None) -> tuple[dict[str, float], str]:
+        # The scores serving/scores would hold: calibrated when the artifact has maps, so the
+        # gate judges calibration on this evaluation day, never on the day the maps were fitted.
         model, meta = registry.load_model(artifact_dir)
         preds = work / model_id / "predictions.npz"
         metrics = eval_fn(model, snap, registry.spec_of(meta), truth_path=cfg.lakehouse.path("truth"),
                           mature_only=ctx.plan.eval_mature, batch_size=cfg.train.eval_batch_size,
-                          out_dir=out_dir, predictions_path=preds)
+                          out_dir=out_dir, predictions_path=preds,
+                          calibration=calibration.load(artifact_dir, model_id))
         return metrics, str(preds)
 
     cand_metrics, cand_preds = scored(cand_dir, tr["model_id"])
