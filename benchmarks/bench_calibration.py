@@ -12,7 +12,7 @@ Prints (and appends to OUT) one JSON line per model: the trainer's calibration m
 import json, sys, time, math
 import numpy as np
 from deltalake import DeltaTable
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from esmm.train import train
 from esmm import registry, calibration
 from esmm.data import resolve_snapshot, read_arrow

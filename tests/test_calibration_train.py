@@ -10,7 +10,7 @@ import torch
 from esmm import calibration
 from esmm.calibration import CalibrationError
 from esmm.calibration_fit import fit_calibration
-from esmm.config import load_config
+from esmm.config_loader import load_config
 from esmm.train import train
 from examples_data import TINY_OVERRIDES, examples_df, write_examples
 
