@@ -62,3 +62,31 @@ def test_uncalibrated_artifact_then_esmm_calibrate(lake, tmp_path):
     assert meta["calibration"]["calibration_id"] == maps.calibration_id
     assert "ctcvr_pcoc_cal" in meta["calibration"]["metrics"]
     assert calibration.load(r.artifact_dir, r.model_id).calibration_id == maps.calibration_id
+
+
+def test_evaluation_with_the_maps_scores_what_serving_holds(lake, tmp_path):
+    """The nightly's evaluate step passes the artifact's maps: the saved per-row scores the
+    gate compares are the calibrated ones, exactly esmm.calibration.apply of the raw ones."""
+    from esmm import registry
+    from esmm.data import read_arrow, resolve_snapshot
+    from esmm.evaluate import evaluate
+    from esmm.gate import load_predictions
+
+    r = train(_cfg(lake, tmp_path, "calibration.dates=[2026-11-04]"))
+    model, meta = registry.load_model(r.artifact_dir)
+    maps = calibration.load(r.artifact_dir, r.model_id)
+    snap = resolve_snapshot(str(lake / "curated" / "examples"), ["2026-11-05"])
+    spec = registry.spec_of(meta)
+    raw_m = evaluate(model, snap, spec, predictions_path=tmp_path / "raw.npz")
+    cal_m = evaluate(model, snap, spec, predictions_path=tmp_path / "cal.npz", calibration=maps)
+    raw, cal = load_predictions(tmp_path / "raw.npz"), load_predictions(tmp_path / "cal.npz")
+    assert "calibrated" not in raw_m and cal_m["calibrated"] == 1.0
+    assert np.array_equal(raw["impression_id"], cal["impression_id"])
+    df = read_arrow(snap, ["impression_id", "a", "label_mature"], filter_mature=True).to_pandas()
+    df = df.set_index("impression_id")
+    values = {"a": df.loc[raw["impression_id"], "a"].to_numpy()}
+    pctr, pcvr, pctcvr = calibration.apply(maps, raw["pctr"], raw["pctcvr"], values)
+    np.testing.assert_allclose(cal["pctr"], pctr, rtol=1e-6)
+    np.testing.assert_allclose(cal["pctcvr"], pctcvr, rtol=1e-6)
+    np.testing.assert_allclose(cal["pcvr"], pcvr, rtol=1e-6)
+    assert not np.allclose(cal["pctcvr"], raw["pctcvr"])
