@@ -130,9 +130,17 @@ def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
     in_dates = ", ".join(f"'{d}'" for d in dates)
     path = cfg.lakehouse.path("examples")
     write_delta(examples, path, ["dt"], replace_where=f"dt IN ({in_dates})")
-    counts = {r["dt"]: r["count"] for r in read_delta(spark, path).where(F.col("dt").isin(*dates))
-              .groupBy("dt").count().collect()}
+    written = read_delta(spark, path).where(F.col("dt").isin(*dates))
+    multi = [f for f in cfg.features.categorical if f.multi]
+    # The table keeps every value of a multi-valued field; the model reads the first max_len
+    # (esmm.data.pack_categorical). Counted here so that cut is never silent.
+    over = [F.sum((F.size(f.name) > f.max_len).cast("long")).alias(f"over:{f.name}") for f in multi]
+    rows = {r["dt"]: r for r in written.groupBy("dt").agg(F.count(F.lit(1)).alias("count"), *over).collect()}
+    counts = {d: r["count"] for d, r in rows.items()}
     for d in dates:
-        log(f"curated/examples dt={d}: {counts.get(d, 0):,} rows "
-            f"(feature mapping {cfg.features.mapping_id})")
+        r = rows.get(d)
+        cut = [f"{f.name} {r[f'over:{f.name}']:,} (> {f.max_len} values)" for f in multi
+               if r is not None and r[f"over:{f.name}"]]
+        log(f"curated/examples dt={d}: {counts.get(d, 0):,} rows (feature mapping {cfg.features.mapping_id})"
+            + (f"; rows whose bag the model cuts to max_len: {', '.join(cut)}" if cut else ""))
     return counts

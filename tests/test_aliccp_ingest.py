@@ -98,7 +98,10 @@ def test_raw_release_rows_and_quarantine_reasons(spark, ingested):
 
 def test_multi_values_survive_into_the_examples_in_full(spark, ingested):
     cfg, _ = ingested
-    features.run(spark, cfg, [cfg.aliccp.train_date], log=lambda *_: None)
+    logged = []
+    features.run(spark, cfg, [cfg.aliccp.train_date], log=logged.append)
+    # The model reads the first max_len (256) ids of a bag: the one 300-id row is counted, not silently cut.
+    assert "rows whose bag the model cuts to max_len: f109_14 1 (> 256 values)" in logged[-1]
     ex = {r.impression_id: r for r in read_delta(spark, cfg.lakehouse.path("examples")).collect()}
     r1 = ex["train-1"]
     assert len(r1.f109_14) == len(BEHAVIOUR) and len(set(r1.f109_14)) > 250 and 0 not in r1.f109_14
