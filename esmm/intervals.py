@@ -203,7 +203,11 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[
         den = 1.0 + z * z / n
         centre = (ph + z * z / (2.0 * n)) / den
         half = z * np.sqrt(ph * (1.0 - ph) / n + z * z / (4.0 * n * n)) / den
-    return centre - half, centre + half
+        # The interval holds k / n in exact arithmetic; at k = 0 or k = n rounding can put the
+        # bound a hair on the wrong side (a negative error bar), so pin it there.
+        lo = np.clip(np.minimum(centre - half, ph), 0.0, 1.0)
+        hi = np.clip(np.maximum(centre + half, ph), 0.0, 1.0)
+    return lo, hi
 
 
 def metric_intervals(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,

@@ -138,7 +138,7 @@ def chart_reliability(bins: dict[str, dict[str, dict[str, list[float]]]], path: 
                 continue
             hi = max(float(np.nanmax(b["hi"])), float(b["mean_pred"].max()), 1e-4) * 1.1
             ax.plot([0, hi], [0, hi], "--", color="grey", lw=1, label="calibrated")
-            ax.errorbar(b["mean_pred"], b["rate"], yerr=[b["rate"] - b["lo"], b["hi"] - b["rate"]],
+            ax.errorbar(b["mean_pred"], b["rate"], yerr=np.clip([b["rate"] - b["lo"], b["hi"] - b["rate"]], 0.0, None),
                         fmt="o-", capsize=3, label="observed, 95% Wilson interval")
             for x, yv, k in zip(b["mean_pred"], b["rate"], b["positives"]):
                 ax.annotate(f"{int(k)}", (x, yv), textcoords="offset points", xytext=(4, -9), fontsize=6)

@@ -122,6 +122,15 @@ def test_intervals_known_values():
     assert ratio == pytest.approx(1.0) and lo < 1.0 < hi and hi - lo == pytest.approx(0.4, abs=0.03)
 
 
+def test_wilson_interval_holds_the_rate_at_zero_and_all():
+    # In floating point the textbook formula puts the lower bound of 0/n a hair above 0 for
+    # many n (a negative error bar in the reliability chart); the interval must hold k / n.
+    n = np.arange(1, 3000, dtype=np.float64)
+    for k in (np.zeros_like(n), n):
+        lo, hi = wilson_interval(k, n)
+        assert (lo <= k / n).all() and (hi >= k / n).all() and (lo >= 0).all() and (hi <= 1).all()
+
+
 # --------------------------------------------------------------------------- the decision
 
 
