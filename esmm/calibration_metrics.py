@@ -121,10 +121,11 @@ def format_report(flat: dict[str, float]) -> str:
     """A few lines, raw vs calibrated, for the training output."""
     lines = []
     for task, _ in TASKS:
-        names = sorted({k[len(task) + 1:].rsplit("_", 1)[0] for k in flat if k.startswith(task + "_")})
+        names = sorted({k[len(task) + 1:].rsplit("_", 1)[0] for k in flat
+                        if k.startswith(task + "_") and k.endswith(("_raw", "_cal"))})
         cells = []
         for n in names:
             r, c = flat.get(f"{task}_{n}_raw"), flat.get(f"{task}_{n}_cal")
-            cells.append(f"{n} {r:.4g}" + (f" -> {c:.4g}" if c is not None else ""))
+            cells.append(f"{n} {'n/a' if r is None else f'{r:.4g}'}" + (f" -> {c:.4g}" if c is not None else ""))
         lines.append(f"  {task}: " + ", ".join(cells))
     return "calibration (raw -> calibrated):\n" + "\n".join(lines)

@@ -167,3 +167,11 @@ def test_metrics_on_hand_computed_values():
     assert field_rce(p2, y2, v2, eps) == pytest.approx(expect2)
     assert field_rce(1.25 * np.array([0.2, 0.2, 0.4, 0.4]), np.array([0.4, 0.0, 0.8, 0.0]),
                      np.array([1, 1, 2, 2])) == pytest.approx(0.25, rel=1e-4)
+
+
+def test_format_report_reads_only_the_raw_and_calibrated_pairs():
+    from esmm.calibration_metrics import format_report
+
+    text = format_report({"ctcvr_auc": 0.8, "ctr_auc": 0.7, "ctcvr_pcoc_raw": 1.25, "ctcvr_pcoc_cal": 1.0,
+                          "ctr_ece_raw": 0.02})
+    assert "ctcvr: pcoc 1.25 -> 1" in text and "ctr: ece 0.02" in text and "auc" not in text

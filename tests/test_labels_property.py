@@ -23,7 +23,8 @@ GEN = ["generate.start_date=2026-11-01", "generate.days=2", "generate.impression
        "generate.n_users=150", "generate.n_items=40",  # repeat user-item pairs: last touch matters
        "generate.ctr=0.2", "generate.cvr=0.3", "generate.multi_click_rate=0.2",
        "generate.duplicate_rate=0.03", "generate.late_rate=0.05", "generate.no_click_id_rate=0.3",
-       "generate.malformed_rate=0.004", "generate.partitions_per_day=1",
+       "generate.malformed_rate=0.012", "generate.partitions_per_day=1",
+       # malformed_rate: a few records of each malformed kind (3 kinds of ~800 clicks).
        # The gate is tested in test_labels_job.py; here a few malformed records among ~100
        # conversions a day, or the lone late arrival of the day after, would trip it.
        "labels.max_bad_fraction=1.0"]
