@@ -1,4 +1,4 @@
-"""`esmm promote` as a scheduler runs it: a fresh process, no terminal, stdin closed.
+"""`esmm promote` as a scheduler runs it (12 times: the abort at exit it guards against came 1 in 3-8): a fresh process, no terminal, stdin closed.
 
 Each call must print its line and exit 0; an abort at interpreter exit (a native thread
 alive at shutdown) shows up here as exit 134 with a `terminate called ...` line.
@@ -36,7 +36,7 @@ def test_promote_repeatedly_without_a_terminal(tmp_path):
     for m in ids:
         registry.register(reg, _artifact(root, m))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    for i in range(6):
+    for i in range(12):
         m = ids[i % 2]
         p = subprocess.run([sys.executable, "-m", "jobs.cli", "promote", m, "--set", f"lakehouse.root={root}"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=REPO,
