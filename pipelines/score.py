@@ -66,10 +66,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-
-from esmm.timeutil import new_run_id
-from esmm.config import Config, FeatureSpec, ScoreConfig
+from esmm.config import Config, ScoreConfig
 from esmm.data import pack_categorical
+from esmm.timeutil import new_run_id
 from pipelines.features import encode_features, feature_names
 from pipelines.quarantine import write_quarantine
 from pipelines.score_checks import (QUARANTINE_SOURCE, check_candidates, check_keys, count_reasons,
