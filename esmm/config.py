@@ -357,7 +357,9 @@ class TrainConfig:
     ``eval_dates``: dates evaluated after training; ``examples_version``: Delta
     version to read (null = latest at start, recorded in the artifact).
     ``lr`` drives Adam on the towers; ``embedding_lr`` the sparse optimizer
-    (``sparse_adam`` | ``adagrad``) of the embedding table. ``shuffle_buffer``
+    (``sparse_adam`` | ``adagrad``) of the embedding table. ``lr_schedule: linear``
+    scales both down linearly to ``lr_final_fraction`` of their value at the run's
+    last step (steps estimated from the Delta log's row counts). ``shuffle_buffer``
     is in rows. ``checkpoint_dir`` null = ``<lakehouse.root>/checkpoints``.
     ``fail_after_steps`` > 0 raises after that many steps (crash drills and tests).
     """
@@ -372,6 +374,8 @@ class TrainConfig:
     lr: float = 0.001
     embedding_lr: float = 0.01
     embedding_optimizer: str = "sparse_adam"
+    lr_schedule: str = "constant"  # constant | linear (decay to lr_final_fraction over the run)
+    lr_final_fraction: float = 0.1
     weight_decay: float = 0.0
     seed: int = 2018
     shuffle_buffer: int = 50000
@@ -403,6 +407,10 @@ class TrainConfig:
         _require(self.lr > 0 and self.embedding_lr > 0, f"{key}.lr", "lr and embedding_lr must be > 0")
         _require(self.embedding_optimizer in ("sparse_adam", "adagrad"), f"{key}.embedding_optimizer",
                  f"{self.embedding_optimizer!r} is not one of sparse_adam, adagrad")
+        _require(self.lr_schedule in ("constant", "linear"), f"{key}.lr_schedule",
+                 f"{self.lr_schedule!r} is not one of constant, linear")
+        _require(0.0 <= self.lr_final_fraction <= 1.0, f"{key}.lr_final_fraction",
+                 f"{self.lr_final_fraction} must be in [0, 1]")
         _require(self.device in ("auto", "cpu", "cuda"), f"{key}.device",
                  f"{self.device!r} is not one of auto, cpu, cuda")
         _require(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
@@ -547,7 +555,7 @@ class CalibrationConfig:
 
     ``dates``: held-out, label-mature day(s) to fit on, never a training or
     evaluation day (empty: the trainer saves an uncalibrated artifact; the
-    nightly sets the day before its evaluation day). ``fields``: categorical
+    nightly sets the ``days`` mature days before its evaluation day). ``fields``: categorical
     features with a map per value; ``min_count``: positives of the map's target
     (clicks for pCTR, conversions for pCTCVR) a value needs on the calibration
     day for its own map, else it uses the global one.
@@ -556,6 +564,7 @@ class CalibrationConfig:
     enabled: bool = True
     method: str = "isotonic"  # isotonic | platt
     dates: list[str] = field(default_factory=list)
+    days: int = 2
     fields: list[str] = field(default_factory=lambda: ["position"])
     min_count: int = 100
     report_fields: list[str] = field(default_factory=lambda: ["position", "device"])
@@ -564,6 +573,7 @@ class CalibrationConfig:
         _require(self.method in ("isotonic", "platt"), f"{key}.method",
                  f"{self.method!r} is not one of isotonic, platt")
         _require(self.min_count >= 1, f"{key}.min_count", f"{self.min_count} must be >= 1")
+        _require(self.days >= 1, f"{key}.days", f"{self.days} must be >= 1")
         for i, d in enumerate(self.dates):
             parse_date(d, f"{key}.dates[{i}]")
 

@@ -109,6 +109,7 @@ class Snapshot:
     version: int
     dates: tuple[str, ...]
     files: tuple[str, ...]  # absolute URLs (file:///... locally)
+    rows: Optional[int] = None  # numRecords summed from the Delta log (None when a file has no stats)
 
 
 def _url(path: str) -> str:
@@ -143,7 +144,22 @@ def resolve_snapshot(table_path: str, dates: list[str], version: Optional[int] =
     if not files:
         raise FileNotFoundError(f"{table_path} version {version} has no files for dt in "
                                 f"{dates[0]}..{dates[-1]}; build the examples for these dates first")
-    return Snapshot(table_path, version, tuple(dates), tuple(sorted(_url(f) for f in files)))
+    return Snapshot(table_path, version, tuple(dates), tuple(sorted(_url(f) for f in files)),
+                    _logged_rows(table, dates))
+
+
+def _logged_rows(table, dates: list[str]) -> Optional[int]:
+    """Rows of ``dates`` from the Delta log's per-file ``numRecords`` (no data file is
+    opened: the trainer sizes its learning-rate schedule from it)."""
+    try:
+        adds = table.get_add_actions(flatten=True).to_pandas()
+    except Exception:  # noqa: BLE001 - an old log without stats: the caller falls back
+        return None
+    col = "partition.dt" if "partition.dt" in adds.columns else None
+    if col is None or "num_records" not in adds.columns:
+        return None
+    n = adds.loc[adds[col].isin(list(dates)), "num_records"]
+    return None if n.isna().any() else int(n.sum())
 
 
 @dataclass

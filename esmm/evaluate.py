@@ -14,6 +14,9 @@ Metrics (``evaluate`` returns them as a flat dict of floats):
 ``pcvr_bias_clicked``      (truth only) mean pCVR - mean true_cvr, clicked impressions
 ``pcvr_over_all``          (truth only) mean pCVR / mean true_cvr, all impressions (1 = unbiased)
 ``pcvr_over_clicked``      (truth only) the same over clicked impressions
+``pctr_over_truth``        (truth with ``true_ctr``) mean pCTR / mean true_ctr
+``pctcvr_over_truth``      (truth with ``true_ctr``) mean pCTCVR / mean true_ctr x true_cvr:
+                           the PCOC against the expected rate, without the label noise
 ``cvr_auc_all_potential``  (truth with ``potential_conversion``) AUC of pCVR over all
                            impressions against the potential outcome "would have converted
                            if clicked" (one draw; observed conversion for clicked ones)
@@ -100,7 +103,8 @@ def predict(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch_size
 
 def compute_metrics(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
                     true_cvr: Optional[np.ndarray] = None,
-                    potential_conversion: Optional[np.ndarray] = None) -> dict[str, float]:
+                    potential_conversion: Optional[np.ndarray] = None,
+                    true_ctr: Optional[np.ndarray] = None) -> dict[str, float]:
     """All metrics of the module docstring from predictions and labels (arrays [n])."""
     o = np.asarray(click, dtype=np.float64)
     y = o * np.asarray(conversion, dtype=np.float64)
@@ -123,6 +127,11 @@ def compute_metrics(pred: dict[str, np.ndarray], click: np.ndarray, conversion: 
         m["pcvr_bias_all"] = float(np.mean(pred["pcvr"]) - np.mean(t))
         m["pcvr_bias_clicked"] = float(np.mean(pred["pcvr"][c]) - np.mean(t[c])) if c.any() else math.nan
         m.update(_over_estimation(pred["pcvr"], t, c))
+        if true_ctr is not None:
+            tc = np.asarray(true_ctr, dtype=np.float64)
+            m["pctr_over_truth"] = float(np.mean(pred["pctr"]) / np.mean(tc)) if np.mean(tc) > 0 else math.nan
+            e = float(np.mean(tc * t))
+            m["pctcvr_over_truth"] = float(np.mean(pred["pctcvr"]) / e) if e > 0 else math.nan
     if potential_conversion is not None:
         m["cvr_auc_all_potential"] = auc(pred["pcvr"], np.asarray(potential_conversion, dtype=np.float64))
     return m
@@ -135,8 +144,8 @@ def _over_estimation(pcvr: np.ndarray, t: np.ndarray, clicked: np.ndarray) -> di
 
 
 def read_truth(truth_path: str, dates: list[str]):
-    """``sim/truth`` rows of ``dates`` (impression_id, true_cvr, and potential_conversion
-    where the table has it) as pandas, or None without a table."""
+    """``sim/truth`` rows of ``dates`` (impression_id, true_cvr, and true_ctr and
+    potential_conversion where the table has them) as pandas, or None without a table."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -145,8 +154,8 @@ def read_truth(truth_path: str, dates: list[str]):
     except TableNotFoundError:
         return None
     cols = ["impression_id", "true_cvr"]
-    if "potential_conversion" in t.schema().to_pyarrow().names:
-        cols.append("potential_conversion")
+    names = t.schema().to_pyarrow().names
+    cols += [c for c in ("true_ctr", "potential_conversion") if c in names]
     return t.to_pyarrow_table(partitions=[("dt", "in", list(dates))], columns=cols).to_pandas()
 
 
@@ -194,9 +203,10 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
         metrics["truth_coverage"] = float(len(rows) / max(len(df), 1))
         sub = {k: v[rows] for k, v in pred.items()}
         pot = joined["potential_conversion"].to_numpy() if "potential_conversion" in joined else None
-        tm = compute_metrics(sub, click[rows], conv[rows], joined["true_cvr"].to_numpy(), pot)
+        tctr = joined["true_ctr"].to_numpy() if "true_ctr" in joined else None
+        tm = compute_metrics(sub, click[rows], conv[rows], joined["true_cvr"].to_numpy(), pot, tctr)
         for k in ("cvr_auc_all_truth", "pcvr_bias_all", "pcvr_bias_clicked", "pcvr_over_all",
-                  "pcvr_over_clicked", "cvr_auc_all_potential"):
+                  "pcvr_over_clicked", "cvr_auc_all_potential", "pctr_over_truth", "pctcvr_over_truth"):
             if k in tm:
                 metrics[k] = tm[k]
     if out_dir is not None:

@@ -35,7 +35,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,36 @@ def _optimizers(model: EntireSpaceModel, cfg: Config) -> tuple[torch.optim.Optim
     else:  # dense gradients (e.g. NCCL without sparse all-reduce): plain Adam
         sparse = torch.optim.Adam(emb, lr=t.embedding_lr)
     return dense, sparse
+
+
+def planned_steps(rows: Optional[int], cfg: Config, world_size: int) -> Optional[int]:
+    """Optimizer steps the run will take: ``ceil(rows / (batch_size x world_size))`` per
+    epoch (rows from the Delta log, immature rows included, so a slight over-estimate
+    when some are dropped), capped by ``max_steps``. None when the rows are unknown."""
+    t = cfg.train
+    if rows is None:
+        return t.max_steps or None
+    steps = max(1, math.ceil(rows / (t.batch_size * world_size))) * t.epochs
+    return min(steps, t.max_steps) if t.max_steps else steps
+
+
+def lr_factor(step: int, total: Optional[int], cfg: Config) -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``total``: 1 for ``constant``;
+    for ``linear`` from 1 down to ``lr_final_fraction`` at the last step. Why decay: with
+    rare conversions a batch holds one or two positives, and the towers' output biases
+    follow the last few hundred steps at full rate, so the model's mean prediction
+    (its calibration level) swung by a factor of two between training seeds."""
+    t = cfg.train
+    if t.lr_schedule == "constant" or not total:
+        return 1.0
+    frac = min(step / max(total - 1, 1), 1.0)
+    return 1.0 - (1.0 - t.lr_final_fraction) * frac
+
+
+def _set_lr(opts: tuple[torch.optim.Optimizer, ...], bases: tuple[float, ...], factor: float) -> None:
+    for opt, base in zip(opts, bases):
+        for g in opt.param_groups:
+            g["lr"] = base * factor
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -246,6 +278,12 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         history.records = list(state.get("history", []))
         resumed = step
 
+    total_steps = planned_steps(snapshot.rows, cfg, d.world_size)
+    if t.lr_schedule != "constant" and total_steps is None:
+        print(f"esmm train: {table} has no row counts in its Delta log; train.lr_schedule="
+              f"{t.lr_schedule} falls back to a constant learning rate", file=sys.stderr)
+    lr_bases = (t.lr, t.embedding_lr)
+
     net: nn.Module = model
     if d.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -290,6 +328,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                 dense_opt.zero_grad(set_to_none=True)
                 emb_opt.zero_grad(set_to_none=True)
                 (loss.total * 0.0 if dry else loss.total).backward()
+                _set_lr((dense_opt, emb_opt), lr_bases, lr_factor(step, total_steps, cfg))
                 dense_opt.step()
                 emb_opt.step()
                 step += 1

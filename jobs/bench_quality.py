@@ -57,6 +57,11 @@ HEADLINE = (
 LIFT = {"ctr_auc": "ctr_auc", "cvr_auc_clicked": "cvr_auc_clicked",
         "cvr_auc_all_potential": "cvr_auc_all", "ctcvr_auc": "ctcvr_auc"}
 VERDICT_METRICS = ("cvr_auc_all_potential", "ctcvr_auc")
+# raw -> calibrated, against sim/truth (jobs/bench_calibration_truth.py); with --calibration-days
+CALIBRATION = tuple(f"{m}_{v}" for m in (
+    "pctcvr_pcoc_truth", "pctcvr_pcoc_labels", "pctr_pcoc_truth", "pctcvr_frce_truth_position",
+    "pctr_frce_truth_position", "pctcvr_ece", "pcvr_over_all") for v in ("raw", "cal"))
+PCOC_TARGET = (0.95, 1.05)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -102,7 +107,8 @@ def summarize(seeds: list[dict], models: tuple[str, ...]) -> dict:
     per_model = {}
     for kind in models:
         rows = [s["models"][kind] for s in seeds]
-        m = {name: mean_std([r.get(name, math.nan) for r in rows]) for name in HEADLINE}
+        m = {name: mean_std([r.get(name, math.nan) for r in rows])
+             for name in (*HEADLINE, *CALIBRATION, "calibration_conversions")}
         for metric, oracle in LIFT.items():
             m[f"lift_{metric}"] = mean_std([lift_share(r.get(metric, math.nan), s["oracle"][oracle])
                                             for r, s in zip(rows, seeds)])
@@ -121,10 +127,13 @@ def summarize(seeds: list[dict], models: tuple[str, ...]) -> dict:
 # --------------------------------------------------------------------------- runs
 
 
-def bench_overrides(size: str, cvr: Optional[float] = None, selection_bias: Optional[float] = None) -> list[str]:
-    """Config overrides of a bench size (and of the world's two knobs when given)."""
+def bench_overrides(size: str, cvr: Optional[float] = None, selection_bias: Optional[float] = None,
+                    calibration_days: int = 0) -> list[str]:
+    """Config overrides of a bench size (and of the world's two knobs when given); the
+    ``calibration_days`` held-out days come on top of the size's days, so the training
+    window stays the same."""
     days, per_day = SIZES[size]
-    gen = [f"generate.days={days}", f"generate.impressions_per_day={per_day}"]
+    gen = [f"generate.days={days + calibration_days}", f"generate.impressions_per_day={per_day}"]
     if cvr is not None:
         gen.append(f"generate.cvr={cvr}")
     if selection_bias is not None:
@@ -168,9 +177,13 @@ def prepare(spark, cfg: Config, log=print) -> dict[str, int]:
 
 def run_seed(spark, conf_files: list[str], overrides: list[str], k: int, models: tuple[str, ...],
              epochs: int, pipeline: str = "direct", log: Callable[[str], None] = print,
-             tracking_cfg=None) -> dict:
+             tracking_cfg=None, calibration_days: int = 0) -> dict:
     """One world (seed k) and every model on it. Returns ``{"seed", "world_seconds",
-    "oracle": the evaluation day's sim/oracle row, "models": {kind: metrics + seconds}}``."""
+    "oracle": the evaluation day's sim/oracle row, "models": {kind: metrics + seconds}}``.
+
+    With ``calibration_days`` K the K days before the evaluation day are held out of
+    training, the trainer fits its calibration maps on them, and the model's metrics
+    gain :data:`CALIBRATION` (raw and calibrated, against sim/truth)."""
     from esmm.data import latest_version
     from esmm.train import train
     from pipelines.oracle import read_oracle
@@ -189,12 +202,13 @@ def run_seed(spark, conf_files: list[str], overrides: list[str], k: int, models:
     log(f"  seed {k}: world in {world_s:.0f}s; eval day {dates[-1]}: {oracle['clicks']:,} clicks, "
         f"{oracle['conversions']:,} conversions")
     out = {"seed": k, "world_seconds": world_s, "oracle": oracle, "models": {}}
+    cal_dates = dates[len(dates) - 1 - calibration_days:-1]
     for kind in models:
         run_cfg = load_config(conf_files, [
             *seeded, f"model.kind={kind}", f"train.seed={TRAIN_SEED + k}",
-            f"train.train_start={dates[0]}", f"train.train_end={dates[-2]}",
+            f"train.train_start={dates[0]}", f"train.train_end={dates[-2 - calibration_days]}",
             f"train.eval_dates=[{dates[-1]}]", f"train.epochs={epochs}", "train.resume=false",
-            "train.progress=false", "train.register=false"])
+            "train.progress=false", "train.register=false", f"calibration.dates=[{','.join(cal_dates)}]"])
         if tracking_cfg is not None:  # a child run of the bench's MLflow run
             tags = {**tracking_cfg.tags, "examples_version": str(latest_version(cfg.lakehouse.path("examples")))}
             run_cfg = dataclasses.replace(run_cfg, tracking=dataclasses.replace(tracking_cfg, tags=tags))
@@ -203,6 +217,12 @@ def run_seed(spark, conf_files: list[str], overrides: list[str], k: int, models:
         secs = time.time() - t1
         out["models"][kind] = {**r.metrics, "seconds": secs, "samples_per_s": r.samples_per_s,
                                "mlflow_run_id": r.mlflow_run_id}
+        if calibration_days:
+            from jobs.bench_calibration_truth import truth_calibration
+
+            out["models"][kind].update(truth_calibration(
+                r.artifact_dir, r.model_id, cfg.lakehouse.path("examples"), r.examples_version,
+                cfg.lakehouse.path("truth"), dates[-1]))
         m = r.metrics
         log(f"  seed {k} {kind:9s} {secs:5.0f}s: ctr_auc={m.get('ctr_auc', math.nan):.4f} "
             f"ctcvr_auc={m.get('ctcvr_auc', math.nan):.4f} "
@@ -218,7 +238,7 @@ def _ms(s: dict[str, float], digits: int = 4) -> str:
     return "n/a" if not s["n"] else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
 
-def markdown(summary: dict, header: str) -> str:
+def markdown(summary: dict, header: str, seeds: Optional[list[dict]] = None) -> str:
     """The bench's Markdown: oracle, per-model table, paired differences, verdict."""
     models = list(summary["models"])
     lines = [header, "", "Oracle of the evaluation day (true probabilities), mean ± std over seeds: "
@@ -241,16 +261,48 @@ def markdown(summary: dict, header: str) -> str:
             d = summary["paired"]["esmm - naive"][name]
             lines.append(f"- ESMM - naive on {name}: {d['mean']:+.4f} ± {d['std']:.4f} over {d['n']} seeds, "
                          f"t {d['t']:+.2f}: {verdict(d)}.")
+    lines += calibration_markdown(summary, seeds or [])
     return "\n".join(lines)
+
+
+def calibration_markdown(summary: dict, seeds: list[dict]) -> list[str]:
+    """The raw -> calibrated table and the plain calibration verdict (empty without maps)."""
+    models = [k for k in summary["models"] if summary["models"][k]["pctcvr_pcoc_truth_cal"]["n"]]
+    if not models:
+        return []
+    lo, hi = PCOC_TARGET
+    lines = ["", "Calibration on the evaluation day, raw -> calibrated (mean ± std over seeds; `truth`: "
+             "against sim/truth's expected rate, `labels`: against the observed conversions):", "",
+             "| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    names = sorted({n.rsplit("_", 1)[0] for n in CALIBRATION}, key=[n.rsplit("_", 1)[0] for n in CALIBRATION].index)
+    for name in names:
+        cells = [f"{_ms(summary['models'][k][f'{name}_raw'], 3)} -> {_ms(summary['models'][k][f'{name}_cal'], 3)}"
+                 for k in models]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    conv = [summary["models"][k]["calibration_conversions"]["mean"] for k in models]
+    lines.append("| calibration-day conversions | " + " | ".join(f"{c:.0f}" for c in conv) + " |")
+    lines.append("")
+    for k in models:
+        runs = [s["models"][k] for s in seeds if k in s["models"] and "pctcvr_pcoc_truth_cal" in s["models"][k]]
+        inside = sum(lo <= r["pctcvr_pcoc_truth_cal"] <= hi for r in runs)
+        halved = sum(r["pctcvr_frce_truth_position_cal"] <= 0.5 * r["pctcvr_frce_truth_position_raw"] for r in runs)
+        noise = np.mean([1 / math.sqrt(r["calibration_conversions"]) for r in runs
+                         if r.get("calibration_conversions", 0) > 0]) if runs else math.nan
+        lines.append(f"- {k}: calibrated pCTCVR PCOC vs truth inside [{lo}, {hi}] in {inside}/{len(runs)} runs; "
+                     f"field-RCE(position) vs truth halved in {halved}/{len(runs)}; counting noise of the "
+                     f"calibration days alone ±{noise:.1%} (1/sqrt(conversions)).")
+    return lines
 
 
 def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "default", seeds: int = 5,
         models: tuple[str, ...] = MODEL_KINDS, cvr: Optional[float] = None,
         selection_bias: Optional[float] = None, epochs: int = 1, pipeline: str = "direct",
-        out_dir: Optional[str] = None) -> dict:
+        out_dir: Optional[str] = None, calibration_days: int = 2) -> dict:
     """Run the comparison; prints and writes ``bench_quality.json`` and ``bench_quality.md``
-    under ``out_dir`` (default ``<lakehouse.root>/reports/bench_quality``). Returns the JSON."""
-    overrides = [*base_overrides, *bench_overrides(size, cvr, selection_bias)]
+    under ``out_dir`` (default ``<lakehouse.root>/reports/bench_quality``). Returns the JSON.
+    ``calibration_days`` (0: none) held-out days between training and evaluation, on which
+    each model's calibration maps are fitted (see :func:`run_seed`)."""
+    overrides = [*base_overrides, *bench_overrides(size, cvr, selection_bias, calibration_days)]
     cfg = load_config(conf_files, overrides)
     t0 = time.time()
     out = Path(out_dir or Path(cfg.lakehouse.path("reports")) / "bench_quality")
@@ -261,12 +313,13 @@ def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "de
     with parent:  # the bench's MLflow run ends FAILED if a training raises
         for k in range(seeds):
             records.append(run_seed(spark, conf_files, overrides, k, models, epochs, pipeline,
-                                    tracking_cfg=child_tracking))
+                                    tracking_cfg=child_tracking, calibration_days=calibration_days))
             done = time.time() - t0
             print(f"bench quality: seed {k + 1}/{seeds} done, {done:.0f}s so far, about "
                   f"{done / (k + 1) * (seeds - k - 1):.0f}s to go", flush=True)
             # Written after every seed: a run stopped early keeps the seeds it finished.
-            result = write_outputs(records, cfg, size, seeds, models, epochs, pipeline, time.time() - t0, out)
+            result = write_outputs(records, cfg, size, seeds, models, epochs, pipeline, time.time() - t0, out,
+                                   calibration_days)
         summary = result["summary"]["models"]
         parent.log_metrics({f"{kind}/{name}_{stat}": v[stat] for kind, m in summary.items()
                             for name, v in m.items() if name in HEADLINE for stat in ("mean", "std")
@@ -290,16 +343,18 @@ def start_bench_run(cfg: Config, pipeline: str, extra_tags: dict):
 
 
 def write_outputs(records: list[dict], cfg: Config, size: str, seeds: int, models: tuple[str, ...],
-                  epochs: int, pipeline: str, seconds: float, out: Path) -> dict:
+                  epochs: int, pipeline: str, seconds: float, out: Path, calibration_days: int = 0) -> dict:
     """bench_quality.json and bench_quality.md of the seeds done so far; prints the Markdown."""
     days, per_day = SIZES[size]
     summary = summarize(records, models)
     g = cfg.generate
-    header = (f"bench quality: size={size} ({days} days x {per_day:,} impressions; train days 1-{days - 1}, "
-              f"evaluate day {days}), pipeline={pipeline}, ctr={g.ctr}, cvr={g.cvr}, selection_bias="
+    k = calibration_days
+    cal = f"calibrate on days {days}-{days + k - 1}, " if k else "no calibration, "
+    header = (f"bench quality: size={size} ({days + k} days x {per_day:,} impressions; train days 1-{days - 1}, "
+              f"{cal}evaluate day {days + k}), pipeline={pipeline}, ctr={g.ctr}, cvr={g.cvr}, selection_bias="
               f"{g.selection_bias}, {len(records)}/{seeds} seeds (world seed {WORLD_SEED}+k, train seed "
               f"{TRAIN_SEED}+k), {epochs} epoch(s), models {', '.join(models)}; wall time {seconds:.0f}s")
-    md = markdown(summary, header)
+    md = markdown(summary, header, records)
     result = {"header": header, "size": size, "pipeline": pipeline, "epochs": epochs,
               "generate": {"ctr": g.ctr, "cvr": g.cvr, "selection_bias": g.selection_bias},
               "seconds": seconds, "summary": summary, "seeds": records}
@@ -342,5 +397,6 @@ def main(cfg: Config, args, spark_factory) -> int:
         models=tuple((args.models or ",".join(MODEL_KINDS)).split(",")),
         cvr=float(args.cvr) if args.cvr else None,
         selection_bias=bias_value(args.bias) if args.bias else None,
-        epochs=args.epochs, pipeline=args.pipeline, out_dir=args.out)
+        epochs=args.epochs, pipeline=args.pipeline, out_dir=args.out,
+        calibration_days=2 if args.calibration_days is None else args.calibration_days)
     return 0

@@ -26,6 +26,9 @@ def add_args(p) -> None:
     p.add_argument("--models", help="comma-separated kinds (quality: all four; sweep: naive,esmm)")
     p.add_argument("--pipeline", choices=["direct", "full"], default="direct",
                    help="direct: examples straight from the simulator; full: generate+labels+features")
+    p.add_argument("--calibration-days", type=int,
+                   help="quality: held-out days between training and evaluation on which calibration maps "
+                        "are fitted and then judged on the evaluation day against sim/truth (default 2; 0: none)")
     p.add_argument("--out", help="output folder (default <lakehouse.root>/reports/bench_<which>)")
 
 

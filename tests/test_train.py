@@ -41,6 +41,25 @@ def test_snapshot_has_odd_row_groups(lake):
     snap = resolve_snapshot(str(lake / "curated" / "examples"), DATES)
     groups = sum(pq.ParquetFile(f[len("file://"):]).num_row_groups for f in snap.files)
     assert groups == 3
+    # Row count from the Delta log (the learning-rate schedule's step plan) = the files' rows.
+    assert snap.rows == sum(pq.ParquetFile(f[len("file://"):]).metadata.num_rows for f in snap.files)
+    assert resolve_snapshot(str(lake / "curated" / "examples"), DATES[:1]).rows == ROWS_PER_DAY
+
+
+def test_linear_schedule_plan_and_factor(lake):
+    from esmm.train import lr_factor, planned_steps
+
+    cfg = make(lake, "train.lr_schedule=linear", "train.lr_final_fraction=0.2", "train.batch_size=256",
+               "train.epochs=2")
+    steps = planned_steps(3 * ROWS_PER_DAY, cfg, world_size=1)
+    assert steps == 2 * 8  # ceil(1800 / 256) = 8 per epoch
+    assert planned_steps(3 * ROWS_PER_DAY, cfg, world_size=2) == 2 * 4
+    assert planned_steps(None, cfg, 1) is None
+    assert [round(lr_factor(s, steps, cfg), 6) for s in (0, steps - 1, steps + 5)] == [1.0, 0.2, 0.2]
+    assert lr_factor(7, steps, cfg) == pytest.approx(1 - 0.8 * 7 / 15)
+    assert lr_factor(7, steps, make(lake)) == 1.0  # constant (the default)
+    capped = make(lake, "train.lr_schedule=linear", "train.max_steps=5")
+    assert planned_steps(10_000, capped, 1) == 5
 
 
 def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path, free_port):

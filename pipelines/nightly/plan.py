@@ -5,11 +5,13 @@ max_lateness) / 1 day), 9 days by default): a day ``d`` has final labels once
 every click and conversion it can get has arrived, i.e. ``d <= D - H``. So the
 label refresh covers ``[D - H, D]`` (``D - H`` just became final), the newest
 mature day is ``D - H`` (``nightly.eval_day = mature``), and the candidate trains
-on the ``train_days`` days before it. With ``calibration.enabled`` the mature day
-before the evaluation day is the calibration day: held out of training (the
-window is the ``train_days`` days before it), the maps are fitted on it, and the
-gate judges the calibrated scores on the evaluation day, never on the day the
-maps were fitted. ``nightly.eval_day = latest`` evaluates on
+on the ``train_days`` days before it. With ``calibration.enabled`` the
+``calibration.days`` mature days before the evaluation day are the calibration
+days: held out of training (the window is the ``train_days`` days before them),
+the maps are fitted on them, and the gate judges the calibrated scores on the
+evaluation day, never on a day the maps were fitted on. Several calibration days
+because the level of pCTCVR is set by the conversions they hold: a day with N
+conversions fixes it only to about +-1/sqrt(N) (100 conversions: +-10%). ``nightly.eval_day = latest`` evaluates on
 ``D`` itself with whatever labels exist: only for demos on short logs, and the
 report says the labels are immature.
 """
@@ -46,16 +48,17 @@ class NightlyPlan:
     eval_mature: bool  # False when eval_day = latest (labels still open)
     train_dates: list[str]
     score_dates: list[str]
-    calibration_date: Optional[str] = None  # None: no calibration (disabled, or no mature day)
+    calibration_dates: tuple[str, ...] = ()  # empty: no calibration (disabled, or no mature day)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def plan_dates(run_date: str, available: list[str], labels: LabelConfig,
-               nightly: NightlyConfig, calibrate: bool = False) -> NightlyPlan:
+               nightly: NightlyConfig, calibrate: bool = False, calibration_days: int = 1) -> NightlyPlan:
     """Pure date arithmetic (see the module docstring). ``available``: days with impressions;
-    ``calibrate``: hold out a calibration day (``calibration.enabled``)."""
+    ``calibrate``: hold out up to ``calibration_days`` calibration days (``calibration.enabled``),
+    always leaving at least one day to train on."""
     parse_date(run_date, "--date")
     avail = sorted(d for d in set(available) if d <= run_date)
     h = label_horizon_days(labels)
@@ -65,16 +68,16 @@ def plan_dates(run_date: str, available: list[str], labels: LabelConfig,
     else:
         eligible = [d for d in avail if d <= _days(run_date, -h)]
         eval_date, mature = (eligible[-1] if eligible else None), True
-    train, cal_date = [], None
+    train, cal_dates = [], ()
     if eval_date is not None:
         before = [d for d in avail if d < eval_date]
         # Every day before a mature day is mature; keep at least one day to train on.
         if calibrate and mature and len(before) >= 2:
-            cal_date = before[-1]
-        end = cal_date or eval_date
+            cal_dates = tuple(before[-min(calibration_days, len(before) - 1):])
+        end = cal_dates[0] if cal_dates else eval_date
         train = [d for d in avail if _days(end, -nightly.train_days) <= d < end]
     score = [_days(run_date, -i) for i in range(nightly.score_days - 1, -1, -1)]
-    return NightlyPlan(run_date, refresh, eval_date, mature, train, score, cal_date)
+    return NightlyPlan(run_date, refresh, eval_date, mature, train, score, cal_dates)
 
 
 _DT_IN_PATH = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")

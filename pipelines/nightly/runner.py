@@ -130,7 +130,8 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
         spark = get_spark()
         if available is None:
             available = available_dates(spark, cfg)
-        plan = plan_dates(run_date, available, cfg.labels, cfg.nightly, cfg.calibration.enabled)
+        plan = plan_dates(run_date, available, cfg.labels, cfg.nightly, cfg.calibration.enabled,
+                          cfg.calibration.days)
         ctx = NightlyContext(spark, cfg, run_date, run_id, plan, options=dict(options or {}), log=log)
         log(f"nightly {run_date} (run {run_id}): plan {plan.as_dict()}")
         for step in steps:

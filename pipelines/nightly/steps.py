@@ -46,7 +46,7 @@ def _existing_dates(spark, path: str) -> set[str]:
 def label_dates(ctx: NightlyContext) -> list[str]:
     """The refresh window, plus any training/evaluation day without examples yet (a backfill)."""
     p = ctx.plan
-    needed = set(p.train_dates) | {d for d in (p.eval_date, p.calibration_date) if d}
+    needed = set(p.train_dates) | {d for d in (p.eval_date, *p.calibration_dates) if d}
     have = _existing_dates(ctx.spark, ctx.cfg.lakehouse.path("examples"))
     return sorted(set(p.refresh_dates) | (needed - have))
 
@@ -84,7 +84,7 @@ def train_config(ctx: NightlyContext):
     t = dataclasses.replace(cfg.train, train_start=p.train_dates[0], train_end=p.train_dates[-1],
                             eval_dates=[p.eval_date], mature_only=p.eval_mature,
                             register=True, progress=False)
-    cal = dataclasses.replace(cfg.calibration, dates=[p.calibration_date] if p.calibration_date else [])
+    cal = dataclasses.replace(cfg.calibration, dates=list(p.calibration_dates))
     # The MLflow run of the training is tagged with the nightly run it belongs to.
     tags = {**cfg.tracking.tags, "pipeline": "nightly", "run_date": ctx.run_date, "run_id": ctx.run_id}
     return dataclasses.replace(cfg, train=t, calibration=cal,
@@ -132,7 +132,7 @@ def train(ctx: NightlyContext) -> dict[str, Any]:
         r = train_fn(cfg)
         model_id, metrics = r.model_id, r.metrics
     return {"model_id": model_id, "train_dates": p.train_dates, "eval_date": p.eval_date,
-            "calibration_date": p.calibration_date, "metrics": metrics, "seconds": round(time.time() - t0, 1),
+            "calibration_dates": list(p.calibration_dates), "metrics": metrics, "seconds": round(time.time() - t0, 1),
             "summary": f"{model_id} on {p.train_dates[0]}..{p.train_dates[-1]}, "
                        f"CTCVR AUC {metrics.get('ctcvr_auc', float('nan')):.4f} on {p.eval_date}"}
 
