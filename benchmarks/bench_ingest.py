@@ -1,6 +1,6 @@
 """Ali-CCP raw-release ingest throughput and memory at two sizes.
 
-    nice -n 10 python benchmarks/bench_ingest.py [--sizes 250000 1000000] [--dir /tmp/bench_ingest]
+    nice -n 10 python benchmarks/bench_ingest.py [--sizes 250000 1000000] [--dir /tmp/bench_ingest] [--json PATH]
 
 For each size N it writes a generated file pair in the exact release layout
 (``sample_skeleton_train.csv`` with N lines, ``common_features_train.csv`` with
@@ -11,6 +11,7 @@ local Spark JVM, ``spark.driver.memory`` = ``--driver-memory``) and prints the w
 time, skeleton lines/s, and the peak resident memory of that process tree (JVM +
 Python, sampled every 0.2 s). Flat memory: the peak does not grow with N (the plan is
 a text scan, a shuffle join and a Delta write; nothing is collected to the driver).
+``--json`` writes every size's numbers to a file as well.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ import psutil
 
 A, B, C = "\x01", "\x02", "\x03"
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.rss import write_json  # noqa: E402
 
 
 def _f(field: str, fid: int) -> str:
@@ -107,7 +111,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--dir", default="/tmp/bench_ingest")
     ap.add_argument("--driver-memory", default="2g")
+    ap.add_argument("--json", help="also write every size's numbers to this JSON file")
     a = ap.parse_args()
+    sizes = []
     for n in a.sizes:
         d = Path(a.dir) / str(n)
         t0 = time.perf_counter()
@@ -117,6 +123,10 @@ def main() -> None:
         secs, peak, line = ingest(skel, common, d / "lh", a.driver_memory)
         print(f"N={n:,}: ingest {secs:.0f}s (incl. JVM start), {n / secs:,.0f} skeleton lines/s, "
               f"peak RSS {peak / 2**30:.2f} GiB (driver heap {a.driver_memory})\n  {line}", flush=True)
+        sizes.append({"lines": n, "seconds": secs, "lines_per_s": n / secs, "peak_rss_mb": round(peak / 2**20),
+                      "driver_memory": a.driver_memory, "last_line": line})
+    if a.json:
+        write_json(a.json, {"sizes": sizes})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Benchmark: the Spark label job for one day vs the same label query in DuckDB.
 
-    python benchmarks/bench_labels.py [--impressions-per-day 1000000] [--days 3] [--reuse]
+    python benchmarks/bench_labels.py [--impressions-per-day 1000000 [4000000 ...]] [--days 3] [--reuse]
+                                      [--json PATH]
+
+For each ``--impressions-per-day`` size in turn, in one Spark session:
 
 1. Generates (or, with ``--reuse``, keeps) raw Delta tables of ``--days`` days at
-   ``--impressions-per-day`` under ``--root`` (default ./lakehouse/bench).
+   that size under ``--root``/ipd<N> (default root ./lakehouse/bench).
 2. Times ``pipelines.labels.run_day`` for the middle day with an as-of after all
    its windows closed: read with partition pruning, record checks, deduplication,
    click validity, attribution, quarantine, counts, gate, two Delta commits. It runs
@@ -15,8 +18,9 @@
    arrival partitions, and materialises the label rows.
 4. Runs the same SQL query on Spark SQL, which separates the engine gap from the
    job's own work.
-5. Prints rows/s for each, the Spark/DuckDB time ratios, and fails unless all three
-   give the same label counts (rows, clicks, conversions).
+5. Prints rows/s for each, the Spark/DuckDB time ratios and the local Spark JVM's
+   peak RSS during the label runs, and fails unless all three give the same label
+   counts (rows, clicks, conversions). ``--json`` writes every size's numbers.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the SQL oracle of the label rules lives beside the tests
 
+from benchmarks.rss import PeakRss, write_json  # noqa: E402
 from esmm.config_loader import load_config  # noqa: E402
 from esmm.timeutil import default_as_of  # noqa: E402
 from pipelines.contract import SOURCES  # noqa: E402
@@ -39,11 +44,13 @@ from pipelines.labels_rules import Windows, scope_of  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--impressions-per-day", type=int, default=1_000_000)
+    p.add_argument("--impressions-per-day", type=int, nargs="+", default=[1_000_000],
+                   help="one or more sizes, measured in turn in one Spark session (each under ROOT/ipd<N>)")
     p.add_argument("--days", type=int, default=3)
     p.add_argument("--root", default=str(REPO / "lakehouse" / "bench"))
     p.add_argument("--reuse", action="store_true", help="keep raw tables generated with the same settings")
     p.add_argument("--threads", type=int, default=2, help="DuckDB threads (Spark uses spark.master)")
+    p.add_argument("--json", help="also write every size's numbers to this JSON file")
     return p.parse_args(argv)
 
 
@@ -105,38 +112,31 @@ def duckdb_labels(cfg, day: str, as_of: dt.datetime, threads: int) -> tuple[floa
     return secs, tuple(int(x) for x in counts), n_files
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    cfg = load_config(overrides=[
-        f"lakehouse.root={args.root}", f"generate.days={args.days}",
-        f"generate.impressions_per_day={args.impressions_per_day}",
-        f"generate.partitions_per_day={max(1, args.impressions_per_day // 250_000)}"])
+def measure(spark, cfg, threads: int, reuse: bool) -> dict:
+    """One size (``cfg.generate``): the label job cold and warm, the same rules on Spark SQL and
+    DuckDB, their counts, and the local Spark JVM's peak RSS during the label runs."""
     from pyspark.sql import functions as F
 
     from pipelines import labels as L
     from pipelines.delta_io import read_delta
-    from pipelines.session import get_spark
 
-    spark = get_spark(cfg.spark)
-    spark.sparkContext.setLogLevel("ERROR")
-    ensure_raw(spark, cfg, args.reuse)
+    gen_secs = ensure_raw(spark, cfg, reuse)
     day = cfg.generate.dates[len(cfg.generate.dates) // 2]
     as_of = default_as_of(day) + dt.timedelta(days=9)  # every window of the day has closed
-    cores = spark.sparkContext.defaultParallelism
 
     # The first run in a session also pays the JVM's warm-up (class loading, JIT, code
     # generation of each new plan, the Delta logs); a nightly labels several dates in one
     # session, so the second run (the same day again: idempotent) is the steady state.
-    t0 = time.time()
-    report = L.run_day(spark, cfg, day, as_of)
-    cold_secs = time.time() - t0
-    t0 = time.time()
-    report = L.run_day(spark, cfg, day, as_of)
-    spark_secs = time.time() - t0
+    with PeakRss() as jvm:
+        t0 = time.time()
+        L.run_day(spark, cfg, day, as_of, log=lambda m: None)
+        cold_secs = time.time() - t0
+        t0 = time.time()
+        report = L.run_day(spark, cfg, day, as_of, log=lambda m: None)
+        spark_secs = time.time() - t0
     got = read_delta(spark, cfg.lakehouse.path("labels")).where(F.col("dt") == day).agg(
         F.count(F.lit(1)), F.sum("click"), F.sum("conversion")).first()
     spark_counts = tuple(int(x or 0) for x in got)
-    rows_in = sum(c.rows_in for c in report.sources.values())
 
     # The same reference query on Spark SQL: separates the engine gap from the job's own work
     # (quarantine, per-row fates, the gate, two Delta commits).
@@ -151,24 +151,52 @@ def main(argv=None) -> int:
         "raw_impressions", "raw_clicks", "raw_conversions", day, as_of, w))).first())
     sql_secs = time.time() - t0
 
-    duck_secs, duck_counts, n_files = duckdb_labels(cfg, day, as_of, args.threads)
-    n = spark_counts[0]
-    print(f"\nlabel day {day} (as of {as_of:%Y-%m-%d}), {args.impressions_per_day:,} impressions/day, "
-          f"Spark master {cfg.spark.master} (parallelism {cores}), DuckDB threads {args.threads}")
-    print(f"  Spark label job, first run in the session: {cold_secs:7.1f}s  {n / cold_secs:10,.0f} "
-          f"labelled impressions/s")
-    print(f"  Spark label job : {spark_secs:7.1f}s  {n / spark_secs:10,.0f} labelled impressions/s  "
-          f"({rows_in / spark_secs:,.0f} owned raw rows/s; incl. quarantine, counts, 2 Delta commits)")
-    print(f"  Spark SQL query : {sql_secs:7.1f}s  {n / sql_secs:10,.0f} labelled impressions/s  "
-          f"(the reference query only, counted)")
-    print(f"  DuckDB query    : {duck_secs:7.1f}s  {n / duck_secs:10,.0f} labelled impressions/s  "
-          f"({n_files} Parquet files; labels materialised in memory)")
-    print(f"  Spark job / DuckDB: {spark_secs / duck_secs:.2f}x (first run in the session: "
-          f"{cold_secs / duck_secs:.2f}x)")
-    print(f"  Spark SQL / DuckDB (same query): {sql_secs / duck_secs:.2f}x")
-    print(f"  counts (rows, clicks, conversions): Spark job {spark_counts}  Spark SQL {sql_counts}  "
-          f"DuckDB {duck_counts}")
-    if not spark_counts == sql_counts == duck_counts:
+    duck_secs, duck_counts, n_files = duckdb_labels(cfg, day, as_of, threads)
+    return {"impressions_per_day": cfg.generate.impressions_per_day, "day": day, "generate_s": round(gen_secs, 1),
+            "labelled_rows": spark_counts[0], "raw_rows_in": sum(c.rows_in for c in report.sources.values()),
+            "job_cold_s": cold_secs, "job_s": spark_secs, "spark_sql_s": sql_secs, "duckdb_s": duck_secs,
+            "duckdb_files": n_files, "job_phases_s": {k: round(v, 2) for k, v in report.timings.items()},
+            "jvm_peak_rss_mb": jvm.peak_mb, "counts_match": spark_counts == sql_counts == duck_counts,
+            "counts": {"job": spark_counts, "spark_sql": sql_counts, "duckdb": duck_counts}}
+
+
+def print_size(r: dict, master: str, cores: int, threads: int) -> None:
+    n, job, duck, sql, cold = r["labelled_rows"], r["job_s"], r["duckdb_s"], r["spark_sql_s"], r["job_cold_s"]
+    print(f"\nlabel day {r['day']}, {r['impressions_per_day']:,} impressions/day, "
+          f"Spark master {master} (parallelism {cores}), DuckDB threads {threads}")
+    print(f"  Spark label job, first run in the session: {cold:7.1f}s  {n / cold:10,.0f} labelled impressions/s")
+    print(f"  Spark label job : {job:7.1f}s  {n / job:10,.0f} labelled impressions/s  "
+          f"({r['raw_rows_in'] / job:,.0f} owned raw rows/s; incl. quarantine, counts, 2 Delta commits)")
+    print(f"  Spark SQL query : {sql:7.1f}s  {n / sql:10,.0f} labelled impressions/s  (the reference query only, counted)")
+    print(f"  DuckDB query    : {duck:7.1f}s  {n / duck:10,.0f} labelled impressions/s  "
+          f"({r['duckdb_files']} Parquet files; labels materialised in memory)")
+    print(f"  Spark job / DuckDB: {job / duck:.2f}x (first run in the session: {cold / duck:.2f}x)")
+    print(f"  Spark SQL / DuckDB (same query): {sql / duck:.2f}x")
+    print(f"  local Spark JVM peak RSS during the label runs: {r['jvm_peak_rss_mb']:,} MB")
+    c = r["counts"]
+    print(f"  counts (rows, clicks, conversions): Spark job {c['job']}  Spark SQL {c['spark_sql']}  DuckDB {c['duckdb']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipelines.session import get_spark
+
+    results = []
+    spark = None
+    for ipd in args.impressions_per_day:
+        cfg = load_config(overrides=[
+            f"lakehouse.root={Path(args.root) / f'ipd{ipd}'}", f"generate.days={args.days}",
+            f"generate.impressions_per_day={ipd}",
+            f"generate.partitions_per_day={max(1, ipd // 250_000)}"])
+        if spark is None:
+            spark = get_spark(cfg.spark)
+            spark.sparkContext.setLogLevel("ERROR")
+        r = measure(spark, cfg, args.threads, args.reuse)
+        print_size(r, cfg.spark.master, spark.sparkContext.defaultParallelism, args.threads)
+        results.append(r)
+    if args.json:
+        write_json(args.json, {"sizes": results})
+    if not all(r["counts_match"] for r in results):
         print("MISMATCH between the Spark job and the DuckDB query", file=sys.stderr)
         return 1
     return 0

@@ -1,6 +1,7 @@
 """Spark scoring throughput against in-memory inference of the same model on the same cores.
 
-    python benchmarks/bench_score.py [--rows 200000] [--cores 2] [--batch 4096] [--repeats 3]
+    python benchmarks/bench_score.py [--rows 200000 [800000 ...]] [--cores 2] [--batch 4096] [--repeats 3]
+                                     [--json PATH]
 
 Builds a model of the configured architecture (random weights: throughput does not
 depend on their values), registers nothing, and measures on ``--rows`` synthetic
@@ -15,8 +16,10 @@ candidates with the raw feature columns:
 Each of ``--repeats`` Spark runs is compared with the mean of in-memory runs just
 before and after it (the machine may be shared: similar load on both sides).
 Reports rows/s of each, the ratios (aim >= 0.5; the median is the headline), the
-Spark job's seconds per step, and peak RSS of the driver process and
-of its children (the JVM and the Python workers).
+Spark job's seconds per step, the peak RSS of the JVM and its Python workers during
+the Spark runs of each size, and lifetime peaks of the driver process and of its
+children. Several ``--rows`` sizes run in turn in one Spark session; ``--json``
+writes the printed JSON to a file too.
 """
 from __future__ import annotations
 
@@ -26,48 +29,42 @@ import io
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _descendant_peaks_mb() -> dict[str, int]:
-    """Peak RSS (VmHWM) of each live descendant process (the JVM, Python workers), by name."""
-    import os
-
-    parent = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            pass
-    me, out = os.getpid(), {}
-    for pid in parent:
-        p = pid
-        while p in parent and p != me and p > 1:
-            p = parent[p]
-        if p != me or pid == me:
-            continue
-        try:
-            status = open(f"/proc/{pid}/status").read()
-        except OSError:
-            continue
-        name = status.split("Name:", 1)[1].split()[0]
-        hwm = [int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:")]
-        if hwm:
-            key = f"{name}_{pid}"
-            out[key] = round(hwm[0] / 1024)
-    return out
+from benchmarks.rss import PeakRss, descendant_peaks_mb, write_json  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--rows", type=int, nargs="+", default=[200_000])
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved in-memory / Spark measurements")
+    ap.add_argument("--json", help="also write the result to this JSON file")
     args = ap.parse_args()
 
+    from esmm.config_loader import load_config
+    from pipelines.session import get_spark
+
+    cfg = load_config(overrides=[f"spark.master=local[{args.cores}]"])
+    spark = get_spark(cfg.spark)
+    spark.sparkContext.setLogLevel("ERROR")
+    sizes = [measure(spark, n, args.cores, args.batch, args.repeats) for n in args.rows]
+    body = {"cores": args.cores, "batch": args.batch, "sizes": sizes,
+            "peak_rss_mb": {"driver_python": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                            **descendant_peaks_mb()}}
+    print(json.dumps(body, indent=1))
+    if args.json:
+        write_json(args.json, body)
+
+
+def measure(spark, n: int, cores: int, batch: int, repeats: int) -> dict:
+    """In-memory inference vs the scoring job on ``n`` synthetic candidates."""
     import numpy as np
     import torch
     from pyspark.sql import functions as F
@@ -77,11 +74,10 @@ def main() -> None:
     from pipelines import score
     from pipelines.features import encode_features, feature_names
     from pipelines.score_model import ScoringModel
-    from pipelines.session import get_spark
 
     root = tempfile.mkdtemp(prefix="bench_score_")
-    cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{args.cores}]",
-                                 f"score.batch_size={args.batch}"])
+    cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{cores}]",
+                                 f"score.batch_size={batch}"])
     spec = cfg.features
     torch.manual_seed(0)
     net = build_model(cfg.model, spec).eval()
@@ -90,10 +86,6 @@ def main() -> None:
     meta = {"model_id": "bench", "model": dataclasses.asdict(cfg.model),
             "features": dataclasses.asdict(spec), "feature_mapping_id": spec.mapping_id}
     model = ScoringModel("bench", json.loads(json.dumps(meta)), buf.getvalue())
-
-    spark = get_spark(cfg.spark)
-    spark.sparkContext.setLogLevel("ERROR")
-    n = args.rows
     # Raw candidates with the generator's column types, from a hash of the row id.
     h = lambda tag, m: F.pmod(F.xxhash64(F.lit(tag), F.col("id")), F.lit(m))  # noqa: E731
     cand = spark.range(n).select(
@@ -111,35 +103,37 @@ def main() -> None:
         (h("r", 50) / 10.0).alias("item_rating"), h("ua", 200).cast("double").alias("user_activity"),
         F.lit("2026-11-01").alias("dt"))
     cand_path = f"{root}/candidates"
-    cand.repartition(args.cores * 2).write.format("delta").save(cand_path)
+    cand.repartition(cores * 2).write.format("delta").save(cand_path)
 
     # In-memory reference: the same encoded rows, in NumPy.
     cat_names, num_names = feature_names(spec)
     enc = encode_features(spark.read.format("delta").load(cand_path), spec).toPandas()
     cat = enc[cat_names].to_numpy(np.int64)
     num = enc[num_names].to_numpy(np.float32)
-    torch.set_num_threads(args.cores)
+    torch.set_num_threads(cores)
 
     def in_memory_rps() -> float:
         with torch.inference_mode():
-            net(torch.from_numpy(cat[:args.batch]), torch.from_numpy(num[:args.batch]))  # warm-up
+            net(torch.from_numpy(cat[:batch]), torch.from_numpy(num[:batch]))  # warm-up
             t0 = time.perf_counter()
-            for i in range(0, n, args.batch):
-                net(torch.from_numpy(cat[i:i + args.batch]), torch.from_numpy(num[i:i + args.batch]))
+            for i in range(0, n, batch):
+                net(torch.from_numpy(cat[i:i + batch]), torch.from_numpy(num[i:i + batch]))
             return n / (time.perf_counter() - t0)
 
     # Spark: the scoring job's path, end to end from the Delta candidates to a Delta write.
-    cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{args.cores}]",
-                                 f"score.batch_size={args.batch}", f"score.candidates={cand_path}"])
+    cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{cores}]",
+                                 f"score.batch_size={batch}", f"score.candidates={cand_path}"])
     score.run(spark, cfg, "2026-11-01", model=model, log=lambda m: None)  # warm-up (JIT, workers)
     # The box is shared: interleave the two sides so each Spark run is compared with
     # in-memory runs taken just before and after it, under the same load.
     runs = []
-    for _ in range(args.repeats):
+    jvm = PeakRss()
+    for _ in range(repeats):
         before = in_memory_rps()
-        t0 = time.perf_counter()
-        rep = score.run(spark, cfg, "2026-11-01", model=model, log=lambda m: None)
-        spark_s = time.perf_counter() - t0
+        with jvm:
+            t0 = time.perf_counter()
+            rep = score.run(spark, cfg, "2026-11-01", model=model, log=lambda m: None)
+            spark_s = time.perf_counter() - t0
         after = in_memory_rps()
         assert rep.scored == n, rep
         mem = (before + after) / 2
@@ -147,15 +141,8 @@ def main() -> None:
                      "spark_rows_per_s": round(n / spark_s), "spark_seconds": round(spark_s, 1),
                      "ratio": round(n / spark_s / mem, 3), "spark_phases_s": rep.phases})
     ratios = sorted(r["ratio"] for r in runs)
-
-    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids = _descendant_peaks_mb()
-    print(json.dumps({
-        "rows": n, "cores": args.cores, "batch": args.batch,
-        "model": f"{cfg.model.kind} dim {cfg.model.embedding_dim} tower {cfg.model.tower}",
-        "median_ratio": round(statistics.median(ratios), 3), "runs": runs,
-        "peak_rss_mb": {"driver_python": round(self_mb), **kids},
-    }, indent=1))
+    return {"rows": n, "model": f"{cfg.model.kind} dim {cfg.model.embedding_dim} tower {cfg.model.tower}",
+            "median_ratio": round(statistics.median(ratios), 3), "runs": runs, "spark_peak_rss_mb": jvm.peak_mb}
 
 
 if __name__ == "__main__":

@@ -15,11 +15,18 @@ Usage (from the repository root, venv active, PYTHONPATH=.)::
    (``--mem-model small``: embedding 4, tower [16], so 10M rows fit the time), and
    that process's peak RSS. It must stay flat as the table grows.
 
-3. ``rechub`` (with ``--rechub-python``, a python of a throwaway venv holding
+3. ``loader``: one pass of the trainer's reader (Petastorm, shuffled, the trainer's
+   buffer and workers) over the ratio table into tensors, against a raw pyarrow scan
+   of the same files and columns into the same tensors (no shuffle). Printed: both
+   rows/s and their ratio.
+
+4. ``rechub`` (with ``--rechub-python``, a python of a throwaway venv holding
    torch-rechub): the same rows as the ratio run (exported to .npz) trained for one
    epoch by torch-rechub's ESMM and trainer (benchmarks/rechub_esmm.py), same batch
    size, embedding dimension and towers. Printed: our end-to-end rows/s over
    rechub's (aim >= 3).
+
+``--json PATH`` writes every part's numbers to a file as well.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.rss import write_json  # noqa: E402
 from esmm.config import Config  # noqa: E402
 from esmm.config_loader import load_config  # noqa: E402
 
@@ -127,6 +135,36 @@ def ratio(root: str, rows: int, steps: int, extra: list[str]) -> dict:
             "ratio": r.samples_per_s / mem}
 
 
+def loader(root: str, extra: list[str]) -> dict:
+    """rows/s of the trainer's Petastorm reader vs a pyarrow scan of the same files, both to tensors."""
+    import pyarrow.dataset as ds
+    import torch
+
+    from esmm.data import _columns, example_batches, resolve_snapshot, to_batch
+
+    cfg = _cfg(root, extra)
+    t = cfg.train
+    snap = resolve_snapshot(cfg.lakehouse.path("examples"), DATES)
+    t0, rows = time.perf_counter(), 0
+    with example_batches(snap, cfg.features, t.batch_size, mature_only=t.mature_only, shuffle=True,
+                         shuffle_buffer=t.shuffle_buffer, workers=t.reader_workers) as batches:
+        for b in batches:
+            rows += len(b)
+    petastorm_s = time.perf_counter() - t0
+    paths = [f.removeprefix("file://") for f in snap.files]
+    t0, scanned = time.perf_counter(), 0
+    for rb in ds.dataset(paths, format="parquet").to_batches(columns=_columns(cfg.features),
+                                                              batch_size=t.batch_size):
+        b = to_batch({c: torch.from_numpy(rb.column(c).to_numpy(zero_copy_only=False)) for c in rb.schema.names},
+                     cfg.features, t.mature_only)
+        scanned += len(b)
+    arrow_s = time.perf_counter() - t0
+    if rows != scanned:
+        raise SystemExit(f"loader bench: Petastorm gave {rows:,} rows, the pyarrow scan {scanned:,}")
+    return {"rows": rows, "petastorm_rows_per_s": rows / petastorm_s, "pyarrow_rows_per_s": rows / arrow_s,
+            "ratio": arrow_s / petastorm_s}
+
+
 def rechub(root: str, steps: int, rechub_python: str, threads: int, extra: list[str]) -> float:
     """rows/s of torch-rechub's ESMM on the first steps*batch rows of the ratio table."""
     from esmm.data import read_arrow, resolve_snapshot
@@ -167,6 +205,8 @@ def main() -> None:
     ap.add_argument("--mem-rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
     ap.add_argument("--mem-model", choices=["small", "paper"], default="small")
     ap.add_argument("--rechub-python", help="python of a venv with torch-rechub (e.g. /tmp/rechub-venv/bin/python)")
+    ap.add_argument("--no-loader", action="store_true", help="skip the Petastorm vs pyarrow loader pass")
+    ap.add_argument("--json", help="also write every part's numbers to this JSON file")
     ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     args = ap.parse_args()
@@ -175,17 +215,26 @@ def main() -> None:
     if args.child:
         memory_child(args.child[0], common + small)
         return
+    out: dict = {"batch_size": args.batch_size, "threads": args.threads, "mem_model": args.mem_model}
     if args.ratio_rows:
-        res = ratio(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.ratio_rows, args.steps, common)
+        res = out["ratio"] = ratio(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.ratio_rows,
+                                   args.steps, common)
         print(f"throughput ({res['steps']} steps x batch {args.batch_size}, paper-size model, "
               f"{args.threads} thread(s)): end-to-end {res['e2e_rows_per_s']:,.0f} rows/s, in-memory "
               f"{res['in_memory_rows_per_s']:,.0f} rows/s, ratio {res['ratio']:.2f} (aim >= 0.85)", flush=True)
+        if not args.no_loader:
+            ld = out["loader"] = loader(os.path.join(args.workdir, f"rows{args.ratio_rows}"), common)
+            print(f"loader (one pass, {ld['rows']:,} rows, to tensors): Petastorm {ld['petastorm_rows_per_s']:,.0f} "
+                  f"rows/s, pyarrow scan {ld['pyarrow_rows_per_s']:,.0f} rows/s, ratio {ld['ratio']:.2f}", flush=True)
         if args.rechub_python:
             rh = rechub(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.steps, args.rechub_python,
                         args.threads, common)
             print(f"torch-rechub ESMM (same {args.steps * args.batch_size:,} rows, batch, embedding, towers): "
                   f"{rh:,.0f} rows/s; ours end-to-end / rechub = {res['e2e_rows_per_s'] / rh:.2f}x (aim >= 3)",
                   flush=True)
+            out["rechub"] = {"rows": args.steps * args.batch_size, "rechub_rows_per_s": rh,
+                             "ratio": res["e2e_rows_per_s"] / rh}
+    out["memory"] = []
     for rows in args.mem_rows:
         root = os.path.join(args.workdir, f"rows{rows}")
         cfg = _cfg(root, [])
@@ -193,15 +242,18 @@ def main() -> None:
             t0 = time.time()
             write_table(cfg.lakehouse.path("examples"), rows, cfg)
             print(f"wrote {rows:,} rows in {time.time() - t0:.0f}s", flush=True)
-        out = subprocess.run([sys.executable, __file__, "--child", root, "--batch-size", str(args.batch_size),
+        proc = subprocess.run([sys.executable, __file__, "--child", root, "--batch-size", str(args.batch_size),
                               "--threads", str(args.threads), "--mem-model", args.mem_model,
                               *sum((["--set", o] for o in args.overrides), [])],
                              capture_output=True, text=True, cwd=REPO)
-        if out.returncode != 0:
-            raise SystemExit(f"memory run for {rows:,} rows failed:\n{out.stderr[-3000:]}")
-        res = json.loads(out.stdout.strip().splitlines()[-1])
+        if proc.returncode != 0:
+            raise SystemExit(f"memory run for {rows:,} rows failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["memory"].append({"rows": rows, **res})
         print(f"memory ({args.mem_model} model, one epoch): {rows:>12,} rows -> {res['samples']:,} trained at "
               f"{res['rows_per_s']:,.0f} rows/s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
+    if args.json:
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -370,6 +370,9 @@ def write_outputs(records: list[dict], cfg: Config, size: str, seeds: int, model
 
 def main(cfg: Config, args, spark_factory) -> int:
     """``esmm bench``: dispatch to the quality bench or the sweep."""
+    if args.size and args.size not in SIZES:
+        print(f"esmm bench {args.which}: --size {args.size} is not one of {', '.join(SIZES)}", file=sys.stderr)
+        return 2
     overrides = list(args.overrides)
     if not any(o.startswith("train.torch_threads=") for o in overrides):
         overrides.append("train.torch_threads=1")  # no OpenMP spinning next to Spark and readers

@@ -304,9 +304,13 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("bench", "benchmarks: `esmm bench quality` (models over seeds), `esmm bench sweep` (regimes), "
-                  "`esmm bench aliccp --data DIR` (the paper's experiment)",
+                  "`esmm bench aliccp --data DIR` (the paper's experiment), `esmm bench perf` (performance suite)",
          _bench_args)
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
+    if args.which == "perf":  # its scripts start their own Spark and torch processes
+        from jobs import bench_perf
+
+        return bench_perf.main(cfg, args)
     from jobs import bench_quality
 
     return bench_quality.main(cfg, args, lambda: _spark(cfg))
