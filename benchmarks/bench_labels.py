@@ -167,14 +167,16 @@ def print_size(r: dict, master: str, cores: int, threads: int) -> None:
     print(f"  Spark label job, first run in the session: {cold:7.1f}s  {n / cold:10,.0f} labelled impressions/s")
     print(f"  Spark label job : {job:7.1f}s  {n / job:10,.0f} labelled impressions/s  "
           f"({r['raw_rows_in'] / job:,.0f} owned raw rows/s; incl. quarantine, counts, 2 Delta commits)")
-    print(f"  Spark SQL query : {sql:7.1f}s  {n / sql:10,.0f} labelled impressions/s  (the reference query only, counted)")
+    print(f"  Spark SQL query : {sql:7.1f}s  {n / sql:10,.0f} labelled impressions/s  "
+          "(the reference query only, counted)")
     print(f"  DuckDB query    : {duck:7.1f}s  {n / duck:10,.0f} labelled impressions/s  "
           f"({r['duckdb_files']} Parquet files; labels materialised in memory)")
     print(f"  Spark job / DuckDB: {job / duck:.2f}x (first run in the session: {cold / duck:.2f}x)")
     print(f"  Spark SQL / DuckDB (same query): {sql / duck:.2f}x")
     print(f"  local Spark JVM peak RSS during the label runs: {r['jvm_peak_rss_mb']:,} MB")
     c = r["counts"]
-    print(f"  counts (rows, clicks, conversions): Spark job {c['job']}  Spark SQL {c['spark_sql']}  DuckDB {c['duckdb']}")
+    print(f"  counts (rows, clicks, conversions): Spark job {c['job']}  Spark SQL {c['spark_sql']}  "
+          f"DuckDB {c['duckdb']}")
 
 
 def main(argv=None) -> int:

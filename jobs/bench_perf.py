@@ -42,7 +42,8 @@ def _script(name: str, args: list[str], out: Path, part: str) -> dict:
     js, log = out / f"{part}.json", out / f"{part}.log"
     js.unlink(missing_ok=True)
     cmd = [sys.executable, str(REPO / "benchmarks" / name), *args, "--json", str(js)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     print(f"esmm bench perf: {part}: {' '.join(cmd[1:])}", flush=True)
     with log.open("w") as fh:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
@@ -77,7 +78,8 @@ def run_parts(size: str, out: Path, rechub_python: str | None) -> tuple[dict, di
     timed("train", lambda: _script("bench_train.py", train_args, out, "train"))
     if rechub_missing and "error" not in raw["train"]:
         raw["train"]["rechub_missing"] = rechub_missing
-    timed("score", lambda: _script("bench_score.py", ["--rows", *map(str, s["score"]), "--repeats", "3"],
+    timed("score", lambda: _script("bench_score.py", ["--rows", *map(str, s["score"]),
+                                                    "--repeats", str(s["score_repeats"])],
                                    out, "score"))
     if s["ingest"]:
         timed("ingest", lambda: _script("bench_ingest.py", ["--sizes", *map(str, s["ingest"]),
@@ -101,7 +103,7 @@ def main(cfg: Config, args) -> int:
     mach = perf_table.machine()
     started = dt.datetime.now(dt.timezone.utc)
     raw, secs = run_parts(size, out, args.rechub_python)
-    rows = perf_table.measures(raw, PERF_SIZES[size]["fixed_day"])
+    rows = perf_table.measures(raw, PERF_SIZES[size]["fixed_day"], PERF_SIZES[size]["labels"])
     when = f"{started:%Y-%m-%d %H:%M} UTC, {sum(secs.values()) / 60:.0f} min"
     block = perf_table.readme_block(rows, mach, size, when)
     (out / "perf.md").write_text(block + "\n")

@@ -80,8 +80,9 @@ def _missing(part: Optional[dict], name: str) -> str:
     return ""
 
 
-def label_rows(labels: Optional[dict], fixed_day: int) -> list[dict]:
-    """Label job vs Spark SQL and DuckDB (at the first scale size), scale curve, fixed cost, JVM memory."""
+def label_rows(labels: Optional[dict], fixed_day: int, scale: tuple[int, ...]) -> list[dict]:
+    """Label job vs Spark SQL and DuckDB (at the first ``scale`` size), the per-row time along
+    ``scale`` (impressions/day), the fixed cost of a ``fixed_day`` day, the JVM's memory."""
     miss = _missing(labels, "label")
     if miss:
         return [_row(k, m, missing=miss) for k, m in (
@@ -90,7 +91,9 @@ def label_rows(labels: Optional[dict], fixed_day: int) -> list[dict]:
             ("labels_fixed_cost", f"one {_n(fixed_day)}-impression day, warm"),
             ("spark_peak_memory", "Spark JVM peak RSS, label job"))]
     by = {r["impressions_per_day"]: r for r in labels["sizes"]}
-    curve = sorted(n for n in by if n != fixed_day) or sorted(by)
+    curve = [n for n in sorted(scale) if n in by]
+    if not curve:
+        return label_rows({"error": f"no scale size {scale} among the measured {sorted(by)}"}, fixed_day, scale)
     base, top = by[curve[0]], by[curve[-1]]
     engine, own = base["spark_sql_s"] / base["duckdb_s"], base["job_s"] / base["spark_sql_s"]
     at = f"at {_n(curve[0])}/day"
@@ -199,9 +202,10 @@ def ingest_rows(ingest: Optional[dict]) -> list[dict]:
                  + f" ({growth:.2f}x)", growth)]
 
 
-def measures(raw: dict, fixed_day: int = 10_000) -> list[dict]:
-    """Every measure of :data:`MEASURES`, in that order."""
-    rows = {r["key"]: r for r in (label_rows(raw.get("labels"), fixed_day) + train_rows(raw.get("train"))
+def measures(raw: dict, fixed_day: int, scale: tuple[int, ...]) -> list[dict]:
+    """Every measure of :data:`MEASURES`, in that order; ``fixed_day`` and ``scale`` are the
+    label sizes of the run (impressions/day) as in :data:`jobs.bench_sizes.PERF_SIZES`."""
+    rows = {r["key"]: r for r in (label_rows(raw.get("labels"), fixed_day, scale) + train_rows(raw.get("train"))
                                   + score_rows(raw.get("score")) + ingest_rows(raw.get("ingest")))}
     return [rows[k] for k in MEASURES]
 

@@ -12,6 +12,7 @@ import pytest
 from jobs import perf_table as T
 
 REPO = Path(__file__).resolve().parents[1]
+SCALE = (1_000_000, 4_000_000)
 
 
 def _label(n, job, sql, duck, rows=None, cold=None, mb=1000):
@@ -41,7 +42,7 @@ def _raw(trainer_mb=(500, 520), fixed_job=3.0, rechub=None):
 
 
 def test_measures_judge_each_aim_on_hand_made_numbers():
-    rows = {r["key"]: r for r in T.measures(_raw())}
+    rows = {r["key"]: r for r in T.measures(_raw(), 10_000, SCALE)}
     assert list(rows) == list(T.MEASURES)
     # label job 20 s, bare Spark SQL 10 s, DuckDB 2 s at the first scale size (1M/day)
     assert rows["labels_vs_spark_sql"]["value"] == pytest.approx(2.0) and rows["labels_vs_spark_sql"]["met"] is False
@@ -68,18 +69,28 @@ def test_measures_judge_each_aim_on_hand_made_numbers():
 
 def test_unmet_and_missing_parts():
     rows = {r["key"]: r for r in T.measures(_raw(trainer_mb=(500, 800), fixed_job=12.0,
-                                                 rechub={"rows": 1000, "rechub_rows_per_s": 4500.0, "ratio": 2.0}))}
+                                                 rechub={"rows": 1000, "rechub_rows_per_s": 4500.0, "ratio": 2.0}),
+                                       10_000, SCALE)}
     assert rows["trainer_peak_memory"]["value"] == pytest.approx(1.6) and rows["trainer_peak_memory"]["met"] is False
     assert rows["labels_fixed_cost"]["met"] is False and "DuckDB 0.10 s" in rows["labels_fixed_cost"]["where"]
     assert rows["train_vs_rechub"]["value"] == 2.0 and rows["train_vs_rechub"]["met"] is False
-    failed = {r["key"]: r for r in T.measures({"labels": {"error": "bench_labels.py exited 1 (see x.log): boom"}})}
+    boom = {"labels": {"error": "bench_labels.py exited 1 (see x.log): boom"}}
+    failed = {r["key"]: r for r in T.measures(boom, 10_000, SCALE)}
     assert failed["labels_vs_duckdb"]["measured"] == "not measured: bench_labels.py exited 1 (see x.log): boom"
     assert failed["score_vs_in_memory"]["measured"] == "not measured: the scoring part did not run"
     assert all(r["met"] is None for r in failed.values())
 
 
+def test_the_fixed_cost_day_may_also_start_the_scale_curve():
+    rows = {r["key"]: r for r in T.measures(_raw(), 10_000, (10_000, 4_000_000))}
+    # job 3 s / 10k rows against 100 s / 4M: 25 us / 300 us per row
+    assert rows["labels_scale"]["value"] == pytest.approx(25e-6 / 300e-6)
+    assert rows["labels_vs_duckdb"]["value"] == pytest.approx(30.0)
+    assert "at 10k/day" in rows["labels_vs_duckdb"]["measure"]
+
+
 def test_markdown_table_has_one_row_per_measure_and_where_lines_for_unmet_aims():
-    rows = T.measures(_raw())
+    rows = T.measures(_raw(), 10_000, SCALE)
     md = T.markdown(rows).splitlines()
     assert md[0] == "| measure | aim | measured | met? |"
     table = [line for line in md[2:] if line.startswith("| ")]
@@ -94,7 +105,7 @@ def test_readme_block_goes_between_the_markers_only():
     text = f"# x\nbefore\n{T.README_BEGIN}\nold numbers\n{T.README_END}\nafter\n"
     m = {"cores": 2, "ram_gib": 24.0, "cpu": "Some CPU", "load_1min": 0.3, "python": "3.11.9", "torch": "2.13.0",
          "pyspark": "3.5.9", "delta_spark": "3.3.3"}
-    block = T.readme_block(T.measures(_raw()), m, "default", "2026-12-02 18:00 UTC, 40 min")
+    block = T.readme_block(T.measures(_raw(), 10_000, SCALE), m, "default", "2026-12-02 18:00 UTC, 40 min")
     new = T.replace_between_markers(text, block)
     assert new.startswith("# x\nbefore\n" + T.README_BEGIN + "\n`esmm bench perf --size default`")
     assert new.endswith(T.README_END + "\nafter\n") and "old numbers" not in new
@@ -141,7 +152,7 @@ def test_bench_perf_tiny_end_to_end(tmp_path):
         else:
             assert isinstance(r["value"], float) and r["value"] > 0, r
     assert all(s["counts_match"] for s in body["raw"]["labels"]["sizes"])
-    assert [s["impressions_per_day"] for s in body["raw"]["labels"]["sizes"]] == [10_000, 20_000, 40_000, 80_000]
+    assert [s["impressions_per_day"] for s in body["raw"]["labels"]["sizes"]] == [10_000, 20_000, 40_000]
     assert body["machine"]["cores"] == os.cpu_count()
     assert "| measure | aim | measured | met? |" in p.stdout
     assert (out / "perf.md").read_text().startswith("`esmm bench perf --size tiny`")
