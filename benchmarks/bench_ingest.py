@@ -20,17 +20,14 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-
-import psutil
 
 A, B, C = "\x01", "\x02", "\x03"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.rss import write_json  # noqa: E402
+from benchmarks.rss import PeakRss, write_json  # noqa: E402
 
 
 def _f(field: str, fid: int) -> str:
@@ -73,18 +70,8 @@ def generate(out: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
     return skel, common
 
 
-def _peak_rss(proc: psutil.Process, stop: threading.Event, box: list[int]) -> None:
-    while not stop.is_set():
-        try:
-            tree = [proc] + proc.children(recursive=True)
-            box[0] = max(box[0], sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-
-
 def ingest(skel: Path, common: Path, lakehouse: Path, driver_memory: str) -> tuple[float, int, str]:
-    """Run `esmm ingest aliccp` in a child process: (seconds, peak RSS bytes, its last log line)."""
+    """Run `esmm ingest aliccp` in a child process: (seconds, peak RSS of its tree in MB, its last log line)."""
     # local_conf keys contain dots, so they come from a file (a --set would nest them).
     mem = lakehouse.parent / "bench_spark.yaml"
     mem.write_text(f"spark:\n  master: local[2]\n  local_conf:\n    spark.driver.memory: {driver_memory}\n")
@@ -93,17 +80,13 @@ def ingest(skel: Path, common: Path, lakehouse: Path, driver_memory: str) -> tup
            "--set", f"lakehouse.root={lakehouse}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    stop, box = threading.Event(), [0]
-    th = threading.Thread(target=_peak_rss, args=(psutil.Process(p.pid), stop, box), daemon=True)
-    th.start()
-    out, _ = p.communicate()
+    with PeakRss() as peak:  # the child, its JVM and Python workers: all descendants of this process
+        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        out, _ = p.communicate()
     secs = time.perf_counter() - t0
-    stop.set()
-    th.join()
     if p.returncode:
         raise RuntimeError(f"ingest failed (exit {p.returncode}): {out[-2000:]}")
-    return secs, box[0], out.strip().splitlines()[-1]
+    return secs, peak.peak_mb, out.strip().splitlines()[-1]
 
 
 def main() -> None:
@@ -122,8 +105,8 @@ def main() -> None:
         print(f"N={n:,}: generated {mb:,.0f} MiB in {time.perf_counter() - t0:.0f}s", flush=True)
         secs, peak, line = ingest(skel, common, d / "lh", a.driver_memory)
         print(f"N={n:,}: ingest {secs:.0f}s (incl. JVM start), {n / secs:,.0f} skeleton lines/s, "
-              f"peak RSS {peak / 2**30:.2f} GiB (driver heap {a.driver_memory})\n  {line}", flush=True)
-        sizes.append({"lines": n, "seconds": secs, "lines_per_s": n / secs, "peak_rss_mb": round(peak / 2**20),
+              f"peak RSS {peak / 1024:.2f} GiB (driver heap {a.driver_memory})\n  {line}", flush=True)
+        sizes.append({"lines": n, "seconds": secs, "lines_per_s": n / secs, "peak_rss_mb": peak,
                       "driver_memory": a.driver_memory, "last_line": line})
     if a.json:
         write_json(a.json, {"sizes": sizes})

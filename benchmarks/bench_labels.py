@@ -19,7 +19,7 @@ For each ``--impressions-per-day`` size in turn, in one Spark session:
 4. Runs the same SQL query on Spark SQL, which separates the engine gap from the
    job's own work.
 5. Prints rows/s for each, the Spark/DuckDB time ratios and the local Spark JVM's
-   peak RSS during the label runs, and fails unless all three give the same label
+   peak RSS during the label runs (alone, and with its Python workers), and fails unless all three give the same label
    counts (rows, clicks, conversions). ``--json`` writes every size's numbers.
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ def measure(spark, cfg, threads: int, reuse: bool) -> dict:
     # The first run in a session also pays the JVM's warm-up (class loading, JIT, code
     # generation of each new plan, the Delta logs); a nightly labels several dates in one
     # session, so the second run (the same day again: idempotent) is the steady state.
-    with PeakRss() as jvm:
+    with PeakRss("java") as jvm, PeakRss() as tree:
         t0 = time.time()
         L.run_day(spark, cfg, day, as_of, log=lambda m: None)
         cold_secs = time.time() - t0
@@ -156,7 +156,8 @@ def measure(spark, cfg, threads: int, reuse: bool) -> dict:
             "labelled_rows": spark_counts[0], "raw_rows_in": sum(c.rows_in for c in report.sources.values()),
             "job_cold_s": cold_secs, "job_s": spark_secs, "spark_sql_s": sql_secs, "duckdb_s": duck_secs,
             "duckdb_files": n_files, "job_phases_s": {k: round(v, 2) for k, v in report.timings.items()},
-            "jvm_peak_rss_mb": jvm.peak_mb, "counts_match": spark_counts == sql_counts == duck_counts,
+            "jvm_peak_rss_mb": jvm.peak_mb, "descendants_peak_rss_mb": tree.peak_mb,
+            "counts_match": spark_counts == sql_counts == duck_counts,
             "counts": {"job": spark_counts, "spark_sql": sql_counts, "duckdb": duck_counts}}
 
 
@@ -173,7 +174,8 @@ def print_size(r: dict, master: str, cores: int, threads: int) -> None:
           f"({r['duckdb_files']} Parquet files; labels materialised in memory)")
     print(f"  Spark job / DuckDB: {job / duck:.2f}x (first run in the session: {cold / duck:.2f}x)")
     print(f"  Spark SQL / DuckDB (same query): {sql / duck:.2f}x")
-    print(f"  local Spark JVM peak RSS during the label runs: {r['jvm_peak_rss_mb']:,} MB")
+    print(f"  local Spark JVM peak RSS during the label runs: {r['jvm_peak_rss_mb']:,} MB "
+          f"(with its Python workers, summed: {r['descendants_peak_rss_mb']:,} MB)")
     c = r["counts"]
     print(f"  counts (rows, clicks, conversions): Spark job {c['job']}  Spark SQL {c['spark_sql']}  "
           f"DuckDB {c['duckdb']}")

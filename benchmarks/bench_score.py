@@ -16,8 +16,8 @@ candidates with the raw feature columns:
 Each of ``--repeats`` Spark runs is compared with the mean of in-memory runs just
 before and after it (the machine may be shared: similar load on both sides).
 Reports rows/s of each, the ratios (aim >= 0.5; the median is the headline), the
-Spark job's seconds per step, the peak RSS of the JVM and its Python workers during
-the Spark runs of each size, and lifetime peaks of the driver process and of its
+Spark job's seconds per step, the peak RSS of the JVM during the Spark runs of each
+size, and lifetime peaks of the driver process and of its
 children. Several ``--rows`` sizes run in turn in one Spark session; ``--json``
 writes the printed JSON to a file too.
 """
@@ -127,7 +127,7 @@ def measure(spark, n: int, cores: int, batch: int, repeats: int) -> dict:
     # The box is shared: interleave the two sides so each Spark run is compared with
     # in-memory runs taken just before and after it, under the same load.
     runs = []
-    jvm = PeakRss()
+    jvm = PeakRss("java")
     for _ in range(repeats):
         before = in_memory_rps()
         with jvm:
@@ -142,7 +142,7 @@ def measure(spark, n: int, cores: int, batch: int, repeats: int) -> dict:
                      "ratio": round(n / spark_s / mem, 3), "spark_phases_s": rep.phases})
     ratios = sorted(r["ratio"] for r in runs)
     return {"rows": n, "model": f"{cfg.model.kind} dim {cfg.model.embedding_dim} tower {cfg.model.tower}",
-            "median_ratio": round(statistics.median(ratios), 3), "runs": runs, "spark_peak_rss_mb": jvm.peak_mb}
+            "median_ratio": round(statistics.median(ratios), 3), "runs": runs, "jvm_peak_rss_mb": jvm.peak_mb}
 
 
 if __name__ == "__main__":

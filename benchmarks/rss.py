@@ -13,12 +13,14 @@ import time
 import psutil
 
 
-def descendants_rss_mb() -> int:
-    """Current RSS of this process's descendants together (the JVM and its Python workers), MB."""
+def descendants_rss_mb(name: str | None = None) -> int:
+    """Current RSS of this process's descendants together, MB; only those called ``name`` if given
+    (``java``: the local Spark JVM). Forked Python workers share pages, so their sum overstates."""
     total = 0
     for p in psutil.Process().children(recursive=True):
         try:
-            total += p.memory_info().rss
+            if name is None or p.name() == name:
+                total += p.memory_info().rss
         except psutil.Error:  # ended between the listing and the read
             pass
     return round(total / 2**20)
@@ -43,16 +45,17 @@ def descendant_peaks_mb() -> dict[str, int]:
 class PeakRss:
     """Highest summed RSS of this process's descendants while the block runs (sampled every
     ``interval`` s; a JVM's VmHWM covers its whole life, so it cannot tell sizes apart).
-    Re-entering the same object keeps the highest peak of all its blocks."""
+    Re-entering the same object keeps the highest peak of all its blocks. ``name``: count only
+    the descendants of that process name (``java``)."""
 
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak_mb = interval, 0
+    def __init__(self, name: str | None = None, interval: float = 0.2):
+        self.name, self.interval, self.peak_mb = name, interval, 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, descendants_rss_mb())
+            self.peak_mb = max(self.peak_mb, descendants_rss_mb(self.name))
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakRss":
@@ -64,7 +67,7 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, descendants_rss_mb())
+        self.peak_mb = max(self.peak_mb, descendants_rss_mb(self.name))
 
 
 def write_json(path: str, body: dict) -> None:

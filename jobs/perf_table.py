@@ -12,7 +12,7 @@ or ``{"error": "..."}``)::
              "loader": {petastorm_rows_per_s, pyarrow_rows_per_s, ratio, rows},
              "rechub": {rechub_rows_per_s, ratio, rows},
              "memory": [{rows, peak_rss_mb, rows_per_s}, ...]}                 (benchmarks/bench_train.py)
-    score:  {"sizes": [{rows, median_ratio, runs: [{spark_phases_s, ...}], spark_peak_rss_mb}, ...]}
+    score:  {"sizes": [{rows, median_ratio, runs: [{spark_phases_s, ...}], jvm_peak_rss_mb}, ...]}
                                                                                (benchmarks/bench_score.py)
     ingest: {"sizes": [{lines, lines_per_s, peak_rss_mb}, ...]}                (benchmarks/bench_ingest.py)
 

@@ -140,7 +140,7 @@ def test_bench_perf_tiny_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-m", "jobs.cli", "bench", "perf", "--size", "tiny", "--out", str(out),
                         "--set", f"lakehouse.root={tmp_path / 'lh'}"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=900)
+                       text=True, timeout=1800)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     body = json.loads((out / "perf.json").read_text())
     rows = {r["key"]: r for r in body["measures"]}
