@@ -115,6 +115,25 @@ def test_readme_block_goes_between_the_markers_only():
         T.replace_between_markers("# no markers\n", block)
 
 
+def test_write_readme_rewrites_only_the_block(tmp_path):
+    from jobs.bench_perf import write_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n## Performance\ntext\n{T.README_BEGIN}\nold\n{T.README_END}\n## Next\n")
+    write_readme(readme, "| measure | aim | measured | met? |")
+    assert readme.read_text() == (f"# t\n## Performance\ntext\n{T.README_BEGIN}\n| measure | aim | measured | met? |\n"
+                                  f"{T.README_END}\n## Next\n")
+
+
+def test_each_bench_refuses_the_other_benches_sizes(capsys):
+    from jobs.cli import main
+
+    assert main(["bench", "quality", "--size", "small"]) == 2
+    assert "--size small is not one of tiny, sweep, default, large" in capsys.readouterr().err
+    assert main(["bench", "perf", "--size", "sweep"]) == 2
+    assert "--size sweep is not a perf size (tiny, small, default)" in capsys.readouterr().err
+
+
 def test_the_readme_has_the_markers_in_its_performance_section():
     text = (REPO / "README.md").read_text()
     section = text.split("## Performance", 1)[1].split("\n## ", 1)[0]
