@@ -11,7 +11,7 @@ peak memory and its own Spark JVM) and each writing its numbers as JSON:
    loader vs a raw pyarrow scan, torch-rechub's ESMM (with ``--rechub-python``),
    and the trainer's peak RSS at two table sizes;
 3. ``bench_score.py`` at two sizes: the scoring job vs in-memory inference;
-4. ``bench_ingest.py`` at two sizes (not at size tiny): Ali-CCP ingest peak RSS.
+4. ``bench_ingest.py`` at two sizes: Ali-CCP ingest lines/s and peak RSS.
 
 Writes under ``--out`` (default ``<lakehouse.root>/reports/bench_perf``):
 ``perf.json`` (``size``, ``machine``, ``seconds`` per part, ``raw`` per part,

@@ -15,7 +15,7 @@ SIZES = {  # name: (days, impressions per day); the last day is the evaluation d
 PERF_SIZES = {
     "tiny": {"labels": (10_000, 20_000, 40_000), "fixed_day": 10_000,
              "score": (10_000, 40_000), "score_repeats": 1,
-             "train_rows": 20_000, "train_steps": 15, "mem_rows": (20_000, 80_000), "ingest": ()},
+             "train_rows": 20_000, "train_steps": 15, "mem_rows": (20_000, 80_000), "ingest": (2_000, 4_000)},
     "small": {"labels": (100_000, 400_000, 1_600_000), "fixed_day": 10_000,
               "score": (100_000, 400_000), "score_repeats": 3,
               "train_rows": 200_000, "train_steps": 100, "mem_rows": (200_000, 1_000_000),

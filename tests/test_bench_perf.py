@@ -164,7 +164,7 @@ def test_bench_perf_tiny_end_to_end(tmp_path):
     body = json.loads((out / "perf.json").read_text())
     rows = {r["key"]: r for r in body["measures"]}
     assert list(rows) == list(T.MEASURES)
-    not_measured = {"train_vs_rechub", "ingest_peak_memory"}  # no --rechub-python; no ingest at size tiny
+    not_measured = {"train_vs_rechub"}  # no --rechub-python
     for key, r in rows.items():
         if key in not_measured:
             assert r["value"] is None and r["measured"].startswith("not measured"), r
