@@ -197,7 +197,7 @@ def ingest_rows(ingest: Optional[dict]) -> list[dict]:
         return [_row("ingest_peak_memory", m, missing=miss)]
     s = ingest["sizes"]
     growth = s[-1]["peak_rss_mb"] / s[0]["peak_rss_mb"]
-    return [_row("ingest_peak_memory", m, ", ".join(f"{_n(x['lines'])} lines: {x['peak_rss_mb']:,} MB, "
+    return [_row("ingest_peak_memory", m, "; ".join(f"{_n(x['lines'])} lines: {x['peak_rss_mb']:,} MB, "
                                                     f"{x['lines_per_s']:,.0f} lines/s" for x in s)
                  + f" ({growth:.2f}x)", growth)]
 

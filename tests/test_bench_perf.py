@@ -74,6 +74,12 @@ def test_unmet_and_missing_parts():
     assert rows["trainer_peak_memory"]["value"] == pytest.approx(1.6) and rows["trainer_peak_memory"]["met"] is False
     assert rows["labels_fixed_cost"]["met"] is False and "DuckDB 0.10 s" in rows["labels_fixed_cost"]["where"]
     assert rows["train_vs_rechub"]["value"] == 2.0 and rows["train_vs_rechub"]["met"] is False
+    raw = _raw()
+    raw["ingest"] = {"sizes": [{"lines": 250_000, "lines_per_s": 3000.0, "peak_rss_mb": 2000},
+                               {"lines": 1_000_000, "lines_per_s": 3100.0, "peak_rss_mb": 2500}]}
+    ingest = {r["key"]: r for r in T.measures(raw, 10_000, SCALE)}["ingest_peak_memory"]
+    assert ingest["value"] == pytest.approx(1.25) and ingest["met"] is None
+    assert ingest["measured"] == "250k lines: 2,000 MB, 3,000 lines/s; 1M lines: 2,500 MB, 3,100 lines/s (1.25x)"
     boom = {"labels": {"error": "bench_labels.py exited 1 (see x.log): boom"}}
     failed = {r["key"]: r for r in T.measures(boom, 10_000, SCALE)}
     assert failed["labels_vs_duckdb"]["measured"] == "not measured: bench_labels.py exited 1 (see x.log): boom"
