@@ -10,8 +10,14 @@ A feature list holds ``feature_num`` features separated by ``\\x01``; a feature 
 common row the user side of one impression. Every feature id of a field is kept:
 a field marked ``multi`` in the feature spec becomes an ARRAY<STRING> column of all
 its ids (skeleton ids first, then common ids, each in file order); a single-valued
-field becomes a STRING column (NULL when the row has none). The ``\\x03`` value
-(a weight) is not kept.
+field becomes a STRING column (NULL when the row has none).
+
+The ``\\x03`` value is dropped (every id is kept, whatever its value): the ESMM
+paper's model embeds and pools ids, with no per-id weight. The fields whose values carry
+information are the multi-valued behaviour fields and crosses (torch-rechub's processing
+keeps a dense ``D<field>`` column for exactly 109_14, 110_14, 127_14, 150_14, 508, 509,
+702, 853; README, Ali-CCP). Keeping them would need a weight array beside each id array
+through labels, examples, loader and scorer (EmbeddingBag weights ids in ``sum`` mode only).
 
 Output rows follow the ``curated/labels`` contract (one row per impression)::
 
@@ -21,8 +27,15 @@ Output rows follow the ``curated/labels`` contract (one row per impression)::
     label_mature BOOLEAN (true: the release's labels are final), as_of TIMESTAMP (end of dt), dt STRING
 
 The release has no timestamps, so each split gets a pseudo-date (``aliccp.train_date``,
-``aliccp.test_date``, or ``--date`` for a slice): the ESMM paper trains on the train
-half and evaluates on the test half.
+``aliccp.val_date``, ``aliccp.test_date``; every layout, every file of a split on its
+date; ``--date`` puts a slice on a date of its own, never another split's): the ESMM
+paper trains on the train half and evaluates on the test half.
+
+The gate: the quarantine is written first; when more than ``aliccp.max_bad_fraction``
+of a source's records (skeleton lines, common lines) are quarantined the job raises
+:class:`IngestGateError` naming the file, the counts and the top reasons, and
+``curated/labels`` is not written (that date keeps what an earlier ingest wrote).
+:class:`IngestGateError` is re-exported here for callers of the jobs.
 
 PaddleRec's processed text layout (``sample_id,click,conversion,field:id,...``, a
 multi-valued field repeated) goes through the same :func:`to_labels` (:func:`run_paddle`),
@@ -52,6 +65,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from esmm.config import CategoricalField, Config, FeatureSpec
+from pipelines.ingest_gate import IngestGateError, check_bad_fraction  # noqa: F401 (IngestGateError: re-exported)
 
 SPLITS = ("train", "val", "test")
 SOURCES = ("aliccp_skeleton", "aliccp_common")
@@ -335,28 +349,6 @@ def parse_paddle(lines: DataFrame) -> DataFrame:
 
 
 # --------------------------------------------------------------------------- jobs
-
-
-class IngestGateError(RuntimeError):
-    """A source's quarantined share exceeds ``aliccp.max_bad_fraction``; curated/labels untouched."""
-
-
-def check_bad_fraction(reasons: dict[str, dict[str, int]], read: dict[str, tuple[int, str]], day: str,
-                       max_bad_fraction: float) -> None:
-    """Raise :class:`IngestGateError` for the first source whose quarantined share is above
-    ``max_bad_fraction``. ``reasons``: source -> reason -> quarantined records;
-    ``read``: source -> (records read, the file(s) they came from)."""
-    for source, (n_read, files) in read.items():
-        bad = sum(reasons.get(source, {}).values())
-        if n_read and bad / n_read > max_bad_fraction:
-            top = sorted(reasons[source].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-            raise IngestGateError(
-                f"esmm ingest {files}: {bad:,} of {n_read:,} {source} records ({bad / n_read:.2%}) "
-                f"quarantined, above aliccp.max_bad_fraction={max_bad_fraction:.2%}; top reasons: "
-                + ", ".join(f"{r} {n:,}" for r, n in top)
-                + f". curated/labels dt={day} was not written (an earlier ingest of that date, if any, "
-                f"is untouched); this run's quarantine rows of dt={day} were written, to inspect. "
-                f"Fix the file, or raise aliccp.max_bad_fraction if this is expected.")
 
 
 def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, day: str,

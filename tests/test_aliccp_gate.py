@@ -5,7 +5,7 @@ from pyspark.sql import functions as F
 
 from esmm.config import REPO_ROOT
 from esmm.config_loader import load_config
-from pipelines import aliccp
+from pipelines import aliccp, ingest_gate
 from pipelines.delta_io import read_delta
 
 A, B, C = "\x01", "\x02", "\x03"
@@ -64,7 +64,7 @@ def test_under_the_bad_fraction_the_ingest_writes_and_keeps_ids_not_weights(spar
 def test_the_gate_counts_each_source_against_its_own_lines():
     reasons = {"aliccp_skeleton": {"bad_label": 1}, "aliccp_common": {"bad_feature": 3, "malformed_line": 1}}
     read = {"aliccp_skeleton": (1000, "s.csv"), "aliccp_common": (100, "c.csv")}
-    aliccp.check_bad_fraction(reasons, read, "2018-01-01", 0.04)  # 0.1% and 4.0%: not above
-    with pytest.raises(aliccp.IngestGateError, match=r"c\.csv: 4 of 100 aliccp_common records \(4\.00%\).*"
+    ingest_gate.check_bad_fraction(reasons, read, "2018-01-01", 0.04)  # 0.1% and 4.0%: not above
+    with pytest.raises(ingest_gate.IngestGateError, match=r"c\.csv: 4 of 100 aliccp_common records \(4\.00%\).*"
                                                       r"top reasons: bad_feature 3, malformed_line 1"):
-        aliccp.check_bad_fraction(reasons, read, "2018-01-01", 0.03)
+        ingest_gate.check_bad_fraction(reasons, read, "2018-01-01", 0.03)
