@@ -534,16 +534,20 @@ class AliccpConfig:
     Each split gets a pseudo-date ``dt`` so the date-windowed trainer can use it:
     the ESMM paper trains on the release's train half and evaluates on its test half,
     i.e. ``--train-start/--train-end train_date --eval-date test_date``. ``val_date``
-    is the processed layouts' validation file.
+    is the processed layouts' validation file. ``max_bad_fraction``: an ingest whose
+    quarantined share of a source's records exceeds it fails without writing labels.
     """
 
     train_date: str = "2018-01-01"
     val_date: str = "2018-01-02"
     test_date: str = "2018-01-03"
+    max_bad_fraction: float = 0.01
 
     def validate(self, key: str) -> None:
         dates = [parse_date(getattr(self, n), f"{key}.{n}") for n in ("train_date", "val_date", "test_date")]
         _require(len(set(dates)) == 3, key, f"train_date, val_date and test_date must differ, got {dates}")
+        _require(0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction",
+                 f"{self.max_bad_fraction} is outside [0, 1]")
 
     def date_of(self, split: str) -> str:
         return getattr(self, f"{split}_date")

@@ -388,7 +388,7 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skeleton", help="sample_skeleton_{train,test}.csv")
     p.add_argument("--common", help="common_features_{train,test}.csv")
     p.add_argument("--split", choices=["train", "val", "test"], help="which split (dt: aliccp.<split>_date)")
-    p.add_argument("--date", help="dt for this file instead of aliccp.<split>_date (a slice)")
+    p.add_argument("--date", help="dt instead of aliccp.<split>_date (a slice; not another split's date)")
 
 
 @command("ingest", "ingest Ali-CCP into curated/labels (use --conf conf/aliccp.yaml)", _ingest_args)
@@ -402,12 +402,16 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
               "aliccp-paddle needs PATH... and --split", file=sys.stderr)
         return 2
     spark = _spark(cfg)
-    if args.layout == "aliccp":
-        aliccp.run(spark, cfg, args.skeleton, args.common, args.split, day=args.date)
-    elif args.layout == "aliccp-paddle":
-        aliccp.run_paddle(spark, cfg, args.paths, args.split, day=args.date)
-    else:
-        aliccp.run_csv(spark, cfg, args.paths, split=args.split)
+    try:
+        if args.layout == "aliccp":
+            aliccp.run(spark, cfg, args.skeleton, args.common, args.split, day=args.date)
+        elif args.layout == "aliccp-paddle":
+            aliccp.run_paddle(spark, cfg, args.paths, args.split, day=args.date)
+        else:
+            aliccp.run_csv(spark, cfg, args.paths, split=args.split, day=args.date)
+    except aliccp.IngestGateError as e:
+        print(f"esmm ingest: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
