@@ -60,7 +60,7 @@ def embedding_gradients(model_cfg: ModelConfig, world_size: int, device: torch.d
     if want is False:
         return False, "embedding gradients dense (model.sparse_embedding=false)"
     where = f"DDP over gloo, world size {world_size}" if world_size > 1 else "single process"
-    return True, f"embedding gradients sparse (model.sparse_embedding={want}, {where})"
+    return True, f"embedding gradients sparse (model.sparse_embedding={str(want).lower()}, {where})"
 
 
 def amp_dtype() -> torch.dtype:
