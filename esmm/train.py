@@ -11,7 +11,7 @@ the model, the loss of ``cfg.model.kind`` (esmm.losses), and two optimizers: Ada
 on the towers, SparseAdam (or Adagrad) on the embedding table, whose gradient is
 sparse so a step touches only the rows of the batch; under DDP over NCCL (no sparse
 all-reduce) the gradient is dense and the table's optimizer Adam (esmm/parallel.py,
-``model.sparse_embedding``). ``train.amp``: bf16 autocast of forward and loss on CUDA.
+``model.sparse_embedding``). ``train.amp``: bf16 autocast of the forward pass on CUDA.
 
 Uneven shards (a rank may even have no file at all): before each step the ranks
 all-reduce (MAX) a "have a batch" flag. While any rank has data, a rank that ran
