@@ -9,7 +9,9 @@
 Per step: every rank reads its own shard of one Delta snapshot (esmm.data), runs
 the model, the loss of ``cfg.model.kind`` (esmm.losses), and two optimizers: Adam
 on the towers, SparseAdam (or Adagrad) on the embedding table, whose gradient is
-sparse so a step touches only the rows of the batch.
+sparse so a step touches only the rows of the batch; under DDP over NCCL (no sparse
+all-reduce) the gradient is dense and the table's optimizer Adam (esmm/parallel.py,
+``model.sparse_embedding``). ``train.amp``: bf16 autocast of the forward pass on CUDA.
 
 Uneven shards (a rank may even have no file at all): before each step the ranks
 all-reduce (MAX) a "have a batch" flag. While any rank has data, a rank that ran
@@ -51,6 +53,7 @@ from esmm.config import Config
 from esmm.data import Batch, Snapshot, cat_width, example_batches, latest_version, resolve_snapshot
 from esmm.losses import compute_loss
 from esmm.model import EntireSpaceModel, build_model
+from esmm.parallel import embedding_gradients, note, precision
 
 # Fields that change how a run is observed, not what it computes: they do not
 # enter the checkpoint key, so a crashed run can be resumed with them changed.
@@ -81,6 +84,8 @@ class TrainResult:
     # "total", <part>: float ...}; also in the artifact's losses.json.
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: Optional[str] = None
+    # sha256 of this rank's final parameters: equal on every rank while the replicas stay in sync.
+    param_digest: str = ""
 
 
 @dataclass
@@ -134,9 +139,9 @@ def _optimizers(model: EntireSpaceModel, cfg: Config) -> tuple[torch.optim.Optim
     emb = [model.embedding.table.weight]
     if t.embedding_optimizer == "adagrad":
         sparse = torch.optim.Adagrad(emb, lr=t.embedding_lr)
-    elif cfg.model.sparse_embedding:
+    elif model.embedding.table.sparse:
         sparse = torch.optim.SparseAdam(emb, lr=t.embedding_lr)
-    else:  # dense gradients (e.g. NCCL without sparse all-reduce): plain Adam
+    else:  # dense gradients (DDP over NCCL has no sparse all-reduce): plain Adam
         sparse = torch.optim.Adam(emb, lr=t.embedding_lr)
     return dense, sparse
 
@@ -237,10 +242,9 @@ def train(cfg: Config) -> TrainResult:
 
 def _train(cfg: Config, d: _Dist) -> TrainResult:
     t = cfg.train
-    if d.world_size > 1 and d.device.type == "cuda" and cfg.model.sparse_embedding:
-        # NCCL has no sparse all-reduce for DDP's sparse gradient buckets (gloo has).
-        raise RuntimeError("DDP over NCCL cannot all-reduce the sparse embedding gradient; "
-                           "run with --set model.sparse_embedding=false on GPUs (or gloo on CPU)")
+    sparse, why = embedding_gradients(cfg.model, d.world_size, d.device)
+    prec = precision(t, d.device)
+    note(f"{why}; {prec.note}", d.is_main)
     table = cfg.lakehouse.path("examples")
     # All ranks must read the same version: rank 0 picks it, the others receive it.
     version = t.examples_version if t.examples_version is not None else (
@@ -253,7 +257,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
 
     # Seeds differ per rank (dropout, shuffling); DDP broadcasts rank 0's initial weights.
     torch.manual_seed(t.seed + d.rank)
-    model = build_model(cfg.model, cfg.features)
+    model = build_model(dataclasses.replace(cfg.model, sparse_embedding=sparse), cfg.features)
     model.to(d.device)
     dense_opt, emb_opt = _optimizers(model, cfg)
 
@@ -323,8 +327,9 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                     continue
                 dry = batch is None
                 b = (_dummy_batch(cfg) if dry else batch).to(d.device)
-                out = net(b.cat, b.num)
-                loss = compute_loss(out, b.click, b.conversion, cfg.model)
+                with prec.autocast(d.device):
+                    out = net(b.cat, b.num)
+                loss = compute_loss(prec.fp32(out), b.click, b.conversion, cfg.model)
                 dense_opt.zero_grad(set_to_none=True)
                 emb_opt.zero_grad(set_to_none=True)
                 (loss.total * 0.0 if dry else loss.total).backward()
@@ -367,10 +372,19 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                          examples_version=version, steps=step, samples=samples, seconds=seconds,
                          samples_per_s=(samples - samples0) / max(seconds, 1e-9),
                          resumed_from_step=resumed, losses=dict(running.values),
-                         checkpoint=str(ckpt_path), total_samples=total, history=history.records)
+                         checkpoint=str(ckpt_path), total_samples=total, history=history.records,
+                         param_digest=_digest(model))
     if d.is_main:
         _finish(cfg, model, snapshot, result, key, d)
     return result
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult,
@@ -404,6 +418,7 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
         "train": dataclasses.asdict(t),
         "training": {"steps": result.steps, "samples": result.samples, "seconds": result.seconds,
                      "samples_per_s": result.samples_per_s, "world_size": d.world_size,
+                     "embedding_gradients": "sparse" if model.embedding.table.sparse else "dense",
                      "losses": result.losses, "resumed_from_step": result.resumed_from_step},
         "metrics": metrics, "calibration": calibration, "code_version": registry.code_version(),
     }
