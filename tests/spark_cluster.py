@@ -147,8 +147,9 @@ class StandaloneCluster:
     def submit_background(self, argv: list[str], log: Path, conf: dict[str, str] | None = None
                           ) -> subprocess.Popen:
         with open(log, "w") as out:
+            # Own process group: a test that gives up can stop the JVM and its Python driver together.
             return subprocess.Popen(self.submit_cmd(argv, conf), env=self.env, cwd=self.log_dir,
-                                    stdout=out, stderr=subprocess.STDOUT)
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def rest(ui_port: int, path: str):

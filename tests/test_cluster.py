@@ -16,7 +16,6 @@ import io
 import os
 import shutil
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -97,7 +96,6 @@ def assert_same_table(spark, got_root: Path, want_root: Path, table: str, where:
     assert not only_got and not only_want, (
         f"{table}: {sum(only_got.values())} row(s) only on the cluster, {sum(only_want.values())} only "
         f"locally; e.g. cluster {list(only_got)[:2]} local {list(only_want)[:2]}")
-    assert sum(g.values()) > 0, f"{table}: no rows to compare"
     return sum(g.values())
 
 
@@ -151,13 +149,13 @@ def test_generate_job(cluster, local, spark, tmp_path):
     _on_cluster(out, cluster.url)
     assert "generated 4,000 impressions over 2 day(s)" in out
     for table in RAW:
-        assert_same_table(spark, root, local[0], table)
+        assert assert_same_table(spark, root, local[0], table) > 0, table
 
 
 def test_label_job(cluster, local, cluster_root, cluster_labels, spark):
     _on_cluster(cluster_labels, cluster.url)
     assert assert_same_table(spark, cluster_root, local[0], "labels") >= 3000
-    assert_same_table(spark, cluster_root, local[0], "quarantine")
+    assert assert_same_table(spark, cluster_root, local[0], "quarantine") > 0
 
 
 def test_feature_job(cluster, local, cluster_root, cluster_features, spark):
@@ -165,7 +163,7 @@ def test_feature_job(cluster, local, cluster_root, cluster_features, spark):
     assert assert_same_table(spark, cluster_root, local[0], "examples") >= 3000
 
 
-def test_score_job(cluster, local, cluster_root, cluster_labels, spark):
+def test_score_job(cluster, local, cluster_root, spark):
     local_root, model_id = local
     _copy_tables(local_root, cluster_root, ("registry",))  # the registry names the artifact's own directory
     out = _ok(cluster.submit(["score", "--date", D2, "--model", model_id, *_sets(cluster_root)]), "esmm score")
@@ -179,7 +177,8 @@ def test_score_job(cluster, local, cluster_root, cluster_labels, spark):
     assert got.keys() == want.keys()
     assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7) for k in want), \
         [(k, got[k], want[k]) for k in want if got[k] != pytest.approx(want[k], rel=1e-6, abs=1e-7)][:3]
-    assert_same_table(spark, cluster_root, local_root, "quarantine", where="source = 'score'")
+    # The raw impressions are clean candidates: both runs quarantine nothing (compared all the same).
+    assert assert_same_table(spark, cluster_root, local_root, "quarantine", where="source = 'score'") == 0
 
 
 def test_label_job_survives_a_killed_executor(cluster, local, spark, tmp_path, free_port):
@@ -189,38 +188,46 @@ def test_label_job_survives_a_killed_executor(cluster, local, spark, tmp_path, f
     log = tmp_path / "labels.log"
     job = cluster.submit_background([*LABELS, *_sets(root)], log, conf={"spark.ui.port": str(ui)})
     try:
-        apps = []
-        wait_for(lambda: job.poll() is not None or bool(apps.extend(rest(ui, "applications") or []) or apps),
-                 300, "the label job's driver UI")
+        apps: list[dict] = []
+
+        def driver_up() -> bool:
+            apps[:] = rest(ui, "applications") or []
+            return bool(apps) or job.poll() is not None
+
+        wait_for(driver_up, 300, "the label job's driver UI")
         assert apps, f"the label job ended before its UI came up:\n{log.read_text()[-4000:]}"
         app_id = apps[0]["id"]
 
-        # Kill the JVM of an executor that is running tasks right now, once.
+        # Kill, once, the JVM of an executor that is running a task and holds cached blocks of
+        # the job's persisted intermediates: Spark must re-run the task and recompute the blocks.
         victim = {}
 
         def busy_executor() -> bool:
-            assert job.poll() is None, f"the label job ended before any task ran:\n{log.read_text()[-4000:]}"
+            assert job.poll() is None, f"the label job ended before an executor was killed:\n{log.read_text()[-4000:]}"
             for e in rest(ui, f"applications/{app_id}/executors") or []:
-                if e["id"] != "driver" and e["activeTasks"] > 0:
+                if e["id"] != "driver" and e["activeTasks"] > 0 and e["rddBlocks"] > 0:
                     pid = executor_pid(app_id, e["id"])
                     if pid is not None:
                         os.kill(pid, signal.SIGKILL)
-                        victim.update(id=e["id"], pid=pid, tasks=e["activeTasks"], at=time.time())
+                        victim.update(id=e["id"], pid=pid, tasks=e["activeTasks"], blocks=e["rddBlocks"])
                         return True
             return False
 
-        wait_for(busy_executor, 300, "an executor running a task of the label job", interval=0.05)
+        wait_for(busy_executor, 300, "an executor running a task and holding cached blocks", interval=0.05)
         rc = job.wait(600)
     finally:
         if job.poll() is None:
-            job.kill()
+            os.killpg(job.pid, signal.SIGKILL)
             job.wait()
     out = log.read_text()
     assert rc == 0, f"the label job failed after executor {victim} was killed:\n{out[-6000:]}"
     _on_cluster(out, cluster.url)
     # Spark saw the executor go and re-ran what it had been doing.
     assert f"Lost executor {victim['id']} " in out, out[-4000:]
-    assert "ExecutorLostFailure" in out, "no task was lost: the kill landed between tasks"
+    # (Spark 3.5 words it "failed because while it was being computed, its executor exited"
+    # when the executor's exit is not blamed on the task, ExecutorLostFailure otherwise.)
+    assert "its executor exited" in out or "ExecutorLostFailure" in out, \
+        f"no running task was lost with executor {victim}: the kill landed between tasks"
     # Nothing lost or doubled: the tables equal the uninterrupted local run's.
     assert assert_same_table(spark, root, local[0], "labels") >= 3000
-    assert_same_table(spark, root, local[0], "quarantine")
+    assert assert_same_table(spark, root, local[0], "quarantine") > 0
