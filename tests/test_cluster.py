@@ -198,8 +198,9 @@ def test_label_job_survives_a_killed_executor(cluster, local, spark, tmp_path, f
         assert apps, f"the label job ended before its UI came up:\n{log.read_text()[-4000:]}"
         app_id = apps[0]["id"]
 
-        # Kill, once, the JVM of an executor that is running a task and holds cached blocks of
-        # the job's persisted intermediates: Spark must re-run the task and recompute the blocks.
+        # Kill, once, the JVM of an executor that is running a task and holds cached blocks (Delta's
+        # snapshot state or the job's persisted intermediates): Spark must re-run the task, and
+        # recompute the blocks and shuffle outputs that died with it.
         victim = {}
 
         def busy_executor() -> bool:
