@@ -154,6 +154,15 @@ def _any_has_batch(have: bool, d: _Dist) -> bool:
     return bool(flag.item())
 
 
+def _gather_counts(n: int, d: _Dist) -> list[int]:
+    """``n`` of every rank, in rank order (a collective: all ranks call it together)."""
+    if d.world_size == 1:
+        return [n]
+    got = [torch.zeros(1, dtype=torch.long, device=d.device) for _ in range(d.world_size)]
+    dist.all_gather(got, torch.tensor([n], dtype=torch.long, device=d.device))
+    return [int(x.item()) for x in got]
+
+
 def _dummy_batch(cfg: Config) -> Batch:
     """One all-zero row: a dry rank's stand-in so it joins the gradient all-reduce."""
     return Batch(torch.zeros(1, cat_width(cfg.features), dtype=torch.long),
@@ -242,7 +251,9 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         model.load_state_dict(state["model"])
         dense_opt.load_state_dict(state["dense_opt"])
         emb_opt.load_state_dict(state["emb_opt"])
-        step, epoch0, skip, samples = state["step"], state["epoch"], state["batches_in_epoch"], state["samples"]
+        step, epoch0, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        # Each rank resumes its own count: the shards are uneven, so rank 0's is not theirs.
+        samples = state.get("rank_samples", [state["samples"]] * d.world_size)[d.rank]
         history.records = list(state.get("history", []))
         resumed = step
 
@@ -253,10 +264,12 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
     def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
+        rank_samples = _gather_counts(samples, d)  # every rank calls this at the same step
         if d.is_main:
             _atomic_save({"model": model.state_dict(), "dense_opt": dense_opt.state_dict(),
                           "emb_opt": emb_opt.state_dict(), "step": step, "epoch": epoch,
                           "batches_in_epoch": batches_in_epoch, "samples": samples,
+                          "rank_samples": rank_samples,
                           "history": history.records,
                           "config": cfg.to_dict(), "examples_version": version, "run_key": key},
                          ckpt_path)

@@ -226,7 +226,8 @@ def write_result_json(path: str, r) -> None:
     """Rank 0's :class:`esmm.train.TrainResult` as JSON, written whole or not at all."""
     body = {"model_id": r.model_id, "artifact_dir": r.artifact_dir, "metrics": r.metrics,
             "examples_version": r.examples_version, "steps": r.steps,
-            "total_samples": r.total_samples, "world_size": r.world_size, "seconds": r.seconds}
+            "total_samples": r.total_samples, "world_size": r.world_size, "seconds": r.seconds,
+            "resumed_from_step": r.resumed_from_step}
     tmp = f"{path}.tmp{os.getpid()}"
     Path(tmp).write_text(json.dumps(body, default=float))
     os.replace(tmp, path)

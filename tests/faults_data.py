@@ -77,8 +77,8 @@ def save_champion(cfg, model_id: str = "m-faults") -> str:
     from esmm.config import CategoricalField, FeatureSpec, NumericField
     from esmm.model import build_model
 
-    spec = FeatureSpec(categorical=[CategoricalField("device", buckets=8), CategoricalField("user_id", buckets=64)],
-                       numeric=[NumericField("price")])
+    spec = FeatureSpec(categorical=[CategoricalField("device", buckets=8),
+                                    CategoricalField("user_id", buckets=64)], numeric=[NumericField("price")])
     mcfg = dataclasses.replace(cfg.model, embedding_dim=4, tower=[8])
     torch.manual_seed(7)
     net = build_model(mcfg, spec).eval()
@@ -92,3 +92,48 @@ def save_champion(cfg, model_id: str = "m-faults") -> str:
     registry.register(reg, art)
     registry.promote(reg, model_id)
     return model_id
+
+
+def cli_sets(root: Path, raw_paths: dict[str, str], *extra: str) -> list[str]:
+    """``--set`` arguments: the lakehouse, the raw tables, the label windows, ``extra``."""
+    sets = [f"lakehouse.root={root}", *source_overrides(raw_paths), *LABEL_OVERRIDES, *extra]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def labels_cmd(root: Path, raw_paths: dict[str, str], day: str, *extra: str) -> list[str]:
+    return ["labels", "--date", day, *cli_sets(root, raw_paths, *extra)]
+
+
+def score_cmd(root: Path, raw_paths: dict[str, str], day: str, *extra: str) -> list[str]:
+    return ["score", "--date", day, *cli_sets(root, raw_paths, *extra)]
+
+
+TABLES = {  # name: (folder under the lakehouse root, the columns compared; run ids and times left out)
+    "labels": ("curated/labels", ["impression_id", "click", "first_click_ts", "conversion", "conversion_ts",
+                                  "label_mature", "as_of", "dt"]),
+    "quarantine": ("curated/quarantine", ["source", "record_id", "reason", "record", "dt"]),
+    "scores": ("serving/scores", ["impression_id", "pctr", "pcvr", "pctcvr", "model_id", "dt"]),
+}
+
+
+def tables(spark, root: Path) -> dict[str, list[tuple] | int | None]:
+    """Rows of each of :data:`TABLES` as sorted string tuples, and each one's Delta version
+    (``<name>_version``); None for a table that does not exist."""
+    from delta.tables import DeltaTable
+
+    out: dict = {}
+    for name, (folder, cols) in TABLES.items():
+        path = str(root / folder)
+        if not DeltaTable.isDeltaTable(spark, path):
+            out[name], out[f"{name}_version"] = None, None
+            continue
+        df = spark.read.format("delta").load(path)
+        out[name] = sorted(tuple(r) for r in df.select(*[F.col(c).cast("string") for c in cols]).collect())
+        out[f"{name}_version"] = DeltaTable.forPath(spark, path).history(1).first()["version"]
+    return out
+
+
+def without_versions(t: dict) -> dict:
+    return {k: v for k, v in t.items() if not k.endswith("_version")}
+
+

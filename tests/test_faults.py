@@ -1,5 +1,5 @@
-"""Storage faults at the label job's edges: a corrupt Parquet file or a truncated Delta log
-entry in a raw table, a read-only or full lakehouse.
+"""Faults at the jobs' edges: the label or scoring driver killed mid-write; a corrupt Parquet
+file or a truncated Delta log entry in a raw table; a read-only or full lakehouse.
 
 Each fault must end the job with its documented exit code (jobs/cli.py) and a message
 naming the table and file, with no traceback; the output tables must stay at their
@@ -12,14 +12,16 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from pyspark.sql import functions as F
-
-from faults_data import DAYS, LABEL_OVERRIDES, source_overrides, write_raw_world
+from faults_data import (DAYS, labels_cmd, save_champion, score_cmd, tables, without_versions,
+                         write_raw_world)
 from jobs.cli import EXIT_INPUT_UNREADABLE, EXIT_WRITE_FAILED, main
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
@@ -32,42 +34,104 @@ def raw(spark, tmp_path_factory):
     return write_raw_world(spark, tmp_path_factory.mktemp("raw"))
 
 
-def labels_cmd(root: Path, raw_paths: dict[str, str], day: str) -> list[str]:
-    sets = [f"lakehouse.root={root}", *source_overrides(raw_paths), *LABEL_OVERRIDES]
-    return ["labels", "--date", day, *[a for s in sets for a in ("--set", s)]]
-
-
-def tables(spark, root: Path) -> dict[str, list[tuple]]:
-    """Label and quarantine rows (without the run id and time) and each table's Delta version."""
-    from delta.tables import DeltaTable
-
-    out: dict = {}
-    for name, cols in (("labels", ["impression_id", "click", "first_click_ts", "conversion", "conversion_ts",
-                                   "label_mature", "as_of", "dt"]),
-                       ("quarantine", ["source", "record_id", "reason", "record", "dt"])):
-        path = str(root / "curated" / name)
-        if not DeltaTable.isDeltaTable(spark, path):
-            out[name], out[f"{name}_version"] = None, None
-            continue
-        df = spark.read.format("delta").load(path)
-        out[name] = sorted(tuple(r) for r in df.select(*[F.col(c).cast("string") for c in cols]).collect())
-        out[f"{name}_version"] = DeltaTable.forPath(spark, path).history(1).first()["version"]
-    return out
-
-
-def without_versions(t: dict) -> dict:
-    return {k: v for k, v in t.items() if not k.endswith("_version")}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def reference(spark, raw, tmp_path_factory):
-    """The tables of an uninterrupted run: labels of D1, then of D2, on a clean lakehouse."""
+    """The tables of an uninterrupted run on a clean lakehouse: labels of D1, then of D2."""
     root = tmp_path_factory.mktemp("reference")
     for d in DAYS:
         assert main(labels_cmd(root, raw, d)) == 0
     t = tables(spark, root)
     assert t["labels"] and t["quarantine"]  # the world has labels and one orphan click
     return without_versions(t)
+
+
+@pytest.fixture(scope="module")
+def scored_reference(spark, raw, reference, tmp_path_factory):
+    """``reference`` plus serving/scores of D1 and D2 by the champion of :func:`save_champion`."""
+    from esmm.config_loader import load_config
+
+    root = tmp_path_factory.mktemp("scored-reference")
+    save_champion(load_config(overrides=[f"lakehouse.root={root}"]))
+    for d in DAYS:
+        assert main(score_cmd(root, raw, d)) == 0
+    t = without_versions(tables(spark, root))
+    assert t["scores"] and {r[0] for r in t["scores"]} == {r[0] for r in reference["labels"]}
+    return t["scores"]
+
+
+# --------------------------------------------------------------------------- driver killed mid-write
+
+# One local core and one row per file: the killed write lasts seconds, not milliseconds.
+SLOW_WRITE = ["spark.master=local[1]",
+              "spark.conf={spark.sql.files.maxRecordsPerFile: '1', spark.sql.session.timeZone: UTC}"]
+
+
+def data_files(folder: Path) -> set[str]:
+    return {str(p) for p in folder.rglob("*.parquet")}
+
+
+def kill_while_writing(args: list[str], table: Path, log: Path, timeout: float = 900) -> set[str]:
+    """Run ``python -m jobs.cli ARGS`` as a scheduler would (stdin closed, own process group)
+    and SIGKILL the whole group (Python driver and its JVM) as soon as a new data file of
+    ``table`` appears. Returns the new files seen; fails if the job ended first."""
+    before = data_files(table)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env,
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        deadline = time.time() + timeout
+        try:
+            while p.poll() is None and time.time() < deadline:
+                new = data_files(table) - before
+                if new:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                    return new
+                time.sleep(0.01)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    pytest.fail(f"the job ended (exit {p.returncode}) before writing a file of {table}:\n"
+                + log.read_text()[-3000:])
+
+
+@pytest.mark.slow
+def test_label_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_equals_a_clean_run(
+        spark, raw, reference, tmp_path):
+    root = tmp_path / "lake"
+    assert main(labels_cmd(root, raw, D1)) == 0
+    before = tables(spark, root)
+    orphans = kill_while_writing(labels_cmd(root, raw, D2, *SLOW_WRITE), root / "curated" / "labels",
+                                 tmp_path / "killed.log")
+    after = tables(spark, root)
+    # Data files of the killed write exist, but no commit names them: readers see D1 only.
+    assert all(f"dt={D2}" in f for f in orphans)
+    assert (after["labels"], after["labels_version"]) == (before["labels"], before["labels_version"])
+    assert main(labels_cmd(root, raw, D2)) == 0
+    assert without_versions(tables(spark, root)) == {**reference, "scores": None}
+
+
+@pytest.mark.slow
+def test_score_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_equals_a_clean_run(
+        spark, raw, scored_reference, tmp_path):
+    from esmm.config_loader import load_config
+
+    root = tmp_path / "lake"
+    save_champion(load_config(overrides=[f"lakehouse.root={root}"]))
+    assert main(score_cmd(root, raw, D1)) == 0
+    before = tables(spark, root)
+    orphans = kill_while_writing(score_cmd(root, raw, D2, *SLOW_WRITE), root / "serving" / "scores",
+                                 tmp_path / "killed.log")
+    after = tables(spark, root)
+    assert all(f"dt={D2}" in f for f in orphans)
+    assert (after["scores"], after["scores_version"]) == (before["scores"], before["scores_version"])
+    assert main(score_cmd(root, raw, D2)) == 0
+    assert without_versions(tables(spark, root))["scores"] == scored_reference
 
 
 def copy_raw(raw: dict[str, str], to: Path) -> dict[str, str]:
