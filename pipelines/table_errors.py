@@ -28,6 +28,8 @@ from typing import Callable, Iterator, Optional
 _WRITE_FAULTS = ("No space left on device", "Read-only file system", "Permission denied",
                  "AccessDenied", "Mkdirs failed", "Not a directory", "ParentNotDirectory",
                  "Disk quota exceeded")
+# Exception text of a data file that does not decode (worth checking the footers for).
+_FILE_FAULT = re.compile(r"(?i)parquet|thrift|checksum|EOFException|magic number|BlockMissing")
 _CAUSE = re.compile(r"(?:^|Caused by: |: )((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): [^\n]{1,300})")
 
 
@@ -120,8 +122,9 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> Iterator[
     """Translate a Spark failure inside the block that comes from reading one of ``tables``
     (``{name: (path, a function listing its data files)}``) into :class:`TableReadError`.
 
-    The file is named from the JVM message when it names one; otherwise the footers of
-    the table's files are checked one by one (only after a failure; no data is read).
+    The file is named from the JVM message when it names one; otherwise, when the message
+    is about a file that does not decode, the footers of the table's files are checked one
+    by one (only after such a failure; no data is read).
     Failures that are not about an input (a write fault, a bug) pass through unchanged.
     """
     try:
@@ -136,7 +139,7 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> Iterator[
             raise
         for name, (path, list_files) in tables.items():
             file = _named_file(text, path)
-            if file is None:
+            if file is None and _FILE_FAULT.search(text):
                 try:
                     file = unreadable_data_file(list_files())
                 except Exception:  # noqa: BLE001 - diagnosis is best effort; the cause is still named
