@@ -107,9 +107,28 @@ def _setup(cfg: Config) -> _Dist:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=dt.timedelta(minutes=30))
+        _init_group("nccl" if use_cuda else "gloo", rank, world, dt.timedelta(minutes=30))
     return _Dist(rank, world, local, device)
+
+
+def _init_group(backend: str, rank: int, world: int, timeout: dt.timedelta) -> None:
+    """The default process group; under torchrun, keyed by the restart round.
+
+    Why: torchrun's agent keeps one store across ``--max-restarts`` rounds, so the keys a
+    killed round left (its rank 0's address) are still there when the restarted ranks
+    meet; a rank that read the old address first failed with "Gloo connectFullMesh
+    failed ... Connection refused" (about every other restart here). A prefix per round
+    makes each round see only its own keys.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+        return
+    hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=hosts_store, timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"esmm/restart_{restart}", store),
+                            rank=rank, world_size=world, timeout=timeout)
 
 
 def _run_key(cfg: Config, table: str, version: int, world: int) -> str:
