@@ -114,9 +114,28 @@ def _setup(cfg: Config) -> _Dist:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=dt.timedelta(minutes=30))
+        _init_group("nccl" if use_cuda else "gloo", rank, world, dt.timedelta(minutes=30))
     return _Dist(rank, world, local, device)
+
+
+def _init_group(backend: str, rank: int, world: int, timeout: dt.timedelta) -> None:
+    """The default process group; under torchrun, keyed by the restart round.
+
+    Why: torchrun's agent keeps one store across ``--max-restarts`` rounds, so the keys a
+    killed round left (its rank 0's address) are still there when the restarted ranks
+    meet; a rank that read the old address first failed with "Gloo connectFullMesh
+    failed ... Connection refused" (about every other restart here). A prefix per round
+    makes each round see only its own keys.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+        return
+    hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=hosts_store, timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"esmm/restart_{restart}", store),
+                            rank=rank, world_size=world, timeout=timeout)
 
 
 def _run_key(cfg: Config, table: str, version: int, world: int) -> str:
@@ -189,6 +208,15 @@ def _any_has_batch(have: bool, d: _Dist) -> bool:
     flag = torch.tensor([1 if have else 0], dtype=torch.int32, device=d.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def _gather_counts(n: int, d: _Dist) -> list[int]:
+    """``n`` of every rank, in rank order (a collective: all ranks call it together)."""
+    if d.world_size == 1:
+        return [n]
+    got = [torch.zeros(1, dtype=torch.long, device=d.device) for _ in range(d.world_size)]
+    dist.all_gather(got, torch.tensor([n], dtype=torch.long, device=d.device))
+    return [int(x.item()) for x in got]
 
 
 def _dummy_batch(cfg: Config) -> Batch:
@@ -278,7 +306,9 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         model.load_state_dict(state["model"])
         dense_opt.load_state_dict(state["dense_opt"])
         emb_opt.load_state_dict(state["emb_opt"])
-        step, epoch0, skip, samples = state["step"], state["epoch"], state["batches_in_epoch"], state["samples"]
+        step, epoch0, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        # Each rank resumes its own count: the shards are uneven, so rank 0's is not theirs.
+        samples = state.get("rank_samples", [state["samples"]] * d.world_size)[d.rank]
         history.records = list(state.get("history", []))
         resumed = step
 
@@ -295,10 +325,12 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
     def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
+        rank_samples = _gather_counts(samples, d)  # every rank calls this at the same step
         if d.is_main:
             _atomic_save({"model": model.state_dict(), "dense_opt": dense_opt.state_dict(),
                           "emb_opt": emb_opt.state_dict(), "step": step, "epoch": epoch,
                           "batches_in_epoch": batches_in_epoch, "samples": samples,
+                          "rank_samples": rank_samples,
                           "history": history.records,
                           "config": cfg.to_dict(), "examples_version": version, "run_key": key},
                          ckpt_path)
