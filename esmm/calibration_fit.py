@@ -1,7 +1,7 @@
 """Fitting calibration maps for a trained model: in the trainer, and ``esmm calibrate``.
 
 Reads the calibration day(s) of ``curated/examples`` (label-mature rows only),
-runs the model on them (:func:`esmm.evaluate.predict`), fits
+runs the model on them in batches (:func:`esmm.evaluate.predict_rows`), fits
 :class:`esmm.calibration.CalibrationMaps` and saves them into the artifact
 (``calibration.pt``, plus a ``calibration`` summary in ``meta.json``).
 """
@@ -16,7 +16,7 @@ import torch
 
 from esmm.calibration import CalibrationError, CalibrationMaps
 from esmm.config import CalibrationConfig, Config, FeatureSpec
-from esmm.data import Snapshot, pack_categorical, read_arrow, resolve_snapshot
+from esmm.data import Snapshot, resolve_snapshot
 
 
 def check_fields(cal: CalibrationConfig, spec: FeatureSpec) -> None:
@@ -48,21 +48,16 @@ def predict_snapshot(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSp
                      device: str | torch.device = "cpu"
                      ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(raw predictions {pctr, pcvr, pctcvr}, click, conversion, {field: encoded values}), all [n]."""
-    from esmm.evaluate import predict
+    from esmm.evaluate import predict_rows
 
-    cat_names = [f.name for f in spec.categorical]
-    num_names = [f.name for f in spec.numeric]
-    table = read_arrow(snapshot, ["click", "conversion", "label_mature", *cat_names, *num_names],
-                       filter_mature=mature_only)
-    df = table.to_pandas()
-    if len(df) == 0:
+    # Streams batches of batch_size rows (train.eval_batch_size): no whole-day [n, W] matrix.
+    pred, cols = predict_rows(model, snapshot, spec, list(dict.fromkeys(["click", "conversion", *fields])),
+                              mature_only=mature_only, batch_size=batch_size, device=device)
+    if len(cols["click"]) == 0:
         raise CalibrationError(f"{snapshot.table_path} v{snapshot.version}: no label-mature row on "
                                f"{list(snapshot.dates)}; calibrate on a day whose labels are mature")
-    cat = pack_categorical({n: table.column(n) for n in cat_names}, spec)  # [n, W]: multi-valued fields too
-    num = df[num_names].to_numpy(dtype=np.float32) if num_names else np.zeros((len(df), 0), np.float32)
-    pred = predict(model, cat, num, batch_size, device)
-    values = {f: df[f].to_numpy(dtype=np.int64) for f in fields}
-    return pred, df["click"].to_numpy(), df["conversion"].to_numpy(), values
+    values = {f: np.asarray(cols[f], dtype=np.int64) for f in fields}
+    return pred, cols["click"], cols["conversion"], values
 
 
 def fit_on_snapshot(model: torch.nn.Module, model_id: str, snapshot: Snapshot, spec: FeatureSpec,

@@ -318,13 +318,15 @@ class ModelConfig:
     ``propensity_calibration`` ``batch`` rescales that pCTR so its batch mean is
     the batch's click rate, ``ips_normalization`` divides the inverse-propensity
     sums by |D| (``all``, the paper's) or by the sum of the weights (``self``).
+    ``sparse_embedding``: auto | true | false, the embedding table's gradient
+    (auto: sparse except under DDP over NCCL; see esmm/parallel.py).
     """
 
     kind: str = "esmm"
     embedding_dim: int = 18
     tower: list[int] = field(default_factory=_default_tower)
     dropout: float = 0.1
-    sparse_embedding: bool = True
+    sparse_embedding: bool | str = "auto"
     ctcvr_weight: float = 1.0
     cvr_risk_weight: float = 1.0
     imputation_weight: float = 1.0
@@ -339,6 +341,8 @@ class ModelConfig:
         _require(len(self.tower) >= 1 and all(h >= 1 for h in self.tower), f"{key}.tower",
                  f"{self.tower} must be a non-empty list of positive sizes")
         _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"{self.dropout} is outside [0, 1)")
+        _require(self.sparse_embedding in (True, False, "auto"), f"{key}.sparse_embedding",
+                 f"{self.sparse_embedding!r} is not one of auto, true, false")
         _require(0.0 < self.propensity_clip <= 1.0, f"{key}.propensity_clip",
                  f"{self.propensity_clip} is outside (0, 1]")
         _require(self.propensity_calibration in PROPENSITY_CALIBRATIONS, f"{key}.propensity_calibration",
@@ -362,6 +366,7 @@ class TrainConfig:
     last step (steps estimated from the Delta log's row counts). ``shuffle_buffer``
     is in rows. ``checkpoint_dir`` null = ``<lakehouse.root>/checkpoints``.
     ``fail_after_steps`` > 0 raises after that many steps (crash drills and tests).
+    ``amp``: bf16 autocast on CUDA (esmm/parallel.py); refused with ``device=cpu``.
     """
 
     train_start: Optional[str] = None
@@ -381,6 +386,7 @@ class TrainConfig:
     shuffle_buffer: int = 50000
     reader_workers: int = 2
     device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False
     torch_threads: int = 0  # 0 = torch's default; 1 on a small shared CPU box
     checkpoint_every: int = 500
     checkpoint_dir: Optional[str] = None
@@ -413,6 +419,8 @@ class TrainConfig:
                  f"{self.lr_final_fraction} must be in [0, 1]")
         _require(self.device in ("auto", "cpu", "cuda"), f"{key}.device",
                  f"{self.device!r} is not one of auto, cpu, cuda")
+        _require(not (self.amp and self.device == "cpu"), f"{key}.amp",
+                 "true needs a GPU (bf16 autocast on CUDA) but train.device=cpu; set train.amp=false")
         _require(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
         _require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _require(self.reader_workers >= 1, f"{key}.reader_workers", "must be >= 1")
@@ -534,16 +542,20 @@ class AliccpConfig:
     Each split gets a pseudo-date ``dt`` so the date-windowed trainer can use it:
     the ESMM paper trains on the release's train half and evaluates on its test half,
     i.e. ``--train-start/--train-end train_date --eval-date test_date``. ``val_date``
-    is the processed layouts' validation file.
+    is the processed layouts' validation file. ``max_bad_fraction``: an ingest whose
+    quarantined share of a source's records exceeds it fails without writing labels.
     """
 
     train_date: str = "2018-01-01"
     val_date: str = "2018-01-02"
     test_date: str = "2018-01-03"
+    max_bad_fraction: float = 0.01
 
     def validate(self, key: str) -> None:
         dates = [parse_date(getattr(self, n), f"{key}.{n}") for n in ("train_date", "val_date", "test_date")]
         _require(len(set(dates)) == 3, key, f"train_date, val_date and test_date must differ, got {dates}")
+        _require(0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction",
+                 f"{self.max_bad_fraction} is outside [0, 1]")
 
     def date_of(self, split: str) -> str:
         return getattr(self, f"{split}_date")

@@ -262,13 +262,34 @@ def _row_group_count(files: list[str]) -> int:
     return total
 
 
+def _local_paths(snapshot: Snapshot) -> list[str]:
+    return [f[len("file://"):] if f.startswith("file://") else f for f in snapshot.files]
+
+
+def _mature(batch) -> np.ndarray:
+    return np.asarray(batch.column("label_mature").to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def read_arrow(snapshot: Snapshot, columns: list[str], filter_mature: bool = False):
-    """The snapshot's rows as one pyarrow Table (evaluation: one or a few days)."""
+    """The snapshot's rows as one pyarrow Table (scalar columns of one or a few days)."""
     import pyarrow.dataset as ds
 
-    paths = [f[len("file://"):] if f.startswith("file://") else f for f in snapshot.files]
-    table = ds.dataset(paths, format="parquet").to_table(columns=columns)
-    if filter_mature:
-        mask = np.asarray(table.column("label_mature").to_numpy(zero_copy_only=False), dtype=bool)
-        table = table.filter(mask)
-    return table
+    table = ds.dataset(_local_paths(snapshot), format="parquet").to_table(columns=columns)
+    return table.filter(_mature(table)) if filter_mature else table
+
+
+def arrow_batches(snapshot: Snapshot, columns: list[str], batch_size: int,
+                  filter_mature: bool = False) -> Iterator:
+    """The snapshot's rows as pyarrow RecordBatches of at most ``batch_size`` rows (none empty).
+
+    Evaluation streams a day through these, so a multi-valued field is packed into
+    its padded [B, max_len] block one batch at a time, never for the whole day.
+    """
+    import pyarrow.dataset as ds
+
+    for rb in ds.dataset(_local_paths(snapshot), format="parquet").to_batches(
+            columns=columns, batch_size=batch_size):
+        if filter_mature:
+            rb = rb.filter(_mature(rb))
+        if rb.num_rows:
+            yield rb

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from esmm.config import FeatureSpec
-from esmm.data import Snapshot, pack_categorical, read_arrow
+from esmm.data import Snapshot, arrow_batches, pack_categorical
 
 if TYPE_CHECKING:
     from esmm.calibration import CalibrationMaps
@@ -99,6 +99,32 @@ def predict(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch_size
             out[k].append(res[k].double().cpu().numpy())
     net.train(was_training)
     return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+
+
+def predict_rows(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, keep: list[str], *,
+                 mature_only: bool = True, batch_size: int = 16384, device: str | torch.device = "cpu"
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Scores of ``snapshot``'s rows: (predictions {'pctr', 'pcvr', 'pctcvr'} float64 [n],
+    {column in ``keep``: its values [n]}), rows in file order (label-mature only when ``mature_only``).
+
+    The rows stream as Arrow batches of at most ``batch_size`` rows, each packed (cat [B, W],
+    num [B, N]) and scored on its own: memory holds one batch's padded multi-valued ids,
+    never a whole day's [n, W] matrix.
+    """
+    columns = list(dict.fromkeys([*keep, "label_mature", *(f.name for f in spec.categorical),
+                                  *(f.name for f in spec.numeric)]))
+    preds: list[dict[str, np.ndarray]] = []
+    kept: dict[str, list[np.ndarray]] = {c: [] for c in keep}
+    for rb in arrow_batches(snapshot, columns, batch_size, mature_only):
+        cat = pack_categorical({f.name: rb.column(f.name) for f in spec.categorical}, spec)
+        num = np.zeros((rb.num_rows, len(spec.numeric)), np.float32)
+        for j, f in enumerate(spec.numeric):
+            num[:, j] = rb.column(f.name).to_numpy(zero_copy_only=False)
+        preds.append(predict(model, cat, num, batch_size, device))
+        for c in keep:
+            kept[c].append(rb.column(c).to_numpy(zero_copy_only=False))
+    pred = {k: np.concatenate([p[k] for p in preds]) if preds else np.zeros(0) for k in ("pctr", "pcvr", "pctcvr")}
+    return pred, {c: np.concatenate(v) if v else np.zeros(0) for c, v in kept.items()}
 
 
 def compute_metrics(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
@@ -177,30 +203,27 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     metrics, diagram and saved scores are those of the calibrated scores, i.e.
     what ``esmm score`` writes to serving/scores; ``calibrated`` = 1.0 says so.
     """
-    cat_names = [f.name for f in spec.categorical]
-    num_names = [f.name for f in spec.numeric]
-    table = read_arrow(snapshot, ["impression_id", "click", "conversion", "label_mature",
-                                  *cat_names, *num_names], filter_mature=mature_only)
-    df = table.to_pandas()
-    cat = pack_categorical({n: table.column(n) for n in cat_names}, spec)
-    num = df[num_names].to_numpy(dtype=np.float32) if num_names else np.zeros((len(df), 0), np.float32)
-    pred = predict(model, cat, num, batch_size, device)
+    fields = list(calibration.fields) if calibration is not None else []
+    keep = list(dict.fromkeys(["impression_id", "click", "conversion", *fields]))
+    pred, cols = predict_rows(model, snapshot, spec, keep, mature_only=mature_only,
+                              batch_size=batch_size, device=device)
     if calibration is not None:
         from esmm.calibration import apply
 
-        fields = {f: df[f].to_numpy() for f in calibration.fields}
-        pctr, pcvr, pctcvr = apply(calibration, pred["pctr"], pred["pctcvr"], fields)
+        pctr, pcvr, pctcvr = apply(calibration, pred["pctr"], pred["pctcvr"], {f: cols[f] for f in fields})
         pred = {**pred, "pctr": pctr, "pcvr": pcvr, "pctcvr": pctcvr}
-    click, conv = df["click"].to_numpy(), df["conversion"].to_numpy()
+    ids, click, conv = cols["impression_id"], cols["click"], cols["conversion"]
     metrics = compute_metrics(pred, click, conv)
     if calibration is not None:
         metrics["calibrated"] = 1.0
     truth = read_truth(truth_path, list(snapshot.dates)) if truth_path else None
     if truth is not None:
-        joined = df[["impression_id"]].assign(_row=np.arange(len(df))).merge(
+        import pandas as pd
+
+        joined = pd.DataFrame({"impression_id": ids, "_row": np.arange(len(ids))}).merge(
             truth.drop_duplicates("impression_id"), on="impression_id", how="inner")
         rows = joined["_row"].to_numpy()
-        metrics["truth_coverage"] = float(len(rows) / max(len(df), 1))
+        metrics["truth_coverage"] = float(len(rows) / max(len(ids), 1))
         sub = {k: v[rows] for k, v in pred.items()}
         pot = joined["potential_conversion"].to_numpy() if "potential_conversion" in joined else None
         tctr = joined["true_ctr"].to_numpy() if "true_ctr" in joined else None
@@ -214,7 +237,7 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     if predictions_path is not None:
         from esmm.gate import save_predictions
 
-        save_predictions(predictions_path, df["impression_id"].to_numpy(), click, conv, pred)
+        save_predictions(predictions_path, ids, click, conv, pred)
     return metrics
 
 

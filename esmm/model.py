@@ -22,7 +22,8 @@ network; see docs/model.md).
 
 The embedding is one ``nn.Embedding`` over all fields (row offset per field), with
 ``sparse=True`` by default so that each step touches only the rows of the batch
-(a dense Adam step over a 2.3M-row table is ~3x slower).
+(a dense Adam step over a 2.3M-row table is ~3x slower); dense under DDP over NCCL
+(``model.sparse_embedding``, esmm/parallel.py).
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ class EntireSpaceModel(nn.Module):
         self.kind = cfg.kind
         self.embedding = FeatureEmbedding(
             [f.buckets for f in spec.categorical], len(spec.numeric), cfg.embedding_dim,
-            cfg.sparse_embedding, [(f.max_len, f.pooling) if f.multi else None for f in spec.categorical])
+            cfg.sparse_embedding is not False,  # auto: sparse unless train() resolved it (esmm/parallel.py)
+            [(f.max_len, f.pooling) if f.multi else None for f in spec.categorical])
         h = self.embedding.out_dim
         self.ctr_tower = Tower(h, cfg.tower, cfg.dropout)
         self.cvr_tower = Tower(h, cfg.tower, cfg.dropout)

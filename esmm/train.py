@@ -9,7 +9,9 @@
 Per step: every rank reads its own shard of one Delta snapshot (esmm.data), runs
 the model, the loss of ``cfg.model.kind`` (esmm.losses), and two optimizers: Adam
 on the towers, SparseAdam (or Adagrad) on the embedding table, whose gradient is
-sparse so a step touches only the rows of the batch.
+sparse so a step touches only the rows of the batch; under DDP over NCCL (no sparse
+all-reduce) the gradient is dense and the table's optimizer Adam (esmm/parallel.py,
+``model.sparse_embedding``). ``train.amp``: bf16 autocast of the forward pass on CUDA.
 
 Uneven shards (a rank may even have no file at all): before each step the ranks
 all-reduce (MAX) a "have a batch" flag. While any rank has data, a rank that ran
@@ -51,6 +53,7 @@ from esmm.config import Config
 from esmm.data import Batch, Snapshot, cat_width, example_batches, latest_version, resolve_snapshot
 from esmm.losses import compute_loss
 from esmm.model import EntireSpaceModel, build_model
+from esmm.parallel import embedding_gradients, note, precision
 
 # Fields that change how a run is observed, not what it computes: they do not
 # enter the checkpoint key, so a crashed run can be resumed with them changed.
@@ -81,6 +84,8 @@ class TrainResult:
     # "total", <part>: float ...}; also in the artifact's losses.json.
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: Optional[str] = None
+    # sha256 of this rank's final parameters: equal on every rank while the replicas stay in sync.
+    param_digest: str = ""
 
 
 @dataclass
@@ -109,9 +114,28 @@ def _setup(cfg: Config) -> _Dist:
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=dt.timedelta(minutes=30))
+        _init_group("nccl" if use_cuda else "gloo", rank, world, dt.timedelta(minutes=30))
     return _Dist(rank, world, local, device)
+
+
+def _init_group(backend: str, rank: int, world: int, timeout: dt.timedelta) -> None:
+    """The default process group; under torchrun, keyed by the restart round.
+
+    Why: torchrun's agent keeps one store across ``--max-restarts`` rounds, so the keys a
+    killed round left (its rank 0's address) are still there when the restarted ranks
+    meet; a rank that read the old address first failed with "Gloo connectFullMesh
+    failed ... Connection refused" (about every other restart here). A prefix per round
+    makes each round see only its own keys.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+        return
+    hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=hosts_store, timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"esmm/restart_{restart}", store),
+                            rank=rank, world_size=world, timeout=timeout)
 
 
 def _run_key(cfg: Config, table: str, version: int, world: int) -> str:
@@ -134,9 +158,9 @@ def _optimizers(model: EntireSpaceModel, cfg: Config) -> tuple[torch.optim.Optim
     emb = [model.embedding.table.weight]
     if t.embedding_optimizer == "adagrad":
         sparse = torch.optim.Adagrad(emb, lr=t.embedding_lr)
-    elif cfg.model.sparse_embedding:
+    elif model.embedding.table.sparse:
         sparse = torch.optim.SparseAdam(emb, lr=t.embedding_lr)
-    else:  # dense gradients (e.g. NCCL without sparse all-reduce): plain Adam
+    else:  # dense gradients (DDP over NCCL has no sparse all-reduce): plain Adam
         sparse = torch.optim.Adam(emb, lr=t.embedding_lr)
     return dense, sparse
 
@@ -184,6 +208,15 @@ def _any_has_batch(have: bool, d: _Dist) -> bool:
     flag = torch.tensor([1 if have else 0], dtype=torch.int32, device=d.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def _gather_counts(n: int, d: _Dist) -> list[int]:
+    """``n`` of every rank, in rank order (a collective: all ranks call it together)."""
+    if d.world_size == 1:
+        return [n]
+    got = [torch.zeros(1, dtype=torch.long, device=d.device) for _ in range(d.world_size)]
+    dist.all_gather(got, torch.tensor([n], dtype=torch.long, device=d.device))
+    return [int(x.item()) for x in got]
 
 
 def _dummy_batch(cfg: Config) -> Batch:
@@ -237,10 +270,9 @@ def train(cfg: Config) -> TrainResult:
 
 def _train(cfg: Config, d: _Dist) -> TrainResult:
     t = cfg.train
-    if d.world_size > 1 and d.device.type == "cuda" and cfg.model.sparse_embedding:
-        # NCCL has no sparse all-reduce for DDP's sparse gradient buckets (gloo has).
-        raise RuntimeError("DDP over NCCL cannot all-reduce the sparse embedding gradient; "
-                           "run with --set model.sparse_embedding=false on GPUs (or gloo on CPU)")
+    sparse, why = embedding_gradients(cfg.model, d.world_size, d.device)
+    prec = precision(t, d.device)
+    note(f"{why}; {prec.note}", d.is_main)
     table = cfg.lakehouse.path("examples")
     # All ranks must read the same version: rank 0 picks it, the others receive it.
     version = t.examples_version if t.examples_version is not None else (
@@ -253,7 +285,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
 
     # Seeds differ per rank (dropout, shuffling); DDP broadcasts rank 0's initial weights.
     torch.manual_seed(t.seed + d.rank)
-    model = build_model(cfg.model, cfg.features)
+    model = build_model(dataclasses.replace(cfg.model, sparse_embedding=sparse), cfg.features)
     model.to(d.device)
     dense_opt, emb_opt = _optimizers(model, cfg)
 
@@ -274,7 +306,9 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         model.load_state_dict(state["model"])
         dense_opt.load_state_dict(state["dense_opt"])
         emb_opt.load_state_dict(state["emb_opt"])
-        step, epoch0, skip, samples = state["step"], state["epoch"], state["batches_in_epoch"], state["samples"]
+        step, epoch0, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        # Each rank resumes its own count: the shards are uneven, so rank 0's is not theirs.
+        samples = state.get("rank_samples", [state["samples"]] * d.world_size)[d.rank]
         history.records = list(state.get("history", []))
         resumed = step
 
@@ -291,10 +325,12 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
     def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
+        rank_samples = _gather_counts(samples, d)  # every rank calls this at the same step
         if d.is_main:
             _atomic_save({"model": model.state_dict(), "dense_opt": dense_opt.state_dict(),
                           "emb_opt": emb_opt.state_dict(), "step": step, "epoch": epoch,
                           "batches_in_epoch": batches_in_epoch, "samples": samples,
+                          "rank_samples": rank_samples,
                           "history": history.records,
                           "config": cfg.to_dict(), "examples_version": version, "run_key": key},
                          ckpt_path)
@@ -323,8 +359,9 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                     continue
                 dry = batch is None
                 b = (_dummy_batch(cfg) if dry else batch).to(d.device)
-                out = net(b.cat, b.num)
-                loss = compute_loss(out, b.click, b.conversion, cfg.model)
+                with prec.autocast(d.device):
+                    out = net(b.cat, b.num)
+                loss = compute_loss(prec.fp32(out), b.click, b.conversion, cfg.model)
                 dense_opt.zero_grad(set_to_none=True)
                 emb_opt.zero_grad(set_to_none=True)
                 (loss.total * 0.0 if dry else loss.total).backward()
@@ -367,10 +404,19 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                          examples_version=version, steps=step, samples=samples, seconds=seconds,
                          samples_per_s=(samples - samples0) / max(seconds, 1e-9),
                          resumed_from_step=resumed, losses=dict(running.values),
-                         checkpoint=str(ckpt_path), total_samples=total, history=history.records)
+                         checkpoint=str(ckpt_path), total_samples=total, history=history.records,
+                         param_digest=_digest(model))
     if d.is_main:
         _finish(cfg, model, snapshot, result, key, d)
     return result
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult,
@@ -404,6 +450,7 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
         "train": dataclasses.asdict(t),
         "training": {"steps": result.steps, "samples": result.samples, "seconds": result.seconds,
                      "samples_per_s": result.samples_per_s, "world_size": d.world_size,
+                     "embedding_gradients": "sparse" if model.embedding.table.sparse else "dense",
                      "losses": result.losses, "resumed_from_step": result.resumed_from_step},
         "metrics": metrics, "calibration": calibration, "code_version": registry.code_version(),
     }

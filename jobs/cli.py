@@ -12,6 +12,13 @@ Under spark-submit run this file itself::
     spark-submit --packages io.delta:delta-spark_2.12:3.3.3 jobs/cli.py generate --set ...
 
 under torchrun run the module: ``torchrun --nproc_per_node N -m jobs.cli train ...``.
+
+Exit codes of every command (``nightly`` adds its own: 3 a step failed, 75 lock held):
+0 done; 2 configuration or usage error (nothing ran); 65 an input table, one of its
+files or its Delta log cannot be read (the message names the file; nothing written);
+74 an output table cannot be written (read-only path, disk full; nothing committed,
+the table stays at its previous version); 1 anything else (``labels``: the
+bad-record gate), with the traceback.
 """
 from __future__ import annotations
 
@@ -27,6 +34,10 @@ from typing import Callable
 from esmm.config import Config
 from esmm.config_loader import load_config
 from esmm.errors import ConfigError
+from pipelines.table_errors import TableReadError, TableWriteError
+
+EXIT_INPUT_UNREADABLE = 65  # EX_DATAERR: fix or restore the named file, then re-run
+EXIT_WRITE_FAILED = 74  # EX_IOERR: make the path writable or free space, then re-run
 
 
 @dataclass(frozen=True)
@@ -215,7 +226,8 @@ def write_result_json(path: str, r) -> None:
     """Rank 0's :class:`esmm.train.TrainResult` as JSON, written whole or not at all."""
     body = {"model_id": r.model_id, "artifact_dir": r.artifact_dir, "metrics": r.metrics,
             "examples_version": r.examples_version, "steps": r.steps,
-            "total_samples": r.total_samples, "world_size": r.world_size, "seconds": r.seconds}
+            "total_samples": r.total_samples, "world_size": r.world_size, "seconds": r.seconds,
+            "resumed_from_step": r.resumed_from_step}
     tmp = f"{path}.tmp{os.getpid()}"
     Path(tmp).write_text(json.dumps(body, default=float))
     os.replace(tmp, path)
@@ -392,7 +404,7 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skeleton", help="sample_skeleton_{train,test}.csv")
     p.add_argument("--common", help="common_features_{train,test}.csv")
     p.add_argument("--split", choices=["train", "val", "test"], help="which split (dt: aliccp.<split>_date)")
-    p.add_argument("--date", help="dt for this file instead of aliccp.<split>_date (a slice)")
+    p.add_argument("--date", help="dt instead of aliccp.<split>_date (a slice; not another split's date)")
 
 
 @command("ingest", "ingest Ali-CCP into curated/labels (use --conf conf/aliccp.yaml)", _ingest_args)
@@ -406,12 +418,16 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
               "aliccp-paddle needs PATH... and --split", file=sys.stderr)
         return 2
     spark = _spark(cfg)
-    if args.layout == "aliccp":
-        aliccp.run(spark, cfg, args.skeleton, args.common, args.split, day=args.date)
-    elif args.layout == "aliccp-paddle":
-        aliccp.run_paddle(spark, cfg, args.paths, args.split, day=args.date)
-    else:
-        aliccp.run_csv(spark, cfg, args.paths, split=args.split)
+    try:
+        if args.layout == "aliccp":
+            aliccp.run(spark, cfg, args.skeleton, args.common, args.split, day=args.date)
+        elif args.layout == "aliccp-paddle":
+            aliccp.run_paddle(spark, cfg, args.paths, args.split, day=args.date)
+        else:
+            aliccp.run_csv(spark, cfg, args.paths, split=args.split, day=args.date)
+    except aliccp.IngestGateError as e:
+        print(f"esmm ingest: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -452,7 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"esmm {args.command}: configuration error: {e}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command].run(cfg, args)
+    try:
+        return COMMANDS[args.command].run(cfg, args)
+    except TableReadError as e:
+        print(f"esmm {args.command}: {e}", file=sys.stderr)
+        return EXIT_INPUT_UNREADABLE
+    except TableWriteError as e:
+        print(f"esmm {args.command}: {e}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
 
 
 def entry() -> None:

@@ -10,8 +10,14 @@ A feature list holds ``feature_num`` features separated by ``\\x01``; a feature 
 common row the user side of one impression. Every feature id of a field is kept:
 a field marked ``multi`` in the feature spec becomes an ARRAY<STRING> column of all
 its ids (skeleton ids first, then common ids, each in file order); a single-valued
-field becomes a STRING column (NULL when the row has none). The ``\\x03`` value
-(a weight) is not kept.
+field becomes a STRING column (NULL when the row has none).
+
+The ``\\x03`` value is dropped (every id is kept, whatever its value): the ESMM
+paper's model embeds and pools ids, with no per-id weight. The fields whose values carry
+information are the multi-valued behaviour fields and crosses (torch-rechub's processing
+keeps a dense ``D<field>`` column for exactly 109_14, 110_14, 127_14, 150_14, 508, 509,
+702, 853; README, Ali-CCP). Keeping them would need a weight array beside each id array
+through labels, examples, loader and scorer (EmbeddingBag weights ids in ``sum`` mode only).
 
 Output rows follow the ``curated/labels`` contract (one row per impression)::
 
@@ -21,8 +27,15 @@ Output rows follow the ``curated/labels`` contract (one row per impression)::
     label_mature BOOLEAN (true: the release's labels are final), as_of TIMESTAMP (end of dt), dt STRING
 
 The release has no timestamps, so each split gets a pseudo-date (``aliccp.train_date``,
-``aliccp.test_date``, or ``--date`` for a slice): the ESMM paper trains on the train
-half and evaluates on the test half.
+``aliccp.val_date``, ``aliccp.test_date``; every layout, every file of a split on its
+date; ``--date`` puts a slice on a date of its own, never another split's): the ESMM
+paper trains on the train half and evaluates on the test half.
+
+The gate: the quarantine is written first; when more than ``aliccp.max_bad_fraction``
+of a source's records (skeleton lines, common lines) are quarantined the job raises
+:class:`IngestGateError` naming the file, the counts and the top reasons, and
+``curated/labels`` is not written (that date keeps what an earlier ingest wrote).
+:class:`IngestGateError` is re-exported here for callers of the jobs.
 
 PaddleRec's processed text layout (``sample_id,click,conversion,field:id,...``, a
 multi-valued field repeated) goes through the same :func:`to_labels` (:func:`run_paddle`),
@@ -52,6 +65,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from esmm.config import CategoricalField, Config, FeatureSpec
+from pipelines.ingest_gate import IngestGateError, check_bad_fraction  # noqa: F401 (IngestGateError: re-exported)
 
 SPLITS = ("train", "val", "test")
 SOURCES = ("aliccp_skeleton", "aliccp_common")
@@ -282,15 +296,24 @@ def _maybe(rows: DataFrame, fid: str) -> Column:
     return F.col(f"`{fid}`") if fid in rows.columns else F.lit(None).cast("string")
 
 
-def read_csv(spark: SparkSession, path: str) -> DataFrame:
-    """One processed CSV file as STRING columns + ``_corrupt_record`` + ``_row`` (file order)."""
+def read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """Processed CSV files with one header as STRING columns + ``_corrupt_record`` + ``_row``.
+
+    Raises ValueError naming a file whose header differs from the first file's.
+    """
     from pyspark.sql import types as T
 
-    header = spark.read.option("header", True).csv(path).columns
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    header = spark.read.option("header", True).csv(paths[0]).columns
+    for p in paths[1:]:
+        other = spark.read.option("header", True).csv(p).columns
+        if other != header:
+            raise ValueError(f"{p}: its CSV header {other} differs from {paths[0]}'s {header}; "
+                             f"files ingested together must share one header")
     schema = T.StructType([T.StructField(c, T.StringType()) for c in header]
                           + [T.StructField("_corrupt_record", T.StringType())])
     df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
-          .option("columnNameOfCorruptRecord", "_corrupt_record").csv(path))
+          .option("columnNameOfCorruptRecord", "_corrupt_record").csv(paths))
     # Row ids: stable for one file read the same way (ids are only unique, not dense).
     return df.withColumn("_row", F.monotonically_increasing_id())
 
@@ -329,26 +352,35 @@ def parse_paddle(lines: DataFrame) -> DataFrame:
 
 
 def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, day: str,
-           log=print) -> dict[str, int]:
-    """Replace ``dt = day`` of curated/labels and this job's quarantine rows of ``day``; report."""
+           read: dict[str, tuple[int, str]], log=print) -> dict[str, int]:
+    """Replace this job's quarantine rows of ``day``, gate on the quarantined share
+    (:func:`check_bad_fraction`, ``read`` = source -> (records read, file names)),
+    then replace ``dt = day`` of curated/labels; report."""
     from esmm.timeutil import new_run_id
     from pipelines.delta_io import read_delta, write_delta
     from pipelines.quarantine import stamp, write_quarantine
 
     run_id = new_run_id("aliccp")
     labels_path, q_path = cfg.lakehouse.path("labels"), cfg.lakehouse.path("quarantine")
-    write_delta(labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
     q = stamp(bad, run_id, dt.datetime.now(dt.timezone.utc))
     # Only this job's sources: the label job and the scorer quarantine into the same table.
+    # Written first: the gate reads its counts back instead of parsing the input once more.
     write_quarantine(q, q_path, [day], SOURCES)
+    by_source: dict[str, dict[str, int]] = {}
+    for row in (read_delta(spark, q_path).where((F.col("dt") == day) & F.col("source").isin(*SOURCES))
+                .groupBy("source", "reason").agg(F.count(F.lit(1)).alias("n")).collect()):
+        by_source.setdefault(row["source"], {})[row["reason"]] = int(row["n"])
+    reasons: dict[str, int] = {}
+    for per in by_source.values():
+        for k, v in per.items():
+            reasons[k] = reasons.get(k, 0) + v
+    check_bad_fraction(by_source, read, day, cfg.aliccp.max_bad_fraction)
+    write_delta(labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
     r = (read_delta(spark, labels_path).where(F.col("dt") == day)
          .agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
               F.sum("conversion").alias("conversions")).first())
     counts = {"rows": int(r["rows"]), "clicks": int(r["clicks"] or 0),
               "conversions": int(r["conversions"] or 0)}
-    reasons = {row["reason"]: int(row["n"]) for row in read_delta(spark, q_path)
-               .where((F.col("dt") == day) & F.col("source").isin(*SOURCES))
-               .groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()}
     counts.update({f"quarantined:{k}": v for k, v in sorted(reasons.items())})
     log(f"curated/labels dt={day}: {counts['rows']:,} impressions, {counts['clicks']:,} clicks, "
         f"{counts['conversions']:,} conversions; quarantined: "
@@ -356,41 +388,70 @@ def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, 
     return counts
 
 
+def day_of(cfg: Config, split: str, day: Optional[str] = None) -> str:
+    """The pseudo-date of ``split`` (``aliccp.<split>_date``, or a slice's ``day``).
+
+    Raises ValueError when ``day`` is another split's date: the write would replace that
+    split's rows (a date holds one split, so training and evaluation days never mix).
+    """
+    if day is None:
+        return cfg.aliccp.date_of(split)
+    other = [s for s in SPLITS if s != split and cfg.aliccp.date_of(s) == day]
+    if other:
+        raise ValueError(f"--date {day} is aliccp.{other[0]}_date: a {split} slice there would replace "
+                         f"the {other[0]} split's rows; pick a date no other split uses")
+    return day
+
+
 def run(spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str,
         day: Optional[str] = None, log=print) -> dict[str, int]:
     """Ingest one split of the raw release into ``dt = day`` (default: ``aliccp.<split>_date``).
 
-    Re-running replaces that date (labels) and this job's quarantine rows of it.
+    Re-running replaces that date (labels) and this job's quarantine rows of it. Raises
+    :class:`IngestGateError` (labels not written) when more than ``aliccp.max_bad_fraction``
+    of the skeleton lines, or of the common lines, are quarantined.
     Returns rows, clicks, conversions and ``quarantined:<reason>`` counts.
     """
-    day = day or cfg.aliccp.date_of(split)
-    labels, bad = build(spark.read.text(skeleton), spark.read.text(common), cfg.features, split, day)
-    return _write(spark, cfg, labels, bad, day, log)
+    day = day_of(cfg, split, day)
+    skel_lines, common_lines = spark.read.text(skeleton), spark.read.text(common)
+    labels, bad = build(skel_lines, common_lines, cfg.features, split, day)
+    read = {SOURCES[0]: (skel_lines.count(), skeleton), SOURCES[1]: (common_lines.count(), common)}
+    return _write(spark, cfg, labels, bad, day, read, log)
 
 
 def run_paddle(spark: SparkSession, cfg: Config, paths: list[str], split: str, day: Optional[str] = None,
                log=print) -> dict[str, int]:
     """Ingest PaddleRec text files (all of one split) into ``dt = day`` (default ``aliccp.<split>_date``)."""
-    day = day or cfg.aliccp.date_of(split)
-    parsed = parse_paddle(spark.read.text(paths))
+    day = day_of(cfg, split, day)
+    lines = spark.read.text(paths)
+    parsed = parse_paddle(lines)
     rows = to_labels(parsed.where(F.col("reason").isNull()), cfg.features, split, day)
     labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
     bad = (quarantine(parsed, SOURCES[0], "sample_id", day)
            .unionByName(quarantine(rows, SOURCES[0], "sample_id", day)))
-    return _write(spark, cfg, labels, bad, day, log)
+    return _write(spark, cfg, labels, bad, day, {SOURCES[0]: (lines.count(), ", ".join(paths))}, log)
 
 
 def run_csv(spark: SparkSession, cfg: Config, paths: list[str], split: Optional[str] = None,
-            log=print) -> dict[str, dict[str, int]]:
-    """Ingest processed CSV files, one date per file's split (``aliccp.<split>_date``).
+            day: Optional[str] = None, log=print) -> dict[str, dict[str, int]]:
+    """Ingest processed CSV files, all files of one split together into that split's date.
 
-    One file per split: a second file of the same split replaces the first's date.
+    The split comes from each file name (or ``split`` for all); the date is
+    ``aliccp.<split>_date`` (or ``day``, for a single split), the raw ingest's scheme.
+    Returns split -> the counts of :func:`run`.
     """
-    out = {}
+    groups: dict[str, list[str]] = {}
     for path in paths:
-        s = split or split_of(path)
-        day = cfg.aliccp.date_of(s)
-        rows = parse_csv(read_csv(spark, path), cfg.features, s, day)
+        groups.setdefault(split or split_of(path), []).append(path)
+    if day is not None and len(groups) > 1:
+        raise ValueError(f"--date {day} with files of several splits ({', '.join(groups)}): one date "
+                         f"holds one split; ingest each split's files on their own")
+    out = {}
+    for s, files in groups.items():
+        d = day_of(cfg, s, day)
+        raw = read_csv(spark, files)
+        rows = parse_csv(raw, cfg.features, s, d)
         labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
-        out[path] = _write(spark, cfg, labels, quarantine(rows, SOURCES[0], "sample_id", day), day, log)
+        out[s] = _write(spark, cfg, labels, quarantine(rows, SOURCES[0], "sample_id", d), d,
+                        {SOURCES[0]: (raw.count(), ", ".join(files))}, log)
     return out

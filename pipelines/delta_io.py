@@ -10,23 +10,28 @@ from pyspark.sql import types as T
 
 from esmm.config import Config, FeatureSpec
 from pipelines.contract import CORRUPT_COLUMN, RAW_REQUIRED, check_raw, feature_columns
+from pipelines.table_errors import reading, reading_log, writing
 
 
-def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: bool = False) -> DataFrame:
+def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: bool = False,
+               name: str = "Delta") -> DataFrame:
     """Read a Delta table, with a clear error when the location holds none.
 
     ``pin``: read the newest version *now* (see :func:`read_raw`) rather than whatever
-    is newest at each later action.
+    is newest at each later action. A log that cannot be loaded (a truncated commit
+    file) is a :class:`pipelines.table_errors.TableReadError` naming ``name``, the
+    table and the commit file.
     """
-    if not is_delta(spark, path):
-        raise FileNotFoundError(f"no Delta table at {path}; run the job that writes it first "
-                                f"(see README: pipeline order)")
-    if pin and version is None:
-        version = latest_version(spark, path)
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    return reader.load(path)
+    with reading_log(name, path):
+        if not is_delta(spark, path):
+            raise FileNotFoundError(f"no Delta table at {path}; run the job that writes it first "
+                                    f"(see README: pipeline order)")
+        if pin and version is None:
+            version = latest_version(spark, path)
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(path)
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
@@ -47,9 +52,9 @@ def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -
     JSON or Parquet files have no snapshots: land files atomically (write, then rename).
     """
     src = getattr(cfg.sources, source)
-    path = src.path or cfg.lakehouse.path(source)
+    path = raw_path(cfg, source)
     if src.format == "delta":
-        df = read_delta(spark, path, pin=pin)
+        df = read_delta(spark, path, pin=pin, name=f"raw {source}")
     elif src.format == "parquet":
         df = spark.read.parquet(path)
         # Partition discovery infers dt=yyyy-MM-dd folders as DATE; the contract says STRING.
@@ -63,6 +68,27 @@ def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -
               .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
               .json(path))
     return check_raw(df, source, cfg.features, path)
+
+
+def raw_path(cfg: Config, source: str) -> str:
+    """Where the raw ``source`` (impressions, clicks, conversions) is read from."""
+    return getattr(cfg.sources, source).path or cfg.lakehouse.path(source)
+
+
+def reading_raw(spark: SparkSession, cfg: Config, sources: tuple[str, ...]):
+    """A context in which a failure to read one of the raw ``sources`` (a corrupt or
+    truncated Parquet file) becomes a :class:`pipelines.table_errors.TableReadError`
+    naming the table and the file."""
+    def lister(source: str):
+        def files() -> list[str]:
+            src = getattr(cfg.sources, source)
+            if src.format == "json":
+                return []  # corrupt lines are quarantined, not failures
+            reader = spark.read.format(src.format)
+            return list(reader.load(raw_path(cfg, source)).inputFiles())
+        return files
+
+    return reading({f"raw {s}": (raw_path(cfg, s), lister(s)) for s in sources})
 
 
 def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
@@ -82,7 +108,7 @@ def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
 def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
                 replace_where: str | None = None, user_metadata: str | None = None,
                 merge_schema: bool = False) -> None:
-    """Atomically write ``df`` as a Delta table.
+    """Atomically write ``df`` as a Delta table (a storage fault: :class:`pipelines.table_errors.TableWriteError`).
 
     With ``replace_where`` only the matching rows are replaced (one Delta commit:
     a reader sees the old or the new version, never a half-written one);
@@ -101,7 +127,8 @@ def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
         w = w.option("overwriteSchema", "true")
     if user_metadata:
         w = w.option("userMetadata", user_metadata)
-    w.save(path)
+    with writing(path):
+        w.save(path)
 
 
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
@@ -127,7 +154,8 @@ def merge_delta(df: DataFrame, path: str, on: str, delete_unmatched_where: str |
     if user_metadata:
         spark.conf.set(_USER_METADATA, user_metadata)
     try:
-        merge.execute()
+        with writing(path):
+            merge.execute()
     finally:
         if prev is None:
             spark.conf.unset(_USER_METADATA)
@@ -163,5 +191,6 @@ def delete_where(spark: SparkSession, path: str, condition: str) -> bool:
 
     if not is_delta(spark, path):
         return False
-    DeltaTable.forPath(spark, path).delete(condition)
+    with writing(path):
+        DeltaTable.forPath(spark, path).delete(condition)
     return True

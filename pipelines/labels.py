@@ -338,7 +338,13 @@ def run(spark: SparkSession, cfg: Config, dates: list[str], as_of: dt.datetime |
     """Label each of ``dates`` in order (each day one atomic unit, as if run alone).
 
     ``as_of`` applies to every date; by default each date uses its own end of day.
-    Stops at the first date whose gate fails (earlier dates stay written).
+    Stops at the first date whose gate fails (earlier dates stay written). An unreadable
+    raw file or Delta log: :class:`pipelines.table_errors.TableReadError`; a table that
+    cannot be written: :class:`pipelines.table_errors.TableWriteError` (nothing committed).
     """
+    from pipelines.delta_io import reading_raw
+
     run_id = run_id or new_run_id("labels")
-    return [run_day(spark, cfg, d, as_of, run_id, log) for d in dates]
+    # A corrupt raw file fails inside Spark, far from here: name the table and the file.
+    with reading_raw(spark, cfg, SOURCES):
+        return [run_day(spark, cfg, d, as_of, run_id, log) for d in dates]

@@ -67,4 +67,4 @@ def ddp_worker(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"steps": r.steps, "samples": r.samples, "total": r.total_samples, "model_id": r.model_id,
                    "artifact_dir": r.artifact_dir, "checkpoint": r.checkpoint,
-                   "version": r.examples_version}, f)
+                   "version": r.examples_version, "digest": r.param_digest, "history": r.history}, f)

@@ -56,7 +56,9 @@ def ingested(spark, tmp_path):
     skel, common = tmp_path / "sample_skeleton_train.csv", tmp_path / "common_features_train.csv"
     skel.write_text("\n".join(SKELETON) + "\n")
     common.write_text("\r\n".join(COMMON) + "\r\n")  # CRLF line ends are tolerated
-    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}"])
+    # Most lines are bad on purpose: the bad-fraction gate (tests/test_aliccp_gate.py) is off here.
+    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}",
+                                                             "aliccp.max_bad_fraction=1.0"])
     counts = aliccp.run(spark, cfg, str(skel), str(common), "train", log=lambda *_: None)
     return cfg, counts
 
@@ -128,7 +130,8 @@ def test_paddlerec_text_layout(spark, tmp_path):
              "4,1,1,205:9,101:13"]
     f = tmp_path / "small.txt"
     f.write_text("\n".join(lines) + "\n")
-    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}"])
+    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}",
+                                                             "aliccp.max_bad_fraction=1.0"])
     counts = aliccp.run_paddle(spark, cfg, [str(f)], "test", log=lambda *_: None)
     labels = {r.impression_id: r for r in read_delta(spark, cfg.lakehouse.path("labels")).collect()}
     assert sorted(labels) == ["test-1", "test-4"]

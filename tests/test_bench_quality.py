@@ -134,3 +134,24 @@ def test_sweep_outputs_from_hand_made_runs_with_missing_cells(tmp_path):
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert [(c["cvr"], c["bias"], c["summary"]["n"]) for c in saved["cells"]] == [(0.02, "none", 3), (0.15, "none", 1)]
     assert res["cells"][0]["summary"]["esmm_pcvr_over_all"]["mean"] == pytest.approx(0.9)
+
+
+def test_calibration_verdict_counts_runs_inside_the_target_and_halved_rce():
+    from jobs.bench_quality import CALIBRATION, markdown, summarize
+
+    def run(cal_pcoc, rce_raw, rce_cal, conv):
+        m = {name: 1.0 for name in CALIBRATION}
+        m.update(pctcvr_pcoc_truth_cal=cal_pcoc, pctcvr_frce_truth_position_raw=rce_raw,
+                 pctcvr_frce_truth_position_cal=rce_cal, calibration_conversions=conv, seconds=1.0)
+        return m
+
+    seeds = [{"oracle": {"ctr_auc": 0.8, "cvr_auc_clicked": 0.8, "cvr_auc_all": 0.8, "ctcvr_auc": 0.9},
+              "models": {"esmm": run(p, 0.4, c, 400.0)}}
+             for p, c in ((1.00, 0.1), (1.04, 0.3), (1.08, 0.15))]
+    md = markdown(summarize(seeds, ("esmm",)), "header", seeds)
+    assert "inside [0.95, 1.05] in 2/3 runs" in md
+    assert "halved in 2/3" in md  # 0.1 and 0.15 are <= 0.2; 0.3 is not
+    assert "±5.0%" in md  # 1 / sqrt(400)
+    # Without calibration metrics the section is absent.
+    plain = [{"oracle": s["oracle"], "models": {"esmm": {"seconds": 1.0}}} for s in seeds]
+    assert "Calibration on the evaluation day" not in markdown(summarize(plain, ("esmm",)), "h", plain)

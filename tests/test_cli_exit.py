@@ -1,4 +1,5 @@
-"""`esmm promote` as a scheduler runs it (12 times: the abort at exit it guards against came 1 in 3-8): a fresh process, no terminal, stdin closed.
+"""`esmm promote` and `esmm score` as a scheduler runs them (promote 12 times: the abort at exit
+it guards against came 1 in 3-8; score 5 times): a fresh process, no terminal, stdin closed.
 
 Each call must print its line and exit 0; an abort at interpreter exit (a native thread
 alive at shutdown) shows up here as exit 134 with a `terminate called ...` line.
@@ -43,3 +44,25 @@ def test_promote_repeatedly_without_a_terminal(tmp_path):
                            timeout=120)
         assert (p.returncode, p.stdout) == (0, f"{m} is the champion\n"), p.stderr[-2000:]
         assert registry.champion(reg)["model_id"] == m
+
+
+@pytest.mark.slow
+def test_score_repeatedly_without_a_terminal(spark, tmp_path):
+    """Four scoring runs (each day twice: the re-runs replace, never add) and one with an
+    unknown model id, which must end with its documented code 2 every time."""
+    from esmm.config_loader import load_config
+    from faults_data import DAYS, PER_DAY, save_champion, score_cmd, write_raw_world
+
+    raw = write_raw_world(spark, tmp_path / "raw")
+    root = tmp_path / "lakehouse"
+    save_champion(load_config(overrides=[f"lakehouse.root={root}"]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    calls = [(score_cmd(root, raw, d), 0) for d in DAYS * 2]
+    calls.append(([*score_cmd(root, raw, DAYS[0]), "--model", "nope"], 2))
+    for args, code in calls:
+        p = subprocess.run([sys.executable, "-m", "jobs.cli", *args], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+        assert p.returncode == code, p.stderr[-3000:]
+        assert "terminate called" not in p.stderr
+    rows = spark.read.format("delta").load(str(root / "serving" / "scores"))
+    assert rows.count() == rows.select("impression_id", "dt").distinct().count() == PER_DAY * len(DAYS)

@@ -131,23 +131,52 @@ def test_held_lock_refuses_before_starting_spark(make_cfg):
     assert json.loads(path.read_text())["run_id"] == "other"
 
 
-def test_a_step_left_running_by_a_killed_run_is_retried(spark, make_cfg):
+KILLED_CHILD = """
+import time
+from esmm.config_loader import load_config
+from pipelines.nightly.runner import Step, run_nightly
+
+def hang(ctx):
+    open({marker!r}, "w").close()
+    time.sleep(600)
+
+cfg = load_config(overrides=["lakehouse.root={root}"])
+run_nightly(cfg, "2026-11-14", lambda: None, [Step("labels", lambda ctx: {{}}), Step("train", hang)],
+            run_id="dead-run", available={days!r}, log=lambda m: None)
+"""
+
+
+def test_a_step_left_running_by_a_killed_run_is_retried(spark, make_cfg, tmp_path):
+    """A real nightly process, SIGKILLed in its train step (no finally runs): the next run
+    takes over its lock, marks the step failed, and resumes from it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
     cfg = make_cfg()
-    runs = RunsTable(cfg.lakehouse.path("runs"))
-    runs.ensure()
-    runs.finish(runs.start("2026-11-14", "labels", 1, "dead-run"), "succeeded")
-    runs.start("2026-11-14", "train", 1, "dead-run")  # the process died here
-    path = lock_path(cfg)
-    import subprocess, sys
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    path.write_text(json.dumps({"run_id": "dead-run", "pid": p.pid, "host": socket.gethostname()}))
+    marker = tmp_path / "in-train"
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    code = KILLED_CHILD.format(marker=str(marker), root=cfg.lakehouse.root, days=DAYS)
+    child = subprocess.Popen([sys.executable, "-c", code],
+                             cwd=repo, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), f"the child nightly ended (exit {child.poll()}) before its train step"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert json.loads(lock_path(cfg).read_text())["pid"] == child.pid  # left behind by the dead run
 
     rec = Recorder()
     r = run_nightly(cfg, "2026-11-14", lambda: spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert r.exit_code == EXIT_OK and rec.calls == ["train", "gate", "score"]
+    assert r.reused == ["labels"] and not lock_path(cfg).exists()
     rows = {(x.step, x.attempt): x  # Spark reads what delta-rs wrote
             for x in spark.read.format("delta").load(cfg.lakehouse.path("runs")).collect()}
     assert rows[("train", 1)].status == "failed" and "abandoned" in rows[("train", 1)].message
+    assert rows[("train", 1)].run_id == "dead-run"
     assert rows[("train", 2)].status == "succeeded" and rows[("train", 2)].run_id == r.run_id
     assert rows[("labels", 1)].status == "succeeded" and ("labels", 2) not in rows
