@@ -118,7 +118,22 @@ def _named_file(text: str, path: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> Iterator[None]:
+def _translating(translate: Callable[[BaseException], Optional[Exception]]) -> Iterator[None]:
+    """Raise ``translate(e)`` for a Spark failure ``e`` inside the block when it returns an
+    error; anything else (ours already, not from Spark, or ``None`` from ``translate``)
+    passes through unchanged."""
+    try:
+        yield
+    except (TableReadError, TableWriteError):
+        raise
+    except Exception as e:
+        mapped = translate(e) if is_spark_failure(e) else None
+        if mapped is None:
+            raise
+        raise mapped from e
+
+
+def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> contextlib.AbstractContextManager:
     """Translate a Spark failure inside the block that comes from reading one of ``tables``
     (``{name: (path, a function listing its data files)}``) into :class:`TableReadError`.
 
@@ -127,16 +142,10 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> Iterator[
     by one (only after such a failure; no data is read).
     Failures that are not about an input (a write fault, a bug) pass through unchanged.
     """
-    try:
-        yield
-    except (TableReadError, TableWriteError):
-        raise
-    except Exception as e:
-        if not is_spark_failure(e):
-            raise
+    def translate(e: BaseException) -> Optional[Exception]:
         text = str(e)
         if any(s in text for s in _WRITE_FAULTS) and not any(_named_file(text, p) for p, _ in tables.values()):
-            raise
+            return None
         for name, (path, list_files) in tables.items():
             file = _named_file(text, path)
             if file is None and _FILE_FAULT.search(text):
@@ -145,47 +154,40 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> Iterator[
                 except Exception:  # noqa: BLE001 - diagnosis is best effort; the cause is still named
                     file = None
             if file is not None:
-                raise TableReadError(
+                return TableReadError(
                     name, path, f"{name} table {path}: file {file} cannot be read ({root_cause(e)}). "
                     f"Restore or remove that file (a Delta table: restore an earlier version or "
-                    f"re-land the partition), then re-run", file) from e
-        raise
+                    f"re-land the partition), then re-run", file)
+        return None
+
+    return _translating(translate)
 
 
-@contextlib.contextmanager
-def reading_log(name: str, path: str) -> Iterator[None]:
+def reading_log(name: str, path: str) -> contextlib.AbstractContextManager:
     """Translate a failure to load the Delta table at ``path`` (its log) into
     :class:`TableReadError` naming the commit file that does not parse, when one does not."""
-    try:
-        yield
-    except (TableReadError, TableWriteError):
-        raise
-    except Exception as e:
-        if not is_spark_failure(e):
-            raise
+    def translate(e: BaseException) -> Exception:
         bad = unreadable_log_entries(path)
         where = (f"Delta log entry {bad[0]} is not valid JSON (truncated or overwritten)" if bad
                  else f"its Delta log {path.rstrip('/')}/_delta_log cannot be read")
-        raise TableReadError(name, path, f"{name} table {path}: {where} ({root_cause(e)}). Restore that "
-                             f"commit file from a backup or have its producer rewrite it; do not "
-                             f"delete it, the table's later versions depend on it",
-                             bad[0] if bad else None) from e
+        return TableReadError(name, path, f"{name} table {path}: {where} ({root_cause(e)}). Restore that "
+                              f"commit file from a backup or have its producer rewrite it; do not "
+                              f"delete it, the table's later versions depend on it",
+                              bad[0] if bad else None)
+
+    return _translating(translate)
 
 
-@contextlib.contextmanager
-def writing(path: str) -> Iterator[None]:
+def writing(path: str) -> contextlib.AbstractContextManager:
     """Translate a storage fault while writing the table at ``path`` into :class:`TableWriteError`.
 
     Other failures (a corrupt input read while the plan runs, a bug) pass through.
     """
-    try:
-        yield
-    except (TableReadError, TableWriteError):
-        raise
-    except Exception as e:
-        text = str(e)
-        if not is_spark_failure(e) or not any(s in text for s in _WRITE_FAULTS):
-            raise
-        raise TableWriteError(path, f"cannot write table {path} ({root_cause(e)}); nothing was committed, "
-                                    f"the table is at its previous version. Make the path writable or "
-                                    f"free space, then re-run") from e
+    def translate(e: BaseException) -> Optional[Exception]:
+        if not any(s in str(e) for s in _WRITE_FAULTS):
+            return None
+        return TableWriteError(path, f"cannot write table {path} ({root_cause(e)}); nothing was committed, "
+                                     f"the table is at its previous version. Make the path writable or "
+                                     f"free space, then re-run")
+
+    return _translating(translate)

@@ -100,20 +100,28 @@ def kill_while_writing(args: list[str], table: Path, log: Path, timeout: float =
                 + log.read_text()[-3000:])
 
 
+def killed_mid_write_then_rerun(spark, root: Path, cmd, table: str, log: Path) -> dict:
+    """Run ``cmd(D1)``, kill ``cmd(D2)`` while it writes ``table``, check that readers still
+    see the D1 version (the killed write's files exist, no commit names them), re-run D2;
+    the tables after the re-run, without their versions."""
+    assert main(cmd(D1)) == 0
+    before = tables(spark, root)
+    orphans = kill_while_writing(cmd(D2, *SLOW_WRITE), root / table, log)
+    after = tables(spark, root)
+    assert all(f"dt={D2}" in f for f in orphans)
+    name = Path(table).name
+    assert (after[name], after[f"{name}_version"]) == (before[name], before[f"{name}_version"])
+    assert main(cmd(D2)) == 0
+    return without_versions(tables(spark, root))
+
+
 @pytest.mark.slow
 def test_label_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_equals_a_clean_run(
         spark, raw, reference, tmp_path):
     root = tmp_path / "lake"
-    assert main(labels_cmd(root, raw, D1)) == 0
-    before = tables(spark, root)
-    orphans = kill_while_writing(labels_cmd(root, raw, D2, *SLOW_WRITE), root / "curated" / "labels",
-                                 tmp_path / "killed.log")
-    after = tables(spark, root)
-    # Data files of the killed write exist, but no commit names them: readers see D1 only.
-    assert all(f"dt={D2}" in f for f in orphans)
-    assert (after["labels"], after["labels_version"]) == (before["labels"], before["labels_version"])
-    assert main(labels_cmd(root, raw, D2)) == 0
-    assert without_versions(tables(spark, root)) == {**reference, "scores": None}
+    got = killed_mid_write_then_rerun(spark, root, lambda d, *x: labels_cmd(root, raw, d, *x),
+                                      "curated/labels", tmp_path / "killed.log")
+    assert got == {**reference, "scores": None}
 
 
 @pytest.mark.slow
@@ -123,15 +131,9 @@ def test_score_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_eq
 
     root = tmp_path / "lake"
     save_champion(load_config(overrides=[f"lakehouse.root={root}"]))
-    assert main(score_cmd(root, raw, D1)) == 0
-    before = tables(spark, root)
-    orphans = kill_while_writing(score_cmd(root, raw, D2, *SLOW_WRITE), root / "serving" / "scores",
-                                 tmp_path / "killed.log")
-    after = tables(spark, root)
-    assert all(f"dt={D2}" in f for f in orphans)
-    assert (after["scores"], after["scores_version"]) == (before["scores"], before["scores_version"])
-    assert main(score_cmd(root, raw, D2)) == 0
-    assert without_versions(tables(spark, root))["scores"] == scored_reference
+    got = killed_mid_write_then_rerun(spark, root, lambda d, *x: score_cmd(root, raw, d, *x),
+                                      "serving/scores", tmp_path / "killed.log")
+    assert got["scores"] == scored_reference
 
 
 def copy_raw(raw: dict[str, str], to: Path) -> dict[str, str]:
