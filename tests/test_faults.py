@@ -154,20 +154,26 @@ def break_file(path: str, how: str) -> None:
     crc.unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("source,how", [("clicks", "footer"), ("impressions", "truncated")])
-def test_a_corrupt_raw_parquet_file_is_named_and_nothing_is_written(spark, raw, tmp_path, capfd, source, how):
-    bad_raw = copy_raw(raw, tmp_path / "raw")
-    victim = sorted(glob.glob(f"{bad_raw[source]}/dt={D2}/*.parquet"))[0]
-    break_file(victim, how)
-    root = tmp_path / "lake"
+def labels_fail_on_broken_raw(spark, raw, bad_raw, root: Path, capfd) -> str:
+    """Label D1 from the intact ``raw``, then D2 from ``bad_raw``: that run must exit
+    EXIT_INPUT_UNREADABLE without a traceback and leave every table as D1 left it; its stderr."""
     assert main(labels_cmd(root, raw, D1)) == 0  # a version to keep, from the intact copy
     before = tables(spark, root)
     capfd.readouterr()
     assert main(labels_cmd(root, bad_raw, D2)) == EXIT_INPUT_UNREADABLE
     err = capfd.readouterr().err
-    assert f"raw {source} table {bad_raw[source]}: file " in err and Path(victim).name in err, err[-3000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err[-3000:]
     assert tables(spark, root) == before  # D1 as it was, nothing of D2
+    return err
+
+
+@pytest.mark.parametrize("source,how", [("clicks", "footer"), ("impressions", "truncated")])
+def test_a_corrupt_raw_parquet_file_is_named_and_nothing_is_written(spark, raw, tmp_path, capfd, source, how):
+    bad_raw = copy_raw(raw, tmp_path / "raw")
+    victim = sorted(glob.glob(f"{bad_raw[source]}/dt={D2}/*.parquet"))[0]
+    break_file(victim, how)
+    err = labels_fail_on_broken_raw(spark, raw, bad_raw, tmp_path / "lake", capfd)
+    assert f"raw {source} table {bad_raw[source]}: file " in err and Path(victim).name in err, err[-3000:]
 
 
 def test_a_truncated_delta_log_entry_of_a_raw_table_is_named(spark, raw, tmp_path, capfd):
@@ -177,16 +183,9 @@ def test_a_truncated_delta_log_entry_of_a_raw_table_is_named(spark, raw, tmp_pat
     entry.write_bytes(entry.read_bytes()[: entry.stat().st_size * 3 // 5])  # a writer died mid-file
     for crc in log.glob("*.crc"):
         crc.unlink()  # the version checksum would not match either
-    root = tmp_path / "lake"
-    assert main(labels_cmd(root, raw, D1)) == 0  # a version to keep, from the intact copy
-    before = tables(spark, root)
-    capfd.readouterr()
-    assert main(labels_cmd(root, bad_raw, D2)) == EXIT_INPUT_UNREADABLE
-    err = capfd.readouterr().err
+    err = labels_fail_on_broken_raw(spark, raw, bad_raw, tmp_path / "lake", capfd)
     assert f"raw conversions table {bad_raw['conversions']}: Delta log entry {entry} is not valid JSON" in err, \
         err[-3000:]
-    assert "Traceback" not in err
-    assert tables(spark, root) == before
 
 
 # --------------------------------------------------------------------------- unwritable lakehouse
