@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -47,6 +48,16 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+
+# Imported here, before any process group exists, on purpose (issue 24). This module binds
+# ``group=group.WORLD`` as the default argument of ten functions when it is first imported,
+# and DDP's constructor imports it. Imported after init_process_group it captures the
+# default group in those defaults, so destroy_process_group cannot free it: gloo's threads
+# (gloo_tcp_loop, pt_gloo_runloop) then outlive train() into interpreter finalisation, where
+# a rank intermittently aborted with "terminate called without an active exception"
+# (SIGABRT) after a successful run. Imported first, the defaults hold None (= the default
+# group at call time). :func:`_release_group_defaults` covers a caller that imported it late.
+import torch.distributed.nn.functional as _dist_nn_functional
 from torch import nn
 
 from esmm.config import Config
@@ -265,7 +276,23 @@ def train(cfg: Config) -> TrainResult:
         return _train(cfg, d)
     finally:
         if d.world_size > 1 and dist.is_initialized():
+            group = dist.group.WORLD
             dist.destroy_process_group()
+            _release_group_defaults(group)
+
+
+def _release_group_defaults(group: Any) -> int:
+    """Drop references to the destroyed ``group`` that ``torch.distributed.nn.functional``'s
+    default arguments hold (see the import at the top), so the group and its threads are
+    freed now rather than during interpreter finalisation. ``None`` is what those defaults
+    hold when the module is imported before a group exists. Returns how many were dropped."""
+    dropped = 0
+    for fn in vars(_dist_nn_functional).values():
+        defaults = getattr(fn, "__defaults__", None)
+        if inspect.isfunction(fn) and defaults and any(v is group for v in defaults):
+            fn.__defaults__ = tuple(None if v is group else v for v in defaults)
+            dropped += 1
+    return dropped
 
 
 def _train(cfg: Config, d: _Dist) -> TrainResult:
