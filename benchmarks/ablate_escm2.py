@@ -4,10 +4,10 @@ Three steps, each a subcommand, so a world is prepared once and reused by every
 setting and training seed (what docs/model.md's ablation table was made with)::
 
     # 1. one world, 7 days x 60k: examples straight from the simulator
-    #    (pipelines.sim_examples.write_world; --pipeline full: generate + label + features)
+    #    (pipelines.sim.examples.write_world; --pipeline full: generate + label + features)
     python benchmarks/ablate_escm2.py prepare --root /tmp/escm2/w42 \\
         --set generate.cvr=0.025 --set generate.seed=42
-    # 2. train every setting for every seed on days 1..n-1, evaluate on day n (esmm.train.train)
+    # 2. train every setting for every seed on days 1..n-1, evaluate on day n (esmm.training.trainer.train)
     python benchmarks/ablate_escm2.py run --root /tmp/escm2/w42 --set generate.cvr=0.025 \\
         --set generate.seed=42 --seeds 5 --out /tmp/escm2/res.jsonl \\
         --setting "esmm:model.kind=esmm" \\
@@ -19,7 +19,7 @@ setting and training seed (what docs/model.md's ablation table was made with)::
 ``prepare`` and ``run``: the generator's settings are read back for the truth).
 A setting is ``NAME:key=value;key=value`` (config overrides). ``run`` appends one
 JSON line per (setting, seed) to ``--out``: world, seed, setting, the metrics of
-:func:`esmm.evaluate.compute_metrics`, ``mean_true_cvr`` (eval day, all
+:func:`esmm.evaluation.metrics.compute_metrics`, ``mean_true_cvr`` (eval day, all
 impressions) and ``pcvr_ratio_all`` = mean pCVR / mean true CVR over all impressions.
 
 ``table`` prints, per setting: pCVR/true over all impressions, |mean pCVR - mean
@@ -47,14 +47,14 @@ BASE = ["train.resume=false", "train.progress=false", "train.register=false", "t
 
 
 def _cfg(root: str, sets: list[str], extra: list[str] = ()):
-    from esmm.config_loader import load_config
+    from esmm.config.loader import load_config
     return load_config([], [f"lakehouse.root={root}", *BASE, *sets, *extra])
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
     from jobs.bench_quality import prepare
-    from pipelines.session import get_spark
-    from pipelines.sim_examples import write_world
+    from pipelines.io.session import get_spark
+    from pipelines.sim.examples import write_world
 
     cfg = _cfg(a.root, a.set)
     t0 = time.time()
@@ -71,8 +71,8 @@ def _parse_setting(s: str) -> tuple[str, list[str]]:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from esmm.evaluate import read_truth
-    from esmm.train import train
+    from esmm.evaluation.metrics import read_truth
+    from esmm.training.trainer import train
 
     cfg = _cfg(a.root, a.set)
     dates = cfg.generate.dates
@@ -111,8 +111,8 @@ def cmd_ceiling(a: argparse.Namespace) -> None:
     """
     from deltalake import DeltaTable
 
-    from esmm.evaluate import predict
-    from esmm.registry import load_model
+    from esmm.evaluation.metrics import predict
+    from esmm.registry.artifacts import load_model
 
     cfg = _cfg(a.root, a.set)
     day = cfg.generate.dates[-1]

@@ -12,12 +12,13 @@ Prints (and appends to OUT) one JSON line per model: the trainer's calibration m
 import json, sys, time, math
 import numpy as np
 from deltalake import DeltaTable
-from esmm.config_loader import load_config
-from esmm.train import train
-from esmm import registry, calibration
-from esmm.data import resolve_snapshot, read_arrow
-from esmm.evaluate import predict
-from esmm.calibration_metrics import field_rce, pcoc
+from esmm.config.loader import load_config
+from esmm.training.trainer import train
+from esmm.registry import artifacts as registry
+from esmm.calibration import maps as calibration
+from esmm.data.examples import resolve_snapshot, read_arrow
+from esmm.evaluation.metrics import predict
+from esmm.calibration.metrics import field_rce, pcoc
 
 def main(argv: list[str]) -> None:
     root, seeds, kinds = argv[1], int(argv[2]), argv[3].split(",")

@@ -7,9 +7,9 @@ One process per rank, started alone (world size 1) or under torchrun::
 
 The model is the paper-size network of ``conf/default.yaml`` (11 categorical fields,
 327,570 table rows x 18, towers 360-200-80), trained by train()'s own optimizers
-(esmm.train._optimizers), precision (esmm.parallel) and loss, on batches generated
+(esmm.training.trainer._optimizers), precision (esmm.model.parallel) and loss, on batches generated
 in memory (no reader: this measures the step and its all-reduce). Backend: NCCL on
-CUDA, gloo on CPU. ``--grads auto`` lets esmm.parallel choose (what train() does).
+CUDA, gloo on CPU. ``--grads auto`` lets esmm.model.parallel choose (what train() does).
 
 Rank 0 appends one JSON record to ``--out``: world size, device, grads, amp, batch,
 steps, seconds, samples/s over all ranks, and ``allreduce_bytes``: the gradient bytes
@@ -32,11 +32,11 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from esmm.config_loader import load_config  # noqa: E402
-from esmm.losses import compute_loss  # noqa: E402
-from esmm.model import build_model  # noqa: E402
-from esmm.parallel import allreduce_bytes_per_step, embedding_gradients, precision  # noqa: E402
-from esmm.train import _optimizers  # noqa: E402
+from esmm.config.loader import load_config  # noqa: E402
+from esmm.model.losses import compute_loss  # noqa: E402
+from esmm.model.network import build_model  # noqa: E402
+from esmm.model.parallel import allreduce_bytes_per_step, embedding_gradients, precision  # noqa: E402
+from esmm.training.trainer import _optimizers  # noqa: E402
 
 
 def batches(spec, b: int, n: int, device: torch.device, seed: int) -> list[tuple[torch.Tensor, ...]]:

@@ -7,7 +7,7 @@ For each ``--impressions-per-day`` size in turn, in one Spark session:
 
 1. Generates (or, with ``--reuse``, keeps) raw Delta tables of ``--days`` days at
    that size under ``--root``/ipd<N> (default root ./lakehouse/bench).
-2. Times ``pipelines.labels.run_day`` for the middle day with an as-of after all
+2. Times ``pipelines.labels.job.run_day`` for the middle day with an as-of after all
    its windows closed: read with partition pruning, record checks, deduplication,
    click validity, attribution, quarantine, counts, gate, two Delta commits. It runs
    twice: the first run in a fresh session also pays the JVM's warm-up; the second
@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # the SQL oracle of the label rules lives beside the tests
 
 from benchmarks.rss import PeakRss, write_json  # noqa: E402
-from esmm.config_loader import load_config  # noqa: E402
-from esmm.timeutil import default_as_of  # noqa: E402
-from pipelines.contract import SOURCES  # noqa: E402
-from pipelines.labels_rules import Windows, scope_of  # noqa: E402
+from esmm.config.loader import load_config  # noqa: E402
+from esmm.util.timeutil import default_as_of  # noqa: E402
+from pipelines.io.contract import SOURCES  # noqa: E402
+from pipelines.labels.rules import Windows, scope_of  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ensure_raw(spark, cfg, reuse: bool) -> float:
     """Generate the raw tables unless an identical generation is there; returns seconds spent."""
-    from pipelines import generate
+    from pipelines.sim import generator as generate
 
     marker = Path(cfg.lakehouse.root) / "bench-generate.json"
     want = json.dumps(cfg.to_dict()["generate"], sort_keys=True)
@@ -117,8 +117,8 @@ def measure(spark, cfg, threads: int, reuse: bool) -> dict:
     DuckDB, their counts, and the local Spark JVM's peak RSS during the label runs."""
     from pyspark.sql import functions as F
 
-    from pipelines import labels as L
-    from pipelines.delta_io import read_delta
+    from pipelines.labels import job as L
+    from pipelines.io.delta import read_delta
 
     gen_secs = ensure_raw(spark, cfg, reuse)
     day = cfg.generate.dates[len(cfg.generate.dates) // 2]
@@ -183,7 +183,7 @@ def print_size(r: dict, master: str, cores: int, threads: int) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pipelines.session import get_spark
+    from pipelines.io.session import get_spark
 
     results = []
     spark = None

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from esmm.config import CategoricalField, FeatureSpec, ModelConfig, NumericField
-from esmm.data import PAD, cat_width
-from esmm.losses import compute_loss
-from esmm.model import build_model
+from esmm.config.schema import CategoricalField, FeatureSpec, ModelConfig, NumericField
+from esmm.data.examples import PAD, cat_width
+from esmm.model.losses import compute_loss
+from esmm.model.network import build_model
 
 SINGLE = [CategoricalField(f"s{i}", buckets=b) for i, b in
           enumerate([200_000, 100_000, 4, 10, 2_000, 500, 5_000, 20_000, 16, 8, 32])]

@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the result to this JSON file")
     args = ap.parse_args()
 
-    from esmm.config_loader import load_config
-    from pipelines.session import get_spark
+    from esmm.config.loader import load_config
+    from pipelines.io.session import get_spark
 
     cfg = load_config(overrides=[f"spark.master=local[{args.cores}]"])
     spark = get_spark(cfg.spark)
@@ -69,11 +69,11 @@ def measure(spark, n: int, cores: int, batch: int, repeats: int) -> dict:
     import torch
     from pyspark.sql import functions as F
 
-    from esmm.config_loader import load_config
-    from esmm.model import build_model
-    from pipelines import score
-    from pipelines.features import encode_features, feature_names
-    from pipelines.score_model import ScoringModel
+    from esmm.config.loader import load_config
+    from esmm.model.network import build_model
+    from pipelines.scoring import job as score
+    from pipelines.features.job import encode_features, feature_names
+    from pipelines.scoring.model import ScoringModel
 
     root = tempfile.mkdtemp(prefix="bench_score_")
     cfg = load_config(overrides=[f"lakehouse.root={root}", f"spark.master=local[{cores}]",

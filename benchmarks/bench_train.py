@@ -7,7 +7,7 @@ Usage (from the repository root, venv active, PYTHONPATH=.)::
 
 1. ``ratio``: a synthetic ``curated/examples`` Delta table (the issue-3 contract,
    default feature spec, written with the deltalake writer: no JVM needed) is
-   trained on with ``esmm.train.train`` for ``--steps`` steps (end to end: Delta
+   trained on with ``esmm.training.trainer.train`` for ``--steps`` steps (end to end: Delta
    snapshot -> Petastorm batch reader -> BatchedDataLoader -> tensors -> step), then
    the same model and optimizers run the same number of steps on batches already
    in memory. Printed: both rows/s and their ratio (aim >= 0.85).
@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.rss import write_json  # noqa: E402
-from esmm.config import Config  # noqa: E402
-from esmm.config_loader import load_config  # noqa: E402
+from esmm.config.schema import Config  # noqa: E402
+from esmm.config.loader import load_config  # noqa: E402
 
 DATES = [f"2026-11-{d:02d}" for d in range(1, 11)]
 
@@ -91,9 +91,9 @@ def in_memory_rows_per_s(cfg: Config, steps: int) -> float:
     """Same model, loss and optimizers as train(), on pre-built batches (no reader)."""
     import torch
 
-    from esmm.losses import compute_loss
-    from esmm.model import build_model
-    from esmm.train import _optimizers
+    from esmm.model.losses import compute_loss
+    from esmm.model.network import build_model
+    from esmm.training.trainer import _optimizers
 
     torch.manual_seed(0)
     if cfg.train.torch_threads:
@@ -124,7 +124,7 @@ def in_memory_rows_per_s(cfg: Config, steps: int) -> float:
 
 
 def ratio(root: str, rows: int, steps: int, extra: list[str]) -> dict:
-    from esmm.train import train
+    from esmm.training.trainer import train
 
     cfg = _cfg(root, [f"train.max_steps={steps}", *extra])
     if not Path(cfg.lakehouse.path("examples")).exists():
@@ -140,7 +140,7 @@ def loader(root: str, extra: list[str]) -> dict:
     import pyarrow.dataset as ds
     import torch
 
-    from esmm.data import _columns, example_batches, resolve_snapshot, to_batch
+    from esmm.data.examples import _columns, example_batches, resolve_snapshot, to_batch
 
     cfg = _cfg(root, extra)
     t = cfg.train
@@ -167,7 +167,7 @@ def loader(root: str, extra: list[str]) -> dict:
 
 def rechub(root: str, steps: int, rechub_python: str, threads: int, extra: list[str]) -> float:
     """rows/s of torch-rechub's ESMM on the first steps*batch rows of the ratio table."""
-    from esmm.data import read_arrow, resolve_snapshot
+    from esmm.data.examples import read_arrow, resolve_snapshot
 
     cfg = _cfg(root, extra)
     n = steps * cfg.train.batch_size
@@ -188,7 +188,7 @@ def rechub(root: str, steps: int, rechub_python: str, threads: int, extra: list[
 
 def memory_child(root: str, extra: list[str]) -> None:
     """One full epoch; prints JSON with rows/s and this process's peak RSS."""
-    from esmm.train import train
+    from esmm.training.trainer import train
 
     r = train(_cfg(root, extra))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

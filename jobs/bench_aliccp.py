@@ -4,11 +4,11 @@ Steps, all the production jobs:
 
 1. ingest ``DIR`` into ``curated/labels``: the raw release when DIR holds
    ``sample_skeleton_{train,test}.csv`` and ``common_features_{train,test}.csv``
-   (:func:`pipelines.aliccp.run`), else every ``*train*.csv`` / ``*test*.csv`` of the
-   processed CSV layout (:func:`pipelines.aliccp.run_csv`); train -> ``aliccp.train_date``,
+   (:func:`pipelines.ingest.aliccp.run`), else every ``*train*.csv`` / ``*test*.csv`` of the
+   processed CSV layout (:func:`pipelines.ingest.aliccp.run_csv`); train -> ``aliccp.train_date``,
    test -> ``aliccp.test_date``;
-2. ``pipelines.features.run`` for both dates;
-3. ``esmm.train.train`` per model kind and seed: train on the train date, evaluate on the
+2. ``pipelines.features.job.run`` for both dates;
+3. ``esmm.training.trainer.train`` per model kind and seed: train on the train date, evaluate on the
    test date;
 4. print CVR AUC on clicked impressions and CTCVR AUC on all impressions (mean ± sample
    std over seeds, in %) beside the paper's Table 2.
@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 from pyspark.sql import SparkSession
 
-from esmm.config_loader import load_config
+from esmm.config.loader import load_config
 
 # Ma et al. 2018, Table 2 (Ali-CCP public dataset): AUC in %.
 PAPER = {"BASE": ("66.00", "62.07"), "ESMM": ("68.56 ± 0.37", "65.32 ± 0.49")}
@@ -40,7 +40,7 @@ def raw_files(data: Path) -> Optional[dict[str, tuple[Path, Path]]]:
 
 
 def ingest(spark: SparkSession, cfg, data: Path, log=print) -> None:
-    from pipelines import aliccp
+    from pipelines.ingest import aliccp
 
     raw = raw_files(data)
     if raw:
@@ -66,8 +66,9 @@ def run(spark: Optional[SparkSession], conf_files: list[str], overrides: list[st
         models: tuple[str, ...] = ("naive", "esmm", "escm2-ips", "escm2-dr"), seeds: int = 3,
         epochs: int = 1, skip_prepare: bool = False) -> str:
     """Ingest, build examples, train and evaluate; returns the printed table."""
-    from esmm.train import train
-    from pipelines import aliccp, features
+    from esmm.training.trainer import train
+    from pipelines.ingest import aliccp
+    from pipelines.features import job as features
 
     cfg = load_config(conf_files, overrides)
     aliccp.field_id(cfg.features.categorical[0])  # fails with the fix unless conf/aliccp.yaml is in use

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from esmm.calibration_metrics import ece, field_rce, pcoc
+from esmm.calibration.metrics import ece, field_rce, pcoc
 
 
 def truth_calibration(artifact_dir: str, model_id: str, examples_path: str, version: int,
@@ -30,9 +30,10 @@ def truth_calibration(artifact_dir: str, model_id: str, examples_path: str, vers
     plus ``calibration_conversions`` (conversions of the calibration days) and
     ``eval_conversions``. An artifact without maps gives the raw keys only.
     """
-    from esmm import calibration, registry
-    from esmm.data import pack_categorical, read_arrow, resolve_snapshot
-    from esmm.evaluate import predict, read_truth
+    from esmm.calibration import maps as calibration
+    from esmm.registry import artifacts as registry
+    from esmm.data.examples import pack_categorical, read_arrow, resolve_snapshot
+    from esmm.evaluation.metrics import predict, read_truth
 
     model, meta = registry.load_model(artifact_dir)
     maps = calibration.load(artifact_dir, model_id)

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from esmm.config import Config
+from esmm.config.schema import Config
 from jobs import perf_table
 from jobs.bench_sizes import PERF_SIZES
 

@@ -7,11 +7,11 @@ same world, so model differences are paired by seed.
 1. A world of ``--size`` (days x impressions per day; the last day is the
    evaluation day). ``--pipeline direct`` (default) writes ``curated/examples``,
    ``sim/truth`` and ``sim/oracle`` straight from the simulator
-   (:mod:`pipelines.sim_examples`: perfect logging, mature labels), so the bench
+   (:mod:`pipelines.sim.examples`: perfect logging, mature labels), so the bench
    measures the models, not the label job. ``--pipeline full`` runs the production
    chain instead: ``esmm generate`` with its logging mess, ``esmm labels`` for
    every day as of :func:`backfill_as_of`, ``esmm features``.
-2. ``esmm.train.train`` per model kind: train on days 1..n-1, evaluate on day n
+2. ``esmm.training.trainer.train`` per model kind: train on days 1..n-1, evaluate on day n
    against ``sim/truth``.
 3. Per model, mean ± sample std over seeds of :data:`HEADLINE` metrics and of the
    share of the oracle's lift reached, ``(auc - 0.5) / (oracle_auc - 0.5)``, with
@@ -19,7 +19,7 @@ same world, so model differences are paired by seed.
    (:data:`PAIRS`) with their std and t = mean / (std / sqrt(n)).
 4. JSON (every seed's numbers) and a Markdown table, written to ``--out`` and printed.
 
-MLflow (:mod:`esmm.tracking`, when ``tracking.enabled``): one parent run per bench,
+MLflow (:mod:`esmm.registry.tracking`, when ``tracking.enabled``): one parent run per bench,
 named and tagged with its ``bench_run_id`` and the run date, holding
 ``bench_quality.md`` and ``<kind>/<metric>_mean`` / ``_std``; each training is a
 child run with the same tags plus its model kind, seed and the examples table's
@@ -42,8 +42,8 @@ from typing import Callable, Optional
 import numpy as np
 from pyspark.sql import functions as F
 
-from esmm.config import MODEL_KINDS, Config
-from esmm.config_loader import load_config
+from esmm.config.schema import MODEL_KINDS, Config
+from esmm.config.loader import load_config
 from jobs.bench_sizes import SIZES, bias_value
 
 WORLD_SEED, TRAIN_SEED = 42, 2018
@@ -144,7 +144,7 @@ def bench_overrides(size: str, cvr: Optional[float] = None, selection_bias: Opti
 def backfill_as_of(cfg: Config) -> dt.datetime:
     """As-of time of the full pipeline's label runs: the end of the last generated day plus
     click_window + attribution_window, so every generated day's labels are mature."""
-    from esmm.timeutil import default_as_of
+    from esmm.util.timeutil import default_as_of
 
     return default_as_of(cfg.generate.dates[-1]) + dt.timedelta(
         seconds=cfg.labels.seconds("click_window") + cfg.labels.seconds("attribution_window"))
@@ -154,8 +154,10 @@ def prepare(spark, cfg: Config, log=print) -> dict[str, int]:
     """Full pipeline: generate logs, label every generated day (as of :func:`backfill_as_of`)
     and build ``curated/examples``. Returns counts. Raises RuntimeError when any example
     row is immature."""
-    from pipelines import features, generate, labels
-    from pipelines.delta_io import read_delta
+    from pipelines.features import job as features
+    from pipelines.sim import generator as generate
+    from pipelines.labels import job as labels
+    from pipelines.io.delta import read_delta
 
     dates = cfg.generate.dates
     counts = generate.run(spark, cfg, log=log)
@@ -184,10 +186,10 @@ def run_seed(spark, conf_files: list[str], overrides: list[str], k: int, models:
     With ``calibration_days`` K the K days before the evaluation day are held out of
     training, the trainer fits its calibration maps on them, and the model's metrics
     gain :data:`CALIBRATION` (raw and calibrated, against sim/truth)."""
-    from esmm.data import latest_version
-    from esmm.train import train
-    from pipelines.oracle import read_oracle
-    from pipelines.sim_examples import write_world
+    from esmm.data.examples import latest_version
+    from esmm.training.trainer import train
+    from pipelines.sim.oracle import read_oracle
+    from pipelines.sim.examples import write_world
 
     seeded = [*overrides, f"generate.seed={WORLD_SEED + k}"]
     cfg = load_config(conf_files, seeded)
@@ -331,8 +333,8 @@ def run(spark, conf_files: list[str], base_overrides: list[str], size: str = "de
 def start_bench_run(cfg: Config, pipeline: str, extra_tags: dict):
     """The bench's parent MLflow run (a no-op Tracker when tracking is off) and the
     tracking section of its training runs, tagged as its children with the bench's run id."""
-    from esmm import tracking
-    from esmm.timeutil import new_run_id
+    from esmm.registry import tracking
+    from esmm.util.timeutil import new_run_id
 
     bench_id = new_run_id(pipeline)
     tags = {"pipeline": pipeline, "bench_run_id": bench_id,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from esmm.config_loader import load_config
+from esmm.config.loader import load_config
 from jobs.bench_quality import bench_overrides, mean_std, paired, run_seed
 from jobs.bench_sizes import SIZES, bias_value
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from esmm.config import Config
-from esmm.config_loader import load_config
-from esmm.errors import ConfigError
-from pipelines.table_errors import TableReadError, TableWriteError
+from esmm.config.schema import Config
+from esmm.config.loader import load_config
+from esmm.config.errors import ConfigError
+from pipelines.io.errors import TableReadError, TableWriteError
 
 EXIT_INPUT_UNREADABLE = 65  # EX_DATAERR: fix or restore the named file, then re-run
 EXIT_WRITE_FAILED = 74  # EX_IOERR: make the path writable or free space, then re-run
@@ -63,7 +63,7 @@ def command(name: str, help_: str, add_args: Callable[[argparse.ArgumentParser],
 
 
 def _spark(cfg: Config):
-    from pipelines.session import get_spark
+    from pipelines.io.session import get_spark
 
     spark = get_spark(cfg.spark)
     print(f"esmm: spark master {spark.sparkContext.master}, lakehouse {cfg.lakehouse.root}", file=sys.stderr)
@@ -91,7 +91,7 @@ GENERATE_SHORTCUTS = {"days": "generate.days", "impressions_per_day": "generate.
 
 @command("generate", "write synthetic raw logs and sim/truth", _generate_args, GENERATE_SHORTCUTS)
 def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
-    from pipelines import generate
+    from pipelines.sim import generator as generate
 
     spark = _spark(cfg)
     t0 = time.time()
@@ -106,7 +106,7 @@ def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
 
 @command("summary", "print per-day counts of the raw tables")
 def cmd_summary(cfg: Config, args: argparse.Namespace) -> int:
-    from pipelines.stats import raw_daily_counts
+    from pipelines.report.stats import raw_daily_counts
 
     _print_df(raw_daily_counts(_spark(cfg), cfg), n=1000)
     return 0
@@ -126,7 +126,7 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 
 @command("score", "score a day's candidates into serving/scores", _score_args)
 def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
-    from pipelines import score
+    from pipelines.scoring import job as score
 
     try:
         score.run(_spark(cfg), cfg, args.date, model_id=args.model)
@@ -157,7 +157,7 @@ def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipelines import report
+    from pipelines.report import page as report
 
     data = report.collect(_spark(cfg), cfg, args.date)
     page = report.render(data, Path(cfg.lakehouse.path("reports")) / args.date)
@@ -177,7 +177,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     """The README's demo: conf/demo.yaml (applied first; --conf/--set still win) + the chain."""
     from pipelines import nightly
     from pipelines.nightly.runner import EXIT_OK
-    from pipelines.report import text_table
+    from pipelines.report.page import text_table
 
     t0 = time.time()
     rc = cmd_generate(cfg, args)
@@ -209,7 +209,7 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from esmm.config import MODEL_KINDS
+    from esmm.config.schema import MODEL_KINDS
 
     p.add_argument("--model", choices=MODEL_KINDS, help="shortcut for --set model.kind=...")
     p.add_argument("--train-start", help="first dt of the training window (train.train_start)")
@@ -223,7 +223,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def write_result_json(path: str, r) -> None:
-    """Rank 0's :class:`esmm.train.TrainResult` as JSON, written whole or not at all."""
+    """Rank 0's :class:`esmm.training.trainer.TrainResult` as JSON, written whole or not at all."""
     body = {"model_id": r.model_id, "artifact_dir": r.artifact_dir, "metrics": r.metrics,
             "examples_version": r.examples_version, "steps": r.steps,
             "total_samples": r.total_samples, "world_size": r.world_size, "seconds": r.seconds,
@@ -237,8 +237,8 @@ def write_result_json(path: str, r) -> None:
          {"model": "model.kind", "train_start": "train.train_start", "train_end": "train.train_end",
           "eval_date": "train.eval_dates", "epochs": "train.epochs"})
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm.metrics_table import format_table
-    from esmm.train import train
+    from esmm.evaluation.table import format_table
+    from esmm.training.trainer import train
 
     r = train(cfg)
     if r.rank == 0:
@@ -251,7 +251,7 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
         if args.result_json:
             write_result_json(args.result_json, r)
         if any(k.endswith("_raw") for k in r.metrics):
-            from esmm.calibration_metrics import format_report
+            from esmm.calibration.metrics import format_report
 
             print(format_report(r.metrics))
     return 0
@@ -268,8 +268,8 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 @command("calibrate", "fit calibration maps for a trained model and save them in its artifact",
          _calibrate_args)
 def cmd_calibrate(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm.calibration import CalibrationError
-    from esmm.calibration_fit import fit_calibration
+    from esmm.calibration.maps import CalibrationError
+    from esmm.calibration.fit import fit_calibration
 
     try:
         fit_calibration(cfg, args.model_id, args.cal_dates, eval_dates=args.cal_eval_dates)
@@ -281,7 +281,7 @@ def cmd_calibrate(cfg: Config, args: argparse.Namespace) -> int:
 
 @command("models", "list the model registry")
 def cmd_models(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm import registry
+    from esmm.registry import artifacts as registry
 
     rows = registry.list_models(cfg.lakehouse.path("registry"))
     if not rows:
@@ -298,7 +298,7 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 
 @command("promote", "make a registered model the champion", _promote_args)
 def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm import registry
+    from esmm.registry import artifacts as registry
 
     try:
         registry.promote(cfg.lakehouse.path("registry"), args.model_id)
@@ -346,7 +346,7 @@ def _labels_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dates(args: argparse.Namespace) -> list[str]:
-    from esmm.timeutil import date_range, parse_date
+    from esmm.util.timeutil import date_range, parse_date
 
     if args.date:
         if args.end:
@@ -359,8 +359,8 @@ def _dates(args: argparse.Namespace) -> list[str]:
 
 @command("labels", "build curated/labels (and curated/quarantine) for dates", _labels_args)
 def cmd_labels(cfg: Config, args: argparse.Namespace) -> int:
-    from esmm.timeutil import parse_as_of
-    from pipelines import labels
+    from esmm.util.timeutil import parse_as_of
+    from pipelines.labels import job as labels
 
     try:
         dates = _dates(args)
@@ -378,7 +378,7 @@ def cmd_labels(cfg: Config, args: argparse.Namespace) -> int:
 
 @command("features", "build curated/examples from curated/labels for dates", _dates_args)
 def cmd_features(cfg: Config, args: argparse.Namespace) -> int:
-    from pipelines import features
+    from pipelines.features import job as features
 
     try:
         dates = _dates(args)
@@ -409,7 +409,7 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
 
 @command("ingest", "ingest Ali-CCP into curated/labels (use --conf conf/aliccp.yaml)", _ingest_args)
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
-    from pipelines import aliccp
+    from pipelines.ingest import aliccp
 
     if args.layout == "aliccp" and not (args.skeleton and args.common and args.split) or \
             args.layout == "aliccp-csv" and not args.paths or \

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from esmm.config import SparkConfig
-from esmm.config_loader import load_config
+from esmm.config.schema import SparkConfig
+from esmm.config.loader import load_config
 
 
 # Tests talk to this machine only: bind Spark (and the standalone cluster) to loopback.
@@ -18,7 +18,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipelines.session import get_spark
+    from pipelines.io.session import get_spark
 
     cfg = SparkConfig(
         app_name="esmm-tests",

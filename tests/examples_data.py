@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from esmm.config import CategoricalField, FeatureSpec, NumericField
+from esmm.config.schema import CategoricalField, FeatureSpec, NumericField
 
 TINY_SPEC = FeatureSpec(categorical=[CategoricalField("a", buckets=50), CategoricalField("b", buckets=20)],
                         numeric=[NumericField("x")])
@@ -58,7 +58,7 @@ def ddp_worker(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
 
     import torch
 
-    from esmm.train import train
+    from esmm.training.trainer import train
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))

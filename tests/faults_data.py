@@ -1,7 +1,7 @@
 """A tiny raw world and a champion model for the fault tests (tests/test_faults*.py, test_cli_exit.py).
 
 Two days of raw impressions, clicks and conversions (Delta, the contract of
-:mod:`pipelines.contract`, default feature spec), written with ``spark.range``
+:mod:`pipelines.io.contract`, default feature spec), written with ``spark.range``
 so no generator run is needed: every 5th impression clicked a minute later, every
 3rd click converting an hour after it (a click id on most, last-touch on the rest),
 one click of an unknown impression for the quarantine. Two Parquet files per
@@ -73,9 +73,9 @@ def save_champion(cfg, model_id: str = "m-faults") -> str:
     artifact, registered and promoted, so ``esmm score`` has a champion. Returns its id."""
     import torch
 
-    from esmm import registry
-    from esmm.config import CategoricalField, FeatureSpec, NumericField
-    from esmm.model import build_model
+    from esmm.registry import artifacts as registry
+    from esmm.config.schema import CategoricalField, FeatureSpec, NumericField
+    from esmm.model.network import build_model
 
     spec = FeatureSpec(categorical=[CategoricalField("device", buckets=8),
                                     CategoricalField("user_id", buckets=64)], numeric=[NumericField("price")])

@@ -1,6 +1,6 @@
 """The label rules as one plain SQL query: an independent reference for tests and benchmarks.
 
-:mod:`pipelines.labels` is the production implementation (DataFrames, quarantine,
+:mod:`pipelines.labels.job` is the production implementation (DataFrames, quarantine,
 ownership of every record). This module writes the *labelling* rules a second
 time, as the SQL an analyst would write over the three raw tables, in the common
 subset of Spark SQL and DuckDB. The property test compares the two on generated
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pipelines.labels_rules import Windows
+from pipelines.labels.rules import Windows
 
 
 def _ok_id(c: str) -> str:

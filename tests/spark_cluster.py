@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.session import cached_delta_jars
+from pipelines.io.session import cached_delta_jars
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("esmm", "pipelines", "jobs", "conf")  # the README's `zip -r esmm.zip esmm pipelines jobs conf`

@@ -2,10 +2,10 @@
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config import REPO_ROOT
-from esmm.config_loader import load_config
-from pipelines import aliccp
-from pipelines.delta_io import read_delta
+from esmm.config.schema import REPO_ROOT
+from esmm.config.loader import load_config
+from pipelines.ingest import aliccp
+from pipelines.io.delta import read_delta
 
 HEADER = "click,purchase,101,121,122,124,125,126,127,128,129,205,206,207,210,216,508,509,702,853,301,109_14,110_14,127_14,150_14"
 

@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config import REPO_ROOT
-from esmm.config_loader import load_config
-from esmm.train import train
-from pipelines import aliccp, features, score
-from pipelines.delta_io import read_delta
+from esmm.config.schema import REPO_ROOT
+from esmm.config.loader import load_config
+from esmm.training.trainer import train
+from pipelines.ingest import aliccp
+from pipelines.features import job as features
+from pipelines.scoring import job as score
+from pipelines.io.delta import read_delta
 
 # shared/ sits beside the clone (CI keeps a copy there); ESMM_SHARED_DIR points elsewhere
 # (e.g. from a git worktree).

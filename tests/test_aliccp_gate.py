@@ -3,10 +3,11 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
-from esmm.config import REPO_ROOT
-from esmm.config_loader import load_config
-from pipelines import aliccp, ingest_gate
-from pipelines.delta_io import read_delta
+from esmm.config.schema import REPO_ROOT
+from esmm.config.loader import load_config
+from pipelines.ingest import aliccp
+from pipelines.ingest import gate as ingest_gate
+from pipelines.io.delta import read_delta
 
 A, B, C = "\x01", "\x02", "\x03"
 

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config import REPO_ROOT
-from esmm.config_loader import load_config
-from pipelines import aliccp, features
-from pipelines.delta_io import read_delta
+from esmm.config.schema import REPO_ROOT
+from esmm.config.loader import load_config
+from pipelines.ingest import aliccp
+from pipelines.features import job as features
+from pipelines.io.delta import read_delta
 
 A, B, C = "\x01", "\x02", "\x03"
 BEHAVIOUR = [f"a{i}" for i in range(300)]  # more than the model reads (max_len 256): all kept in tables

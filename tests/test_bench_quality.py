@@ -5,7 +5,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.bench_quality import backfill_as_of, bench_overrides, prepare
-from pipelines.delta_io import read_delta
+from pipelines.io.delta import read_delta
 
 
 @pytest.mark.integration

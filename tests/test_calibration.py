@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from esmm import calibration as C
-from esmm.calibration_metrics import ece, field_rce, pcoc
+from esmm.calibration import maps as C
+from esmm.calibration.metrics import ece, field_rce, pcoc
 
 
 def brute_isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -170,7 +170,7 @@ def test_metrics_on_hand_computed_values():
 
 
 def test_format_report_reads_only_the_raw_and_calibrated_pairs():
-    from esmm.calibration_metrics import format_report
+    from esmm.calibration.metrics import format_report
 
     text = format_report({"ctcvr_auc": 0.8, "ctr_auc": 0.7, "ctcvr_pcoc_raw": 1.25, "ctcvr_pcoc_cal": 1.0,
                           "ctr_ece_raw": 0.02})

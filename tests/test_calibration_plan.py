@@ -2,7 +2,7 @@
 scores on the evaluation day: tests/test_gate.py and the nightly end-to-end test)."""
 from __future__ import annotations
 
-from esmm.config import LabelConfig, NightlyConfig
+from esmm.config.schema import LabelConfig, NightlyConfig
 from pipelines.nightly.plan import plan_dates
 
 DAYS = [f"2026-11-{d:02d}" for d in range(1, 15)]

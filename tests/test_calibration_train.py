@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from esmm import calibration
-from esmm.calibration import CalibrationError
-from esmm.calibration_fit import fit_calibration
-from esmm.config_loader import load_config
-from esmm.train import train
+from esmm.calibration import maps as calibration
+from esmm.calibration.maps import CalibrationError
+from esmm.calibration.fit import fit_calibration
+from esmm.config.loader import load_config
+from esmm.training.trainer import train
 from examples_data import TINY_OVERRIDES, examples_df, write_examples
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
@@ -66,11 +66,11 @@ def test_uncalibrated_artifact_then_esmm_calibrate(lake, tmp_path):
 
 def test_evaluation_with_the_maps_scores_what_serving_holds(lake, tmp_path):
     """The nightly's evaluate step passes the artifact's maps: the saved per-row scores the
-    gate compares are the calibrated ones, exactly esmm.calibration.apply of the raw ones."""
-    from esmm import registry
-    from esmm.data import read_arrow, resolve_snapshot
-    from esmm.evaluate import evaluate
-    from esmm.gate import load_predictions
+    gate compares are the calibrated ones, exactly esmm.calibration.maps.apply of the raw ones."""
+    from esmm.registry import artifacts as registry
+    from esmm.data.examples import read_arrow, resolve_snapshot
+    from esmm.evaluation.metrics import evaluate
+    from esmm.evaluation.predictions import load_predictions
 
     r = train(_cfg(lake, tmp_path, "calibration.dates=[2026-11-04]"))
     model, meta = registry.load_model(r.artifact_dir)

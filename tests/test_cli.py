@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from esmm.config import ModelConfig
-from esmm.errors import ConfigError
+from esmm.config.schema import ModelConfig
+from esmm.config.errors import ConfigError
 from jobs.cli import COMMANDS, build_parser, config_from_args
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm import registry
-from esmm.config_loader import load_config
+from esmm.registry import artifacts as registry
+from esmm.config.loader import load_config
 from jobs.cli import main
-from pipelines.delta_io import read_delta
+from pipelines.io.delta import read_delta
 from pipelines.nightly.runs import RunsTable
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from esmm import registry
+from esmm.registry import artifacts as registry
 
 pytestmark = pytest.mark.integration  # several fresh interpreters
 
@@ -50,7 +50,7 @@ def test_promote_repeatedly_without_a_terminal(tmp_path):
 def test_score_repeatedly_without_a_terminal(spark, tmp_path):
     """Four scoring runs (each day twice: the re-runs replace, never add) and one with an
     unknown model id, which must end with its documented code 2 every time."""
-    from esmm.config_loader import load_config
+    from esmm.config.loader import load_config
     from faults_data import DAYS, PER_DAY, save_champion, score_cmd, write_raw_world
 
     raw = write_raw_world(spark, tmp_path / "raw")

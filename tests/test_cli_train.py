@@ -1,7 +1,7 @@
 """`esmm train` arguments become the typed config (no training here)."""
 import pytest
 
-from esmm.errors import ConfigError
+from esmm.config.errors import ConfigError
 from jobs.cli import build_parser, config_from_args
 
 

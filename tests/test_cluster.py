@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from esmm.config_loader import load_config
+from esmm.config.loader import load_config
 from jobs.cli import main
-from pipelines.delta_io import read_delta
+from pipelines.io.delta import read_delta
 from spark_cluster import StandaloneCluster, executor_pid, rest, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -114,7 +114,7 @@ def cluster(tmp_path_factory, free_port):
 def local(spark, tmp_path_factory):
     """The tiny world and every job's tables, run locally: the reference lakehouse,
     with a tiny model trained on D1 and registered (its id under ``model_id``)."""
-    from esmm.train import train
+    from esmm.training.trainer import train
 
     root = tmp_path_factory.mktemp("local") / "lakehouse"
     _local(root, *GENERATE)

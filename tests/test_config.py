@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esmm.config import Config
-from esmm.config_loader import DEFAULT_CONF, load_config
-from esmm.errors import ConfigError
-from esmm.timeutil import date_range, parse_duration
+from esmm.config.schema import Config
+from esmm.config.loader import DEFAULT_CONF, load_config
+from esmm.config.errors import ConfigError
+from esmm.util.timeutil import date_range, parse_duration
 
 
 def test_default_yaml_matches_embedded_defaults():

@@ -1,7 +1,7 @@
 """The trainer's data path: one Delta version, never the folder; immature labels filtered."""
 from pathlib import Path
 
-from esmm.data import example_batches, resolve_snapshot
+from esmm.data.examples import example_batches, resolve_snapshot
 from examples_data import TINY_SPEC, examples_df, write_examples
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]

@@ -5,11 +5,13 @@ import pytest
 import torch
 from deltalake import write_deltalake
 
-from esmm import calibration_fit, evaluate as ev
-from esmm.config import CategoricalField, FeatureSpec, ModelConfig, NumericField
-from esmm.data import pack_categorical, read_arrow, resolve_snapshot
-from esmm.gate import load_predictions
-from esmm.model import build_model
+from esmm.calibration import fit as calibration_fit
+
+from esmm.evaluation import metrics as ev
+from esmm.config.schema import CategoricalField, FeatureSpec, ModelConfig, NumericField
+from esmm.data.examples import pack_categorical, read_arrow, resolve_snapshot
+from esmm.evaluation.predictions import load_predictions
+from esmm.model.network import build_model
 
 SPEC = FeatureSpec(categorical=[CategoricalField("a", buckets=5),
                                 CategoricalField("b", buckets=7, multi=True, pooling="sum", max_len=3),

@@ -51,7 +51,7 @@ def reference(spark, raw, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scored_reference(spark, raw, reference, tmp_path_factory):
     """``reference`` plus serving/scores of D1 and D2 by the champion of :func:`save_champion`."""
-    from esmm.config_loader import load_config
+    from esmm.config.loader import load_config
 
     root = tmp_path_factory.mktemp("scored-reference")
     save_champion(load_config(overrides=[f"lakehouse.root={root}"]))
@@ -127,7 +127,7 @@ def test_label_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_eq
 @pytest.mark.slow
 def test_score_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_equals_a_clean_run(
         spark, raw, scored_reference, tmp_path):
-    from esmm.config_loader import load_config
+    from esmm.config.loader import load_config
 
     root = tmp_path / "lake"
     save_champion(load_config(overrides=[f"lakehouse.root={root}"]))

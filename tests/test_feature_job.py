@@ -8,8 +8,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.cli import main
-from pipelines import features
-from pipelines.delta_io import read_delta
+from pipelines.features import job as features
+from pipelines.io.delta import read_delta
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 

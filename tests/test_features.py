@@ -4,8 +4,8 @@ import math
 import pytest
 from pyspark.sql import types as T
 
-from esmm.config import CategoricalField, FeatureSpec, NumericField
-from pipelines.features import encode_features
+from esmm.config.schema import CategoricalField, FeatureSpec, NumericField
+from pipelines.features.job import encode_features
 
 SPEC = FeatureSpec(
     categorical=[CategoricalField("user_city", buckets=50), CategoricalField("position", buckets=8)],

@@ -12,11 +12,12 @@ import math
 import numpy as np
 import pytest
 
-from esmm.config import GateConfig
-from esmm.config_loader import load_config
-from esmm.errors import ConfigError
-from esmm.gate import align, decide, load_predictions, save_predictions
-from esmm.intervals import (calibration_interval, delong, delong_test, logloss_test, poisson_interval,
+from esmm.config.schema import GateConfig
+from esmm.config.loader import load_config
+from esmm.config.errors import ConfigError
+from esmm.evaluation.predictions import align, load_predictions, save_predictions
+from pipelines.nightly.gate import decide
+from esmm.evaluation.intervals import (calibration_interval, delong, delong_test, logloss_test, poisson_interval,
                             wilson_interval)
 
 G = GateConfig()  # the defaults: alpha 0.05, min_conversions 100, calibration [0.8, 1.25]
@@ -247,7 +248,7 @@ def test_config_keys_are_validated_by_name():
 
 
 def _artifact(models, model_id: str):
-    from esmm.registry import META_FORMAT
+    from esmm.registry.artifacts import META_FORMAT
 
     d = models / model_id
     d.mkdir(parents=True)
@@ -261,7 +262,7 @@ def _artifact(models, model_id: str):
 
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_the_gate_step_decision_lands_in_the_step_outputs(make_cfg, tmp_path, shuffle):
-    from esmm import registry
+    from esmm.registry import artifacts as registry
     from pipelines.nightly import steps as nightly_steps
     from pipelines.nightly.runner import Step, run_nightly
     from pipelines.nightly.runs import RunsTable

@@ -6,10 +6,10 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config_loader import load_config
-from pipelines import generate
-from pipelines.contract import RAW_REQUIRED, ContractError, check_raw
-from pipelines.delta_io import read_delta
+from esmm.config.loader import load_config
+from pipelines.sim import generator as generate
+from pipelines.io.contract import RAW_REQUIRED, ContractError, check_raw
+from pipelines.io.delta import read_delta
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 

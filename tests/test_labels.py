@@ -14,11 +14,11 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from esmm.errors import ConfigError
-from esmm.timeutil import default_as_of, parse_as_of
-from pipelines import labels as L
-from pipelines.labels_report import count_fates
-from pipelines.labels_rules import Windows, scope_of
+from esmm.config.errors import ConfigError
+from esmm.util.timeutil import default_as_of, parse_as_of
+from pipelines.labels import job as L
+from pipelines.labels.report import count_fates
+from pipelines.labels.rules import Windows, scope_of
 
 D = "2026-11-02"
 W = Windows()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.timeutil import parse_as_of
+from esmm.util.timeutil import parse_as_of
 from jobs.cli import main
-from pipelines import labels as L
-from pipelines.contract import SOURCES
-from pipelines.delta_io import read_delta
+from pipelines.labels import job as L
+from pipelines.io.contract import SOURCES
+from pipelines.io.delta import read_delta
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 

@@ -8,12 +8,12 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.timeutil import parse_as_of
+from esmm.util.timeutil import parse_as_of
 from jobs.cli import main
 from labels_oracle import count_sql, label_sql
-from pipelines import generate
-from pipelines.delta_io import read_delta
-from pipelines.labels_rules import Windows
+from pipelines.sim import generator as generate
+from pipelines.io.delta import read_delta
+from pipelines.labels.rules import Windows
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -40,7 +40,7 @@ def world(spark, tmp_path_factory, shuffle_partitions):
         # malformed one among them is that date's to quarantine.
         assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
         assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
-        from esmm.config_loader import load_config
+        from esmm.config.loader import load_config
         cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
         t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
              ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}

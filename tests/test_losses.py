@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from esmm.config import ModelConfig
-from esmm.errors import ConfigError
-from esmm.losses import compute_loss, ipw_mean, propensity
+from esmm.config.schema import ModelConfig
+from esmm.config.errors import ConfigError
+from esmm.model.losses import compute_loss, ipw_mean, propensity
 
 
 def cfg(kind, **kw):

@@ -1,8 +1,8 @@
 """The one metric order and text table, as the CLI, the bench and the report print them."""
 from __future__ import annotations
 
-from esmm.metrics_table import format_table, format_value, ordered
-from pipelines.report import metric_table, text_table
+from esmm.evaluation.table import format_table, format_value, ordered
+from pipelines.report.page import metric_table, text_table
 
 
 def test_ordered_puts_known_metrics_first_then_the_rest_alphabetically():

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from esmm.config import CategoricalField, FeatureSpec, ModelConfig, NumericField
-from esmm.evaluate import auc, calibration, compute_metrics, logloss
-from esmm.losses import ce_product, compute_loss
-from esmm.model import build_model
+from esmm.config.schema import CategoricalField, FeatureSpec, ModelConfig, NumericField
+from esmm.evaluation.metrics import auc, calibration, compute_metrics, logloss
+from esmm.model.losses import ce_product, compute_loss
+from esmm.model.network import build_model
 
 SPEC = FeatureSpec(categorical=[CategoricalField("a", buckets=5), CategoricalField("b", buckets=3)],
                    numeric=[NumericField("x")])

@@ -6,10 +6,10 @@ import torch
 from pyspark.sql import types as T
 from torch import nn
 
-from esmm.config import CategoricalField, FeatureSpec, ModelConfig, NumericField
-from esmm.data import PAD, cat_width, pack_categorical, pad_lists
-from esmm.model import build_model
-from pipelines.features import encode_features
+from esmm.config.schema import CategoricalField, FeatureSpec, ModelConfig, NumericField
+from esmm.data.examples import PAD, cat_width, pack_categorical, pad_lists
+from esmm.model.network import build_model
+from pipelines.features.job import encode_features
 
 # a: single (rows 0..4), b: multi sum (rows 5..11), c: multi mean (rows 12..15) of one shared table.
 SPEC = FeatureSpec(categorical=[CategoricalField("a", buckets=5),

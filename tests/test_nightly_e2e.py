@@ -26,8 +26,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm import registry
-from pipelines import generate, nightly, score
+from esmm.registry import artifacts as registry
+from pipelines import nightly
+from pipelines.sim import generator as generate
+from pipelines.scoring import job as score
 from pipelines.nightly.runner import EXIT_OK, EXIT_STEP_FAILED
 from pipelines.nightly.runs import RunsTable
 from pipelines.nightly.steps import STEPS
@@ -38,7 +40,7 @@ D3, D4 = "2026-11-03", "2026-11-04"
 
 @pytest.fixture(scope="module")
 def world(spark, tmp_path_factory):
-    from esmm.config_loader import load_config
+    from esmm.config.loader import load_config
 
     root = tmp_path_factory.mktemp("e2e")
     cfg = load_config(overrides=[

@@ -12,7 +12,7 @@ import socket
 import pytest
 import deltalake
 
-from esmm.config import LabelConfig, NightlyConfig
+from esmm.config.schema import LabelConfig, NightlyConfig
 from pipelines.nightly.plan import label_horizon_days, plan_dates
 from pipelines.nightly.runner import (EXIT_LOCK_HELD, EXIT_OK, EXIT_STEP_FAILED, SkipStep, Step, lock_path,
                                       run_nightly)
@@ -133,7 +133,7 @@ def test_held_lock_refuses_before_starting_spark(make_cfg):
 
 KILLED_CHILD = """
 import time
-from esmm.config_loader import load_config
+from esmm.config.loader import load_config
 from pipelines.nightly.runner import Step, run_nightly
 
 def hang(ctx):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config_loader import load_config
-from esmm.evaluate import auc
-from pipelines import generate
-from pipelines.delta_io import read_delta
-from pipelines.oracle import ORACLE_METRICS, binned_auc, oracle_metrics
+from esmm.config.loader import load_config
+from esmm.evaluation.metrics import auc
+from pipelines.sim import generator as generate
+from pipelines.io.delta import read_delta
+from pipelines.sim.oracle import ORACLE_METRICS, binned_auc, oracle_metrics
 
 
 def _cfg(root, *extra):

@@ -7,8 +7,8 @@ import hashlib
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipelines.delta_io import read_delta
-from pipelines.quarantine import QUARANTINE_SCHEMA, any_blank, is_blank, record_id, stamp, write_quarantine
+from pipelines.io.delta import read_delta
+from pipelines.io.quarantine import QUARANTINE_SCHEMA, any_blank, is_blank, record_id, stamp, write_quarantine
 
 KEYS = T.StructType([T.StructField("a", T.StringType()), T.StructField("b", T.StringType())])
 ROW = T.StructType([f for f in QUARANTINE_SCHEMA.fields if f.name not in ("run_id", "quarantined_at")])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.report import ReportData, metric_table, render
+from pipelines.report.page import ReportData, metric_table, render
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

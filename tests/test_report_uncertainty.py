@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from esmm.config import GateConfig
-from esmm.evaluate import compute_metrics
-from esmm.gate import decide, save_predictions
-from esmm.intervals import reliability_bins
-from pipelines import report_uncertainty
-from pipelines.report import render
+from esmm.config.schema import GateConfig
+from esmm.evaluation.metrics import compute_metrics
+from esmm.evaluation.predictions import save_predictions
+from pipelines.nightly.gate import decide
+from esmm.evaluation.intervals import reliability_bins
+from pipelines.report import uncertainty as report_uncertainty
+from pipelines.report.page import render
 from tests.test_report import check_page_images, sample_data
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from esmm import registry
-from esmm.calibration import CalibrationError, CalibrationMaps, Map
-from pipelines import score
-from pipelines.features import encode_features, feature_names
+from esmm.registry import artifacts as registry
+from esmm.calibration.maps import CalibrationError, CalibrationMaps, Map
+from pipelines.scoring import job as score
+from pipelines.features.job import encode_features, feature_names
 from tests.test_score_job import DAY, GOOD, SCHEMA, SPEC, _candidates, _model, _scores
 
 

@@ -17,11 +17,11 @@ import torch
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from esmm.config import CategoricalField, FeatureSpec, NumericField
-from esmm.model import build_model
-from pipelines import score
-from pipelines.features import encode_features, feature_names
-from pipelines.score_model import ScoringInputError, ScoringModel, resolve_model
+from esmm.config.schema import CategoricalField, FeatureSpec, NumericField
+from esmm.model.network import build_model
+from pipelines.scoring import job as score
+from pipelines.features.job import encode_features, feature_names
+from pipelines.scoring.model import ScoringInputError, ScoringModel, resolve_model
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 
@@ -136,7 +136,7 @@ def test_score_job_refuses_candidates_without_the_models_columns(spark, make_cfg
 def test_score_job_refuses_a_model_whose_spec_is_not_its_mapping(spark, make_cfg, tmp_path):
     from pathlib import Path
 
-    from esmm import registry
+    from esmm.registry import artifacts as registry
 
     cfg = make_cfg()
     net, model = _model(cfg)

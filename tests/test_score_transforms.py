@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import types as T
 
-from esmm.config import CategoricalField, FeatureSpec, NumericField
-from pipelines.score_checks import check_candidates, check_keys, split_unscorable
-from pipelines.score_model import ScoringInputError
+from esmm.config.schema import CategoricalField, FeatureSpec, NumericField
+from pipelines.scoring.checks import check_candidates, check_keys, split_unscorable
+from pipelines.scoring.model import ScoringInputError
 
 SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8)],
                    numeric=[NumericField("price", transform="log1p")])

@@ -10,13 +10,15 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from esmm import registry, tracking
-from esmm.config_loader import load_config
-from esmm.errors import ConfigError
-from esmm.train import train
+from esmm.registry import artifacts as registry
+
+from esmm.registry import tracking
+from esmm.config.loader import load_config
+from esmm.config.errors import ConfigError
+from esmm.training.trainer import train
 from examples_data import TINY_OVERRIDES, examples_df, write_examples
 from jobs import bench_quality
-from pipelines import report
+from pipelines.report import page as report
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 EVAL = "2026-11-04"

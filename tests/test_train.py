@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmm import registry
-from esmm.config_loader import load_config
-from esmm.data import resolve_snapshot
-from esmm.train import train
+from esmm.registry import artifacts as registry
+from esmm.config.loader import load_config
+from esmm.data.examples import resolve_snapshot
+from esmm.training.trainer import train
 from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
 pytestmark = pytest.mark.integration  # multi-process DDP and whole training runs
@@ -47,7 +47,7 @@ def test_snapshot_has_odd_row_groups(lake):
 
 
 def test_linear_schedule_plan_and_factor(lake):
-    from esmm.train import lr_factor, planned_steps
+    from esmm.training.trainer import lr_factor, planned_steps
 
     cfg = make(lake, "train.lr_schedule=linear", "train.lr_final_fraction=0.2", "train.batch_size=256",
                "train.epochs=2")
@@ -85,8 +85,8 @@ def test_two_gloo_processes_finish_and_checkpoint_loads(lake, tmp_path, free_por
 
 CRASH = """
 import sys; sys.path.insert(0, {tests!r})
-from esmm.config_loader import load_config
-from esmm.train import train
+from esmm.config.loader import load_config
+from esmm.training.trainer import train
 from examples_data import TINY_OVERRIDES
 cfg = load_config(overrides=[*TINY_OVERRIDES, *{overrides!r}])
 train(cfg)

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmm import registry
-from esmm.config import ModelConfig, TrainConfig
-from esmm.config_loader import load_config
-from esmm.errors import ConfigError
-from esmm.model import build_model
-from esmm.parallel import allreduce_bytes_per_step, embedding_gradients, precision
-from esmm.train import _optimizers, train
+from esmm.registry import artifacts as registry
+from esmm.config.schema import ModelConfig, TrainConfig
+from esmm.config.loader import load_config
+from esmm.config.errors import ConfigError
+from esmm.model.network import build_model
+from esmm.model.parallel import allreduce_bytes_per_step, embedding_gradients, precision
+from esmm.training.trainer import _optimizers, train
 from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def _grad_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from esmm.losses import compute_loss
+    from esmm.model.losses import compute_loss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

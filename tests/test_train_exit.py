@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esmm.train import _release_group_defaults
+from esmm.training.trainer import _release_group_defaults
 from examples_data import TINY_OVERRIDES, TINY_SPEC
 
 pytestmark = pytest.mark.integration  # torchrun with two ranks, several times
@@ -26,8 +26,8 @@ USER_SCRIPT = textwrap.dedent('''
     if "--init-first" in sys.argv:
         import torch.distributed as dist
         dist.init_process_group("gloo")
-    from esmm.config_loader import load_config
-    from esmm.train import train
+    from esmm.config.loader import load_config
+    from esmm.training.trainer import train
 
     r = train(load_config(overrides=[a for a in sys.argv[1:] if a != "--init-first"]))
     names = []

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from esmm.config import Config, LabelConfig, NightlyConfig
-from esmm.timeutil import parse_date, parse_duration
+from esmm.config.schema import Config, LabelConfig, NightlyConfig
+from esmm.util.timeutil import parse_date, parse_duration
 
 
 def _days(d: str, n: int) -> str:
@@ -90,7 +90,7 @@ def dates_in_paths(files) -> set[str]:
 
 def available_dates(spark, cfg: Config) -> list[str]:
     """Arrival days present in the raw impressions (from file paths: no data is read)."""
-    from pipelines.delta_io import read_raw
+    from pipelines.io.delta import read_raw
 
     df = read_raw(spark, cfg, "impressions")
     found = dates_in_paths(df.inputFiles())

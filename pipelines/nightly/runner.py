@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from esmm.config import Config
-from esmm.timeutil import new_run_id, parse_date, parse_duration
+from esmm.config.schema import Config
+from esmm.util.timeutil import new_run_id, parse_date, parse_duration
 from pipelines.nightly.lock import FileLock, LockHeld
 from pipelines.nightly.plan import NightlyPlan, available_dates, plan_dates
 
@@ -80,7 +80,7 @@ def lock_path(cfg: Config) -> Path:
         return Path(cfg.nightly.lock_path).expanduser()
     runs = cfg.lakehouse.path("runs")
     if "://" in runs:
-        from esmm.errors import ConfigError
+        from esmm.config.errors import ConfigError
 
         raise ConfigError(f"nightly.lock_path: the runs table {runs} is on an object store, where an "
                           f"O_EXCL lock file cannot be created; set nightly.lock_path to a path on a "

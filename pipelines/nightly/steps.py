@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from esmm.timeutil import default_as_of
+from esmm.util.timeutil import default_as_of
 from pipelines.nightly.plan import dates_in_paths
 from pipelines.nightly.runner import NightlyContext, SkipStep, Step
 
@@ -53,7 +53,7 @@ def label_dates(ctx: NightlyContext) -> list[str]:
 
 def labels(ctx: NightlyContext) -> dict[str, Any]:
     """Refresh curated/labels as of the end of the run date (late events included)."""
-    from pipelines import labels as label_job
+    from pipelines.labels import job as label_job
 
     dates = label_dates(ctx)
     if not dates:
@@ -67,7 +67,7 @@ def labels(ctx: NightlyContext) -> dict[str, Any]:
 
 def features(ctx: NightlyContext) -> dict[str, Any]:
     """Rebuild curated/examples for the days the labels step refreshed."""
-    from pipelines import features as feature_job
+    from pipelines.features import job as feature_job
 
     dates = (ctx.outputs.get("labels") or {}).get("dates") or []
     if not dates:
@@ -116,7 +116,7 @@ def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
 
 def train(ctx: NightlyContext) -> dict[str, Any]:
     """Train the configured model on the plan's window (in-process rank, or torchrun)."""
-    from esmm.train import train as train_fn
+    from esmm.training.trainer import train as train_fn
 
     p = ctx.plan
     if p.eval_date is None:
@@ -145,9 +145,10 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
     and the report's intervals. The candidate's reliability diagram is the one
     the trainer wrote into its artifact.
     """
-    from esmm import calibration, registry
-    from esmm.data import resolve_snapshot
-    from esmm.evaluate import evaluate as eval_fn
+    from esmm.calibration import maps as calibration
+    from esmm.registry import artifacts as registry
+    from esmm.data.examples import resolve_snapshot
+    from esmm.evaluation.metrics import evaluate as eval_fn
 
     tr = ctx.outputs.get("train") or {}
     if not tr.get("model_id"):
@@ -195,34 +196,24 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
 
 
 def gate(ctx: NightlyContext) -> dict[str, Any]:
-    """Promote the candidate unless :func:`esmm.gate.decide` keeps the champion.
+    """Promote the candidate unless :func:`pipelines.nightly.gate.promotion` keeps the champion.
 
     Outputs the decision (``promoted``, ``decision``: the reason) and its numbers
     (``tests``, ``n_rows``, ``n_conversions``), which the runs table and the
     report show.
     """
-    from esmm import registry
-    from esmm.gate import GateDecision, align, ctcvr_label, decide, load_predictions
+    from esmm.registry import artifacts as registry
+    from pipelines.nightly.gate import promotion
 
     ev = ctx.outputs.get("evaluate") or {}
     cand_id = (ev.get("model_ids") or {}).get("candidate")
     if not cand_id:
         raise SkipStep("no candidate was evaluated")
-    champ_id = (ev.get("model_ids") or {}).get("champion")
-    preds = ev.get("predictions") or {}
-    if "candidate" not in preds:
-        raise RuntimeError("the evaluate step recorded no per-row predictions (an older run?); "
-                           "re-run the evaluate step of this date")
-    cand = load_predictions(preds["candidate"])
-    champ = None
-    if champ_id is not None:
-        cand, champ = align(cand, load_predictions(preds["champion"]))
-    reg, g = ctx.cfg.lakehouse.path("registry"), ctx.cfg.nightly.gate
-    d = decide(cand["pctcvr"], None if champ is None else champ["pctcvr"], ctcvr_label(cand), g)
-    if champ_id is None and registry.champion(reg) is not None:
-        # A champion exists but could not be compared (different feature mapping): it stays.
-        d = GateDecision(False, f"kept the champion: {ev.get('champion_note', 'champion not comparable')}",
-                         d.tests, d.n_rows, d.n_conversions)
+    preds = dict(ev.get("predictions") or {})
+    if not (ev.get("model_ids") or {}).get("champion"):
+        preds.pop("champion", None)
+    reg = ctx.cfg.lakehouse.path("registry")
+    d = promotion(preds, registry.champion(reg) is not None, ev.get("champion_note"), ctx.cfg.nightly.gate)
     if d.promote:
         registry.promote(reg, cand_id)
     champion = registry.champion(reg)
@@ -233,7 +224,7 @@ def gate(ctx: NightlyContext) -> dict[str, Any]:
 
 def score(ctx: NightlyContext) -> dict[str, Any]:
     """Score the plan's days with the registry's champion into serving/scores."""
-    from pipelines import score as score_job
+    from pipelines.scoring import job as score_job
 
     try:
         model = score_job.resolve_model(ctx.cfg)
@@ -251,7 +242,7 @@ def score(ctx: NightlyContext) -> dict[str, Any]:
 
 def report(ctx: NightlyContext) -> dict[str, Any]:
     """Write reports/<run date>/index.html."""
-    from pipelines import report as report_job
+    from pipelines.report import page as report_job
     from pipelines.nightly.runs import RunsTable
 
     steps = [s for s in RunsTable(ctx.cfg.lakehouse.path("runs")).rows(ctx.run_date) if s["step"] != "report"]

@@ -1,0 +1,610 @@
+"""Typed configuration schema: one dataclass per section, each with its own checks.
+
+Every job builds one :class:`Config` at its entry point
+(:func:`esmm.config.loader.load_config`, YAML files plus ``--set key=value``
+overrides) and passes it (or the section it needs) down. The dataclass defaults
+below are the embedded defaults a single machine runs on; ``conf/default.yaml``
+spells the same values out for people to copy and edit (a test keeps the two
+identical).
+
+Each section's ``validate(key)`` raises :class:`esmm.config.errors.ConfigError` naming
+the dotted key: a value of the wrong range or an impossible combination (a
+negative window, an end date before the start date).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+from esmm.config.errors import ConfigError
+from esmm.util.timeutil import date_range, parse_date, parse_duration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class TablesConfig:
+    """Table locations, relative to ``lakehouse.root`` unless absolute (or a URI)."""
+
+    impressions: str = "raw/impressions"
+    clicks: str = "raw/clicks"
+    conversions: str = "raw/conversions"
+    truth: str = "sim/truth"
+    oracle: str = "sim/oracle"
+    labels: str = "curated/labels"
+    quarantine: str = "curated/quarantine"
+    examples: str = "curated/examples"
+    registry: str = "models/registry"
+    models: str = "models/artifacts"
+    scores: str = "serving/scores"
+    runs: str = "ops/runs"
+    reports: str = "reports"
+
+
+@dataclass
+class LakehouseConfig:
+    root: str = "./lakehouse"
+    tables: TablesConfig = field(default_factory=TablesConfig)
+
+    def path(self, table: str) -> str:
+        """Absolute location of a table named in :class:`TablesConfig`."""
+        rel = getattr(self.tables, table)
+        if "://" in rel or rel.startswith("/"):
+            return rel
+        if "://" in self.root:
+            return self.root.rstrip("/") + "/" + rel
+        return str((Path(self.root).expanduser().resolve() / rel))
+
+
+@dataclass
+class SourceConfig:
+    """Where a raw source lives and in which format (producers often land files first)."""
+
+    format: str = "delta"  # delta | json | parquet
+    path: Optional[str] = None  # default: the lakehouse table of the same name
+
+    def validate(self, key: str) -> None:
+        _require(self.format in ("delta", "json", "parquet"), f"{key}.format",
+                 f"{self.format!r} is not one of delta, json, parquet")
+
+
+@dataclass
+class SourcesConfig:
+    impressions: SourceConfig = field(default_factory=SourceConfig)
+    clicks: SourceConfig = field(default_factory=SourceConfig)
+    conversions: SourceConfig = field(default_factory=SourceConfig)
+
+
+def _default_local_conf() -> dict[str, str]:
+    # Sized for a laptop / 2-core CI box; a cluster's spark-submit settings win.
+    return {
+        "spark.sql.shuffle.partitions": "8",
+        "spark.default.parallelism": "4",
+        "spark.driver.memory": "6g",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.databricks.delta.snapshotPartitions": "2",
+    }
+
+
+@dataclass
+class SparkConfig:
+    """``master`` and ``local_conf`` apply only when no spark-submit launched us."""
+
+    app_name: str = "esmm"
+    master: str = "local[*]"
+    local_conf: dict[str, str] = field(default_factory=_default_local_conf)
+    conf: dict[str, str] = field(default_factory=lambda: {"spark.sql.session.timeZone": "UTC"})
+
+
+POOLINGS = ("sum", "mean")
+
+
+@dataclass
+class CategoricalField:
+    """A categorical feature hashed into ``buckets`` embedding rows (row 0 = NULL).
+
+    ``multi``: the raw column is an ARRAY (every value kept, hashed one by one);
+    the model pools the field's embeddings with ``pooling`` (sum | mean) over at
+    most ``max_len`` values per row (the first ``max_len``; the examples table
+    keeps all of them).
+    """
+
+    name: str = ""
+    column: Optional[str] = None  # raw column; default: ``name``
+    buckets: int = 1000
+    multi: bool = False
+    pooling: str = "sum"
+    max_len: int = 64
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.name), f"{key}.name", "must be a non-empty string")
+        _require(self.buckets >= 2, f"{key}.buckets", f"{self.buckets} must be >= 2")
+        _require(self.pooling in POOLINGS, f"{key}.pooling",
+                 f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        _require(self.max_len >= 1, f"{key}.max_len", f"{self.max_len} must be >= 1")
+
+    @property
+    def width(self) -> int:
+        """Columns the field takes in the model's ``cat`` matrix (1, or ``max_len`` if multi)."""
+        return self.max_len if self.multi else 1
+
+
+@dataclass
+class NumericField:
+    """A numeric feature: NaN/inf/NULL -> ``fill``, then transform, then clip."""
+
+    name: str = ""
+    column: Optional[str] = None
+    transform: str = "none"  # none | log1p
+    clip_min: Optional[float] = None
+    clip_max: Optional[float] = None
+    fill: float = 0.0
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.name), f"{key}.name", "must be a non-empty string")
+        _require(self.transform in ("none", "log1p"), f"{key}.transform",
+                 f"{self.transform!r} is not one of none, log1p")
+        if self.clip_min is not None and self.clip_max is not None:
+            _require(self.clip_min <= self.clip_max, f"{key}.clip_max",
+                     f"{self.clip_max} is below clip_min {self.clip_min}")
+
+
+def _default_categorical() -> list[CategoricalField]:
+    return [
+        CategoricalField("user_id", buckets=200_000),
+        CategoricalField("item_id", buckets=100_000),
+        CategoricalField("user_gender", buckets=4),
+        CategoricalField("user_age", buckets=10),
+        CategoricalField("user_city", buckets=2_000),
+        CategoricalField("item_category", buckets=500),
+        CategoricalField("item_brand", buckets=5_000),
+        CategoricalField("item_shop", buckets=20_000),
+        CategoricalField("position", buckets=16),
+        CategoricalField("device", buckets=8),
+        CategoricalField("hour", buckets=32),
+    ]
+
+
+def _default_numeric() -> list[NumericField]:
+    return [
+        NumericField("price", transform="log1p", clip_min=0.0, clip_max=12.0),
+        NumericField("item_rating", transform="none", clip_min=0.0, clip_max=5.0),
+        NumericField("user_activity", transform="log1p", clip_min=0.0, clip_max=10.0),
+    ]
+
+
+@dataclass
+class FeatureSpec:
+    """The model's inputs, mapped identically by the feature job and the scorer."""
+
+    categorical: list[CategoricalField] = field(default_factory=_default_categorical)
+    numeric: list[NumericField] = field(default_factory=_default_numeric)
+    hash_version: int = 1
+
+    def validate(self, key: str) -> None:
+        names = [f.name for f in self.categorical] + [f.name for f in self.numeric]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _require(not dup, key, f"feature names must be unique, repeated: {dup}")
+        _require(len(self.categorical) > 0, f"{key}.categorical", "needs at least one field")
+        for i, f in enumerate(self.categorical):
+            f.validate(f"{key}.categorical[{i}]")
+        for i, f in enumerate(self.numeric):
+            f.validate(f"{key}.numeric[{i}]")
+
+    @property
+    def mapping_id(self) -> str:
+        """Content hash of everything that decides an example's column values."""
+        data = dataclasses.asdict(self)
+        for f in data["categorical"]:
+            # pooling and max_len act in the model, not on example values; a single-valued
+            # field hashes as before, so existing mapping ids stay valid.
+            f.pop("pooling"), f.pop("max_len")
+            if not f["multi"]:
+                f.pop("multi")
+        payload = json.dumps(data, sort_keys=True)
+        return "fm-" + hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass
+class LabelConfig:
+    """Windows of the entire-space label join (durations like '5m', '1d', '7d')."""
+
+    click_skew: str = "5m"
+    click_window: str = "1d"
+    attribution_window: str = "7d"
+    max_lateness: str = "1d"
+    max_bad_fraction: float = 0.01
+
+    def validate(self, key: str) -> None:
+        for name in ("click_skew", "click_window", "attribution_window", "max_lateness"):
+            parse_duration(getattr(self, name), f"{key}.{name}")
+        _require(0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction",
+                 f"{self.max_bad_fraction} is outside [0, 1]")
+
+    def seconds(self, name: str) -> int:
+        return parse_duration(getattr(self, name), name)
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic click logs (see pipelines/sim/generator.py for the model of the world)."""
+
+    start_date: str = "2026-11-01"
+    days: int = 7
+    impressions_per_day: int = 100_000
+    seed: int = 42
+    ctr: float = 0.04  # clicked impressions / impressions
+    cvr: float = 0.05  # converting clicked impressions / clicked impressions
+    # Correlation of the click and conversion signals (the shared factor's weight in
+    # both logits; negative: what raises clicks lowers conversions). 0 = no selection bias.
+    selection_bias: float = 0.5
+    n_users: int = 100_000
+    n_items: int = 50_000
+    multi_click_rate: float = 0.05  # share of clicked impressions clicked twice
+    duplicate_rate: float = 0.01
+    late_rate: float = 0.01  # share of events arriving in the next dt
+    no_click_id_rate: float = 0.10  # conversions that need last-touch attribution
+    malformed_rate: float = 0.0
+    conversion_delay_median: str = "2h"
+    partitions_per_day: int = 2
+
+    def validate(self, key: str) -> None:
+        parse_date(self.start_date, f"{key}.start_date")
+        parse_duration(self.conversion_delay_median, f"{key}.conversion_delay_median")
+        _require(self.days >= 1, f"{key}.days", f"{self.days} must be >= 1")
+        _require(self.impressions_per_day >= 1, f"{key}.impressions_per_day",
+                 f"{self.impressions_per_day} must be >= 1")
+        _require(self.n_users >= 1 and self.n_items >= 1, f"{key}.n_users",
+                 "n_users and n_items must be >= 1")
+        _require(self.partitions_per_day >= 1, f"{key}.partitions_per_day", "must be >= 1")
+        _require(0.0 < self.ctr < 0.5, f"{key}.ctr", f"{self.ctr} must be in (0, 0.5)")
+        _require(0.0 < self.cvr < 0.5, f"{key}.cvr", f"{self.cvr} must be in (0, 0.5)")
+        _require(-1.0 <= self.selection_bias <= 1.0, f"{key}.selection_bias",
+                 f"{self.selection_bias} is outside [-1, 1]")
+        for name in ("multi_click_rate", "duplicate_rate", "late_rate", "no_click_id_rate",
+                     "malformed_rate"):
+            v = getattr(self, name)
+            _require(0.0 <= v <= 1.0, f"{key}.{name}", f"{v} is outside [0, 1]")
+
+    @property
+    def dates(self) -> list[str]:
+        d0 = parse_date(self.start_date)
+        return [(d0 + dt.timedelta(days=i)).isoformat() for i in range(self.days)]
+
+
+MODEL_KINDS = ("naive", "esmm", "escm2-ips", "escm2-dr")
+PROPENSITY_CALIBRATIONS = ("none", "batch")  # see esmm/model/losses.py propensity()
+IPS_NORMALIZATIONS = ("all", "self")  # 1/|D| (the paper's) | self-normalised (SNIPS)
+
+
+def _default_tower() -> list[int]:
+    return [360, 200, 80]  # the ESMM paper's MLP (Ma et al. 2018, section 3.2)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and loss of one model (see esmm/model/network.py, esmm/model/losses.py).
+
+    ``kind``: naive | esmm | escm2-ips | escm2-dr. ``tower``: hidden sizes of
+    each tower (CTR, CVR, and DR's imputation tower). ``cvr_risk_weight`` is
+    ESCM2's lambda on the counterfactual CVR risk, ``imputation_weight`` the
+    weight of DR's imputation loss, ``propensity_clip`` the lower clip of the
+    detached pCTR used as propensity (so IPS weights are at most 1/clip),
+    ``propensity_calibration`` ``batch`` rescales that pCTR so its batch mean is
+    the batch's click rate, ``ips_normalization`` divides the inverse-propensity
+    sums by |D| (``all``, the paper's) or by the sum of the weights (``self``).
+    ``sparse_embedding``: auto | true | false, the embedding table's gradient
+    (auto: sparse except under DDP over NCCL; see esmm/model/parallel.py).
+    """
+
+    kind: str = "esmm"
+    embedding_dim: int = 18
+    tower: list[int] = field(default_factory=_default_tower)
+    dropout: float = 0.1
+    sparse_embedding: bool | str = "auto"
+    ctcvr_weight: float = 1.0
+    cvr_risk_weight: float = 1.0
+    imputation_weight: float = 1.0
+    propensity_clip: float = 0.02
+    propensity_calibration: str = "none"
+    ips_normalization: str = "all"
+
+    def validate(self, key: str) -> None:
+        _require(self.kind in MODEL_KINDS, f"{key}.kind",
+                 f"{self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        _require(self.embedding_dim >= 1, f"{key}.embedding_dim", f"{self.embedding_dim} must be >= 1")
+        _require(len(self.tower) >= 1 and all(h >= 1 for h in self.tower), f"{key}.tower",
+                 f"{self.tower} must be a non-empty list of positive sizes")
+        _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"{self.dropout} is outside [0, 1)")
+        _require(self.sparse_embedding in (True, False, "auto"), f"{key}.sparse_embedding",
+                 f"{self.sparse_embedding!r} is not one of auto, true, false")
+        _require(0.0 < self.propensity_clip <= 1.0, f"{key}.propensity_clip",
+                 f"{self.propensity_clip} is outside (0, 1]")
+        _require(self.propensity_calibration in PROPENSITY_CALIBRATIONS, f"{key}.propensity_calibration",
+                 f"{self.propensity_calibration!r} is not one of {', '.join(PROPENSITY_CALIBRATIONS)}")
+        _require(self.ips_normalization in IPS_NORMALIZATIONS, f"{key}.ips_normalization",
+                 f"{self.ips_normalization!r} is not one of {', '.join(IPS_NORMALIZATIONS)}")
+        for name in ("ctcvr_weight", "cvr_risk_weight", "imputation_weight"):
+            _require(getattr(self, name) >= 0.0, f"{key}.{name}", f"{getattr(self, name)} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: data window, optimisation, checkpoints (see esmm/training/trainer.py).
+
+    ``train_start``/``train_end``: inclusive ``dt`` window of ``curated/examples``;
+    ``eval_dates``: dates evaluated after training; ``examples_version``: Delta
+    version to read (null = latest at start, recorded in the artifact).
+    ``lr`` drives Adam on the towers; ``embedding_lr`` the sparse optimizer
+    (``sparse_adam`` | ``adagrad``) of the embedding table. ``lr_schedule: linear``
+    scales both down linearly to ``lr_final_fraction`` of their value at the run's
+    last step (steps estimated from the Delta log's row counts). ``shuffle_buffer``
+    is in rows. ``checkpoint_dir`` null = ``<lakehouse.root>/checkpoints``.
+    ``fail_after_steps`` > 0 raises after that many steps (crash drills and tests).
+    ``amp``: bf16 autocast on CUDA (esmm/model/parallel.py); refused with ``device=cpu``.
+    """
+
+    train_start: Optional[str] = None
+    train_end: Optional[str] = None
+    eval_dates: list[str] = field(default_factory=list)
+    examples_version: Optional[int] = None
+    mature_only: bool = True
+    epochs: int = 1
+    batch_size: int = 1024
+    lr: float = 0.001
+    embedding_lr: float = 0.01
+    embedding_optimizer: str = "sparse_adam"
+    lr_schedule: str = "constant"  # constant | linear (decay to lr_final_fraction over the run)
+    lr_final_fraction: float = 0.1
+    weight_decay: float = 0.0
+    seed: int = 2018
+    shuffle_buffer: int = 50000
+    reader_workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False
+    torch_threads: int = 0  # 0 = torch's default; 1 on a small shared CPU box
+    checkpoint_every: int = 500
+    checkpoint_dir: Optional[str] = None
+    resume: bool = True
+    max_steps: int = 0  # 0 = no limit
+    fail_after_steps: int = 0
+    log_every: int = 20
+    progress: bool = True
+    register: bool = True
+    eval_batch_size: int = 16384
+
+    def validate(self, key: str) -> None:
+        for name in ("train_start", "train_end"):
+            v = getattr(self, name)
+            if v is not None:
+                parse_date(v, f"{key}.{name}")
+        if self.train_start and self.train_end:
+            _require(parse_date(self.train_end) >= parse_date(self.train_start), f"{key}.train_end",
+                     f"{self.train_end} is before train_start {self.train_start}")
+        for i, d in enumerate(self.eval_dates):
+            parse_date(d, f"{key}.eval_dates[{i}]")
+        _require(self.epochs >= 1, f"{key}.epochs", f"{self.epochs} must be >= 1")
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
+        _require(self.lr > 0 and self.embedding_lr > 0, f"{key}.lr", "lr and embedding_lr must be > 0")
+        _require(self.embedding_optimizer in ("sparse_adam", "adagrad"), f"{key}.embedding_optimizer",
+                 f"{self.embedding_optimizer!r} is not one of sparse_adam, adagrad")
+        _require(self.lr_schedule in ("constant", "linear"), f"{key}.lr_schedule",
+                 f"{self.lr_schedule!r} is not one of constant, linear")
+        _require(0.0 <= self.lr_final_fraction <= 1.0, f"{key}.lr_final_fraction",
+                 f"{self.lr_final_fraction} must be in [0, 1]")
+        _require(self.device in ("auto", "cpu", "cuda"), f"{key}.device",
+                 f"{self.device!r} is not one of auto, cpu, cuda")
+        _require(not (self.amp and self.device == "cpu"), f"{key}.amp",
+                 "true needs a GPU (bf16 autocast on CUDA) but train.device=cpu; set train.amp=false")
+        _require(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
+        _require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
+        _require(self.reader_workers >= 1, f"{key}.reader_workers", "must be >= 1")
+        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
+        if self.examples_version is not None:
+            _require(self.examples_version >= 0, f"{key}.examples_version", "must be >= 0")
+
+    @property
+    def dates(self) -> list[str]:
+        if not (self.train_start and self.train_end):
+            raise ConfigError("train.train_start and train.train_end must be set "
+                              "(e.g. --train-start 2026-11-01 --train-end 2026-11-05)")
+        return date_range(self.train_start, self.train_end)
+
+
+@dataclass
+class ScoreConfig:
+    """Batch scoring into ``serving/scores`` (see pipelines/scoring/job.py)."""
+
+    candidates: Optional[str] = None  # null: the day's raw impressions; else a table name or a Delta path
+    date_column: str = "dt"  # partition column of the candidates selecting a day
+    key_columns: list[str] = field(default_factory=lambda: ["impression_id"])
+    batch_size: int = 4096  # rows per Arrow batch handed to the model
+    torch_threads: int = 0  # 0: spark.task.cpus (one intra-op thread per core the task holds)
+    write_mode: str = "replace"  # replace: replaceWhere dt = D | merge: MERGE on keys + dt
+
+    def validate(self, key: str) -> None:
+        _require(len(self.key_columns) > 0, f"{key}.key_columns", "needs at least one column")
+        _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
+        _require(self.torch_threads >= 0, f"{key}.torch_threads", f"{self.torch_threads} must be >= 0")
+        _require(self.write_mode in ("replace", "merge"), f"{key}.write_mode",
+                 f"{self.write_mode!r} is not one of replace, merge")
+
+
+@dataclass
+class GateConfig:
+    """When a freshly trained candidate replaces the champion (pipelines/nightly/gate.py, docs/serving.md).
+
+    The candidate is rejected only when it is worse than the champion beyond
+    the noise of the evaluation day (paired one-sided tests on CTCVR AUC and
+    log loss, family-wise level ``alpha``), or when the confidence interval of
+    its calibration lies wholly outside [calibration_min, calibration_max].
+    """
+
+    alpha: float = 0.05  # one-sided level: an equally good candidate is rejected at most this often
+    min_conversions: int = 100  # fewer on the evaluation day: no comparison, the champion stays
+    calibration_min: float = 0.8  # mean(pCTCVR) / observed CTCVR rate on the evaluation day
+    calibration_max: float = 1.25
+
+    # Keys of earlier versions, refused with what replaced them.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "max_auc_drop": "a fixed allowed AUC drop ignored the noise of the day; the gate now tests the "
+                        "AUC difference against its DeLong standard error at level nightly.gate.alpha",
+    }
+
+    def validate(self, key: str) -> None:
+        _require(0.0 < self.alpha < 0.5, f"{key}.alpha", f"{self.alpha} must be in (0, 0.5)")
+        _require(self.min_conversions >= 1, f"{key}.min_conversions", f"{self.min_conversions} must be >= 1")
+        _require(0.0 < self.calibration_min <= 1.0 <= self.calibration_max, f"{key}.calibration_min",
+                 f"need 0 < calibration_min <= 1 <= calibration_max, got "
+                 f"[{self.calibration_min}, {self.calibration_max}]")
+
+
+@dataclass
+class NightlyConfig:
+    """The nightly pipeline (pipelines/nightly/): windows, gate, lock."""
+
+    train_days: int = 7  # trailing window of days the model trains on (ends the day before eval)
+    eval_day: str = "mature"  # mature: newest label-mature day | latest: the run date (immature labels)
+    score_days: int = 1  # score the candidates of the last N days ending at the run date
+    lock_path: Optional[str] = None  # null: <runs table>.lock (needs a local or shared POSIX path)
+    lock_stale_after: str = "6h"  # a lock not heart-beaten for this long is taken over
+    train_launcher: str = "inprocess"  # inprocess: train(config) in this process | torchrun
+    torchrun_nproc: int = 2
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def validate(self, key: str) -> None:
+        _require(self.train_days >= 1, f"{key}.train_days", f"{self.train_days} must be >= 1")
+        _require(self.score_days >= 1, f"{key}.score_days", f"{self.score_days} must be >= 1")
+        _require(self.eval_day in ("mature", "latest"), f"{key}.eval_day",
+                 f"{self.eval_day!r} is not one of mature, latest")
+        _require(self.train_launcher in ("inprocess", "torchrun"), f"{key}.train_launcher",
+                 f"{self.train_launcher!r} is not one of inprocess, torchrun")
+        _require(self.torchrun_nproc >= 1, f"{key}.torchrun_nproc", "must be >= 1")
+        parse_duration(self.lock_stale_after, f"{key}.lock_stale_after")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking with MLflow (esmm/registry/tracking.py); the registry stays the source of truth.
+
+    ``uri``: empty = a local file store at ``<lakehouse.root>/mlruns``; else an
+    MLflow tracking URI (``http(s)://host:5000``, ``file:/path``, ``sqlite:///x.db``,
+    ``databricks``) or a local folder. ``tags``: added to every run (the nightly
+    adds the run date and run id, the bench its own run id).
+    """
+
+    enabled: bool = True
+    uri: str = ""
+    experiment: str = "esmm"
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.experiment.strip()), f"{key}.experiment", "must be a non-empty name")
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", self.uri)
+        _require(not scheme or scheme.group(1).lower() in _TRACKING_SCHEMES, f"{key}.uri",
+                 f"{self.uri!r}: scheme {scheme.group(1) if scheme else ''!r} is not one of "
+                 f"{', '.join(_TRACKING_SCHEMES)} (or leave it empty for <lakehouse.root>/mlruns)")
+        _require(all(k.strip() for k in self.tags), f"{key}.tags", "tag names must be non-empty")
+
+
+_TRACKING_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+@dataclass
+class AliccpConfig:
+    """Ali-CCP ingest (pipelines/ingest/aliccp.py): the release has no timestamps.
+
+    Each split gets a pseudo-date ``dt`` so the date-windowed trainer can use it:
+    the ESMM paper trains on the release's train half and evaluates on its test half,
+    i.e. ``--train-start/--train-end train_date --eval-date test_date``. ``val_date``
+    is the processed layouts' validation file. ``max_bad_fraction``: an ingest whose
+    quarantined share of a source's records exceeds it fails without writing labels.
+    """
+
+    train_date: str = "2018-01-01"
+    val_date: str = "2018-01-02"
+    test_date: str = "2018-01-03"
+    max_bad_fraction: float = 0.01
+
+    def validate(self, key: str) -> None:
+        dates = [parse_date(getattr(self, n), f"{key}.{n}") for n in ("train_date", "val_date", "test_date")]
+        _require(len(set(dates)) == 3, key, f"train_date, val_date and test_date must differ, got {dates}")
+        _require(0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction",
+                 f"{self.max_bad_fraction} is outside [0, 1]")
+
+    def date_of(self, split: str) -> str:
+        return getattr(self, f"{split}_date")
+
+
+@dataclass
+class CalibrationConfig:
+    """Post-training calibration of pCTR and pCTCVR (see esmm/calibration/maps.py).
+
+    ``dates``: held-out, label-mature day(s) to fit on, never a training or
+    evaluation day (empty: the trainer saves an uncalibrated artifact; the
+    nightly sets the ``days`` mature days before its evaluation day). ``fields``: categorical
+    features with a map per value; ``min_count``: positives of the map's target
+    (clicks for pCTR, conversions for pCTCVR) a value needs on the calibration
+    day for its own map, else it uses the global one.
+    """
+
+    enabled: bool = True
+    method: str = "isotonic"  # isotonic | platt
+    dates: list[str] = field(default_factory=list)
+    days: int = 2
+    fields: list[str] = field(default_factory=lambda: ["position"])
+    min_count: int = 100
+    report_fields: list[str] = field(default_factory=lambda: ["position", "device"])
+
+    def validate(self, key: str) -> None:
+        _require(self.method in ("isotonic", "platt"), f"{key}.method",
+                 f"{self.method!r} is not one of isotonic, platt")
+        _require(self.min_count >= 1, f"{key}.min_count", f"{self.min_count} must be >= 1")
+        _require(self.days >= 1, f"{key}.days", f"{self.days} must be >= 1")
+        for i, d in enumerate(self.dates):
+            parse_date(d, f"{key}.dates[{i}]")
+
+
+@dataclass
+class Config:
+    lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    aliccp: AliccpConfig = field(default_factory=AliccpConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,9 +1,0 @@
-"""The configuration error every loader, schema check and date parser raises.
-
-Its own module so that :mod:`esmm.timeutil`, :mod:`esmm.config` and
-:mod:`esmm.config_loader` can all raise it without importing each other.
-"""
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or an impossible value."""
