@@ -28,31 +28,36 @@ as mean ± std over (world, seed) runs, and for abs_bias and the AUCs the paired
 difference against the baseline on the same (world, seed) with its t statistic
 (mean / (std / sqrt(n))).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-BASE = ["train.resume=false", "train.progress=false", "train.register=false", "train.torch_threads=1",
-        "train.reader_workers=1", "generate.days=7", "generate.impressions_per_day=60000"]
+BASE = [
+    "train.resume=false",
+    "train.progress=false",
+    "train.register=false",
+    "train.torch_threads=1",
+    "train.reader_workers=1",
+    "generate.days=7",
+    "generate.impressions_per_day=60000",
+]
 
 
 def _cfg(root: str, sets: list[str], extra: list[str] = ()):
     from esmm.config.loader import load_config
+
     return load_config([], [f"lakehouse.root={root}", *BASE, *sets, *extra])
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    from jobs.bench_quality import prepare
+    from benchmarks.quality import prepare
     from pipelines.io.session import get_spark
     from pipelines.sim.examples import write_world
 
@@ -78,9 +83,13 @@ def cmd_run(a: argparse.Namespace) -> None:
     dates = cfg.generate.dates
     truth = read_truth(cfg.lakehouse.path("truth"), [dates[-1]])
     mean_true = float(truth["true_cvr"].mean())
-    window = [f"train.train_start={dates[0]}", f"train.train_end={dates[-2]}",
-              f"train.eval_dates=[{dates[-1]}]", f"train.epochs={a.epochs}",
-              f"train.checkpoint_dir={a.root}/ckpt-ablation"]
+    window = [
+        f"train.train_start={dates[0]}",
+        f"train.train_end={dates[-2]}",
+        f"train.eval_dates=[{dates[-1]}]",
+        f"train.epochs={a.epochs}",
+        f"train.checkpoint_dir={a.root}/ckpt-ablation",
+    ]
     for seed in range(a.seed_offset, a.seed_offset + a.seeds):
         for spec in a.setting:
             name, overrides = _parse_setting(spec)
@@ -89,14 +98,25 @@ def cmd_run(a: argparse.Namespace) -> None:
             r = train(run_cfg)
             m = r.metrics
             ratio = (m["pcvr_bias_all"] + mean_true) / mean_true
-            row = {"world": a.root, "seed": seed, "setting": name, "overrides": overrides,
-                   "epochs": a.epochs, "mean_true_cvr": mean_true, "pcvr_ratio_all": ratio,
-                   "seconds": time.time() - t0, **m}
+            row = {
+                "world": a.root,
+                "seed": seed,
+                "setting": name,
+                "overrides": overrides,
+                "epochs": a.epochs,
+                "mean_true_cvr": mean_true,
+                "pcvr_ratio_all": ratio,
+                "seconds": time.time() - t0,
+                **m,
+            }
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{name:22s} seed {seed}: pcvr/true all {ratio:.3f}  bias {m['pcvr_bias_all']:+.4f}  "
-                  f"cvr_auc_all {m['cvr_auc_all_truth']:.4f}  ctcvr_auc {m['ctcvr_auc']:.4f}  "
-                  f"ctr_cal {m['ctr_calibration']:.3f}  ({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"{name:22s} seed {seed}: pcvr/true all {ratio:.3f}  bias {m['pcvr_bias_all']:+.4f}  "
+                f"cvr_auc_all {m['cvr_auc_all_truth']:.4f}  ctcvr_auc {m['ctcvr_auc']:.4f}  "
+                f"ctr_cal {m['ctr_calibration']:.3f}  ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
 
 
 def cmd_ceiling(a: argparse.Namespace) -> None:
@@ -120,14 +140,18 @@ def cmd_ceiling(a: argparse.Namespace) -> None:
     cat_names = [f["name"] for f in meta["features"]["categorical"]]
     num_names = [f["name"] for f in meta["features"]["numeric"]]
     ex = DeltaTable(cfg.lakehouse.path("examples")).to_pandas(
-        partitions=[("dt", "=", day)], columns=["impression_id", *cat_names, *num_names])
+        partitions=[("dt", "=", day)], columns=["impression_id", *cat_names, *num_names]
+    )
     tr = DeltaTable(cfg.lakehouse.path("truth")).to_pandas(
-        partitions=[("dt", "=", day)], columns=["impression_id", "true_ctr", "true_cvr"])
+        partitions=[("dt", "=", day)], columns=["impression_id", "true_ctr", "true_cvr"]
+    )
     df = ex.merge(tr, on="impression_id")
     pred = predict(model, df[cat_names].to_numpy(np.int64), df[num_names].to_numpy(np.float32))
     ctr, cvr = df["true_ctr"].to_numpy(), df["true_cvr"].to_numpy()
     m = cvr.mean()
-    print(f"{day}: {len(df):,} impressions, mean true cvr {m:.5f}; click-weighted {np.sum(ctr * cvr) / ctr.sum() / m:.3f}x")
+    print(
+        f"{day}: {len(df):,} impressions, mean true cvr {m:.5f}; click-weighted {np.sum(ctr * cvr) / ctr.sum() / m:.3f}x"
+    )
     for name, p in [("true ctr", ctr), *[(f"pCTR clip {c:g}", np.clip(pred["pctr"], c, 1)) for c in a.clips]]:
         c_ips = np.sum(ctr * cvr / p) / np.sum(ctr / p)
         print(f"  IPS target with {name:16s}: {c_ips / m:.3f}x mean true cvr")
@@ -155,18 +179,25 @@ def summarise(rows: list[dict], baseline: str) -> str:
         r = {**r, "abs_bias": abs(r["pcvr_bias_all"])}
         by.setdefault(r["setting"], {})[(r["world"], r["seed"])] = r
     base = by.get(baseline, {})
-    head = ("| setting | n | pCVR/true all | abs bias | CVR AUC all (truth) | CTCVR AUC | "
-            f"Δ abs bias vs {baseline} | Δ CVR AUC | Δ CTCVR AUC |")
+    head = (
+        "| setting | n | pCVR/true all | abs bias | CVR AUC all (truth) | CTCVR AUC | "
+        f"Δ abs bias vs {baseline} | Δ CVR AUC | Δ CTCVR AUC |"
+    )
     out = [head, "|" + "---|" * 9]
     for name, runs in by.items():
         keys = sorted(runs)
         col = lambda k: [runs[x][k] for x in keys]  # noqa: E731
         paired = [x for x in keys if x in base]
         diff = lambda k: [runs[x][k] - base[x][k] for x in paired]  # noqa: E731
-        d = ["", "", ""] if name == baseline else [_paired(diff("abs_bias")), _paired(diff("cvr_auc_all_truth")),
-                                                   _paired(diff("ctcvr_auc"))]
-        out.append(f"| {name} | {len(keys)} | {_ms(col('pcvr_ratio_all'), '.3f')} | {_ms(col('abs_bias'))} | "
-                   f"{_ms(col('cvr_auc_all_truth'))} | {_ms(col('ctcvr_auc'))} | {d[0]} | {d[1]} | {d[2]} |")
+        d = (
+            ["", "", ""]
+            if name == baseline
+            else [_paired(diff("abs_bias")), _paired(diff("cvr_auc_all_truth")), _paired(diff("ctcvr_auc"))]
+        )
+        out.append(
+            f"| {name} | {len(keys)} | {_ms(col('pcvr_ratio_all'), '.3f')} | {_ms(col('abs_bias'))} | "
+            f"{_ms(col('cvr_auc_all_truth'))} | {_ms(col('ctcvr_auc'))} | {d[0]} | {d[1]} | {d[2]} |"
+        )
     return "\n".join(out)
 
 

@@ -16,6 +16,7 @@ steps, seconds, samples/s over all ranks, and ``allreduce_bytes``: the gradient 
 one step hands to the all-reduce per rank, counted by a DDP communication hook on the
 buckets it actually sends (dense) or from the sparse gradient's indices and values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,6 @@ import torch
 import torch.distributed as dist
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from esmm.config.loader import load_config  # noqa: E402
 from esmm.model.losses import compute_loss  # noqa: E402
@@ -76,8 +76,13 @@ def run(grads: str, amp: bool, batch: int, steps: int, warmup: int, threads: int
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo")
     want = {"auto": "auto", "sparse": "true", "dense": "false"}[grads]
-    cfg = load_config(overrides=[f"model.sparse_embedding={want}", f"train.batch_size={batch}",
-                                 f"train.amp={'true' if amp else 'false'}"])
+    cfg = load_config(
+        overrides=[
+            f"model.sparse_embedding={want}",
+            f"train.batch_size={batch}",
+            f"train.amp={'true' if amp else 'false'}",
+        ]
+    )
     sparse, why = embedding_gradients(cfg.model, world, device)
     prec = precision(cfg.train, device)
     torch.manual_seed(cfg.train.seed)
@@ -116,13 +121,23 @@ def run(grads: str, amp: bool, batch: int, steps: int, warmup: int, threads: int
         per_step = counted[0] // steps
     else:
         per_step = allreduce_bytes_per_step(model, sparse, batch, lookups, world)
-    rec = {"world_size": world, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-           "backend": (dist.get_backend() if world > 1 else None), "grads": "sparse" if sparse else "dense",
-           "why": why, "amp": prec.dtype is not None, "batch": batch, "steps": steps, "seconds": secs,
-           "samples_per_s": world * batch * steps / secs, "allreduce_bytes": per_step,
-           "allreduce_bytes_how": "counted (DDP comm hook)" if (world > 1 and not sparse) else "computed",
-           "table_rows": model.embedding.table.weight.shape[0], "dim": model.embedding.table.weight.shape[1],
-           "torch": torch.__version__}
+    rec = {
+        "world_size": world,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "backend": (dist.get_backend() if world > 1 else None),
+        "grads": "sparse" if sparse else "dense",
+        "why": why,
+        "amp": prec.dtype is not None,
+        "batch": batch,
+        "steps": steps,
+        "seconds": secs,
+        "samples_per_s": world * batch * steps / secs,
+        "allreduce_bytes": per_step,
+        "allreduce_bytes_how": "counted (DDP comm hook)" if (world > 1 and not sparse) else "computed",
+        "table_rows": model.embedding.table.weight.shape[0],
+        "dim": model.embedding.table.weight.shape[1],
+        "torch": torch.__version__,
+    }
     if world > 1:
         dist.destroy_process_group()
     return rec if rank == 0 else {}

@@ -13,6 +13,7 @@ Python, sampled every 0.2 s). Flat memory: the peak does not grow with N (the pl
 a text scan, a shuffle join and a Delta write; nothing is collected to the driver).
 ``--json`` writes every size's numbers to a file as well.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ from pathlib import Path
 
 A, B, C = "\x01", "\x02", "\x03"
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from benchmarks.rss import PeakRss, write_json  # noqa: E402
 
@@ -42,8 +42,9 @@ def generate(out: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
     n_users = max(1, n // 10)
     with common.open("w") as fh:
         for u in range(n_users):
-            feats = [_f("101", u)] + [_f(k, rng.randrange(10)) for k in ("121", "122", "124", "125", "126",
-                                                                          "127", "128", "129")]
+            feats = [_f("101", u)] + [
+                _f(k, rng.randrange(10)) for k in ("121", "122", "124", "125", "126", "127", "128", "129")
+            ]
             for k, card in (("109_14", 10_000), ("110_14", 300_000), ("127_14", 200_000), ("150_14", 80_000)):
                 feats += [_f(k, rng.randrange(card)) for _ in range(rng.randrange(1, 20))]
             fh.write(f"u{u},{len(feats)},{A.join(feats)}\n")
@@ -51,12 +52,17 @@ def generate(out: Path, n: int, seed: int = 7) -> tuple[Path, Path]:
         for i in range(n):
             click = int(rng.random() < 0.04)
             conv = int(click and rng.random() < 0.05)
-            feats = [_f("205", rng.randrange(4_000_000)), _f("206", rng.randrange(8000)),
-                     _f("207", rng.randrange(400_000)), _f("216", rng.randrange(200_000)),
-                     _f("301", rng.randrange(3))]
+            feats = [
+                _f("205", rng.randrange(4_000_000)),
+                _f("206", rng.randrange(8000)),
+                _f("207", rng.randrange(400_000)),
+                _f("216", rng.randrange(200_000)),
+                _f("301", rng.randrange(3)),
+            ]
             feats += [_f("210", rng.randrange(100_000)) for _ in range(rng.randrange(1, 4))]
-            feats += [_f(k, rng.randrange(500_000)) for k in ("508", "509", "702", "853")
-                      for _ in range(rng.randrange(0, 2))]
+            feats += [
+                _f(k, rng.randrange(500_000)) for k in ("508", "509", "702", "853") for _ in range(rng.randrange(0, 2))
+            ]
             idx = f"u{rng.randrange(n_users)}"
             r = rng.random()
             if r < 0.02:
@@ -75,11 +81,28 @@ def ingest(skel: Path, common: Path, lakehouse: Path, driver_memory: str) -> tup
     # local_conf keys contain dots, so they come from a file (a --set would nest them).
     mem = lakehouse.parent / "bench_spark.yaml"
     mem.write_text(f"spark:\n  master: local[2]\n  local_conf:\n    spark.driver.memory: {driver_memory}\n")
-    cmd = [sys.executable, "-m", "jobs.cli", "ingest", "aliccp", "--conf", str(REPO / "conf" / "aliccp.yaml"),
-           "--conf", str(mem), "--skeleton", str(skel), "--common", str(common), "--split", "train",
-           "--set", f"lakehouse.root={lakehouse}",
-           # ~8% of the generated lines are broken on purpose: above the default gate.
-           "--set", "aliccp.max_bad_fraction=0.2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "ingest",
+        "aliccp",
+        "--conf",
+        str(REPO / "conf" / "aliccp.yaml"),
+        "--conf",
+        str(mem),
+        "--skeleton",
+        str(skel),
+        "--common",
+        str(common),
+        "--split",
+        "train",
+        "--set",
+        f"lakehouse.root={lakehouse}",
+        # ~8% of the generated lines are broken on purpose: above the default gate.
+        "--set",
+        "aliccp.max_bad_fraction=0.2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     with PeakRss() as peak:  # the child, its JVM and Python workers: all descendants of this process
@@ -106,10 +129,21 @@ def main() -> None:
         mb = (skel.stat().st_size + common.stat().st_size) / 2**20
         print(f"N={n:,}: generated {mb:,.0f} MiB in {time.perf_counter() - t0:.0f}s", flush=True)
         secs, peak, line = ingest(skel, common, d / "lh", a.driver_memory)
-        print(f"N={n:,}: ingest {secs:.0f}s (incl. JVM start), {n / secs:,.0f} skeleton lines/s, "
-              f"peak RSS {peak / 1024:.2f} GiB (driver heap {a.driver_memory})\n  {line}", flush=True)
-        sizes.append({"lines": n, "seconds": secs, "lines_per_s": n / secs, "peak_rss_mb": peak,
-                      "driver_memory": a.driver_memory, "last_line": line})
+        print(
+            f"N={n:,}: ingest {secs:.0f}s (incl. JVM start), {n / secs:,.0f} skeleton lines/s, "
+            f"peak RSS {peak / 1024:.2f} GiB (driver heap {a.driver_memory})\n  {line}",
+            flush=True,
+        )
+        sizes.append(
+            {
+                "lines": n,
+                "seconds": secs,
+                "lines_per_s": n / secs,
+                "peak_rss_mb": peak,
+                "driver_memory": a.driver_memory,
+                "last_line": line,
+            }
+        )
     if a.json:
         write_json(a.json, {"sizes": sizes})
 

@@ -8,6 +8,7 @@ row); and the same plus four such fields (like Ali-CCP's behaviour fields). Prin
 the median and spread (min..max over ``--reps``) of milliseconds per step (model
 forward, loss, backward, both optimizer steps), one torch thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,16 @@ from esmm.data.examples import PAD, cat_width
 from esmm.model.losses import compute_loss
 from esmm.model.network import build_model
 
-SINGLE = [CategoricalField(f"s{i}", buckets=b) for i, b in
-          enumerate([200_000, 100_000, 4, 10, 2_000, 500, 5_000, 20_000, 16, 8, 32])]
+SINGLE = [
+    CategoricalField(f"s{i}", buckets=b)
+    for i, b in enumerate([200_000, 100_000, 4, 10, 2_000, 500, 5_000, 20_000, 16, 8, 32])
+]
 
 
 def _spec(n_multi: int, max_len: int) -> FeatureSpec:
-    multi = [CategoricalField(f"m{i}", buckets=100_000, multi=True, pooling="mean", max_len=max_len)
-             for i in range(n_multi)]
+    multi = [
+        CategoricalField(f"m{i}", buckets=100_000, multi=True, pooling="mean", max_len=max_len) for i in range(n_multi)
+    ]
     return FeatureSpec(categorical=SINGLE + multi, numeric=[NumericField("x")])
 
 
@@ -78,15 +82,20 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=32)
     a = p.parse_args()
     torch.set_num_threads(1)
-    cases = {"11 single fields": _spec(0, a.max_len), "+ 1 multi field": _spec(1, a.max_len),
-             "+ 4 multi fields": _spec(4, a.max_len)}
+    cases = {
+        "11 single fields": _spec(0, a.max_len),
+        "+ 1 multi field": _spec(1, a.max_len),
+        "+ 4 multi fields": _spec(4, a.max_len),
+    }
     res = {k: [] for k in cases}
     for _ in range(a.reps):  # interleaved, so a busy machine slows every case alike
         for name, spec in cases.items():
             res[name].append(time_steps(spec, a.batch, a.steps))
     base = statistics.median(res["11 single fields"])
-    print(f"forward+backward+optimizer step, batch {a.batch}, 1 thread, median of {a.reps} reps "
-          f"(each the median of {a.steps} steps):")
+    print(
+        f"forward+backward+optimizer step, batch {a.batch}, 1 thread, median of {a.reps} reps "
+        f"(each the median of {a.steps} steps):"
+    )
     for name, ms in res.items():
         m = statistics.median(ms)
         print(f"  {name:18s} {m:7.2f} ms/step  (min {min(ms):.2f} .. max {max(ms):.2f})  x{m / base:.2f}")

@@ -28,6 +28,7 @@ Usage (from the repository root, venv active, PYTHONPATH=.)::
 
 ``--json PATH`` writes every part's numbers to a file as well.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from benchmarks.rss import write_json  # noqa: E402
-from esmm.config.schema import Config  # noqa: E402
 from esmm.config.loader import load_config  # noqa: E402
+from esmm.config.schema import Config  # noqa: E402
 
 DATES = [f"2026-11-{d:02d}" for d in range(1, 11)]
 
@@ -75,16 +75,30 @@ def write_table(path: str, rows: int, cfg: Config, chunk: int = 1_000_000, seed:
         for f in spec.numeric:
             cols[f.name] = rng.random(n, dtype=np.float32)
         cols["feature_mapping_id"] = pa.array([spec.mapping_id] * n)
-        write_deltalake(path, pa.table(cols), mode="append" if done else "overwrite",
-                        partition_by=["dt"], max_rows_per_file=chunk, max_rows_per_group=65_536,
-                        min_rows_per_group=65_536)
+        write_deltalake(
+            path,
+            pa.table(cols),
+            mode="append" if done else "overwrite",
+            partition_by=["dt"],
+            max_rows_per_file=chunk,
+            max_rows_per_group=65_536,
+            min_rows_per_group=65_536,
+        )
         done += n
 
 
 def _cfg(root: str, extra: list[str]) -> Config:
-    return load_config(overrides=[f"lakehouse.root={root}", f"train.train_start={DATES[0]}",
-                                  f"train.train_end={DATES[-1]}", "train.progress=false",
-                                  "train.register=false", "train.resume=false", *extra])
+    return load_config(
+        overrides=[
+            f"lakehouse.root={root}",
+            f"train.train_start={DATES[0]}",
+            f"train.train_end={DATES[-1]}",
+            "train.progress=false",
+            "train.register=false",
+            "train.resume=false",
+            *extra,
+        ]
+    )
 
 
 def in_memory_rows_per_s(cfg: Config, steps: int) -> float:
@@ -131,8 +145,13 @@ def ratio(root: str, rows: int, steps: int, extra: list[str]) -> dict:
         write_table(cfg.lakehouse.path("examples"), rows, cfg)
     r = train(cfg)
     mem = in_memory_rows_per_s(cfg, steps)
-    return {"rows": rows, "steps": r.steps, "e2e_rows_per_s": r.samples_per_s, "in_memory_rows_per_s": mem,
-            "ratio": r.samples_per_s / mem}
+    return {
+        "rows": rows,
+        "steps": r.steps,
+        "e2e_rows_per_s": r.samples_per_s,
+        "in_memory_rows_per_s": mem,
+        "ratio": r.samples_per_s / mem,
+    }
 
 
 def loader(root: str, extra: list[str]) -> dict:
@@ -146,23 +165,36 @@ def loader(root: str, extra: list[str]) -> dict:
     t = cfg.train
     snap = resolve_snapshot(cfg.lakehouse.path("examples"), DATES)
     t0, rows = time.perf_counter(), 0
-    with example_batches(snap, cfg.features, t.batch_size, mature_only=t.mature_only, shuffle=True,
-                         shuffle_buffer=t.shuffle_buffer, workers=t.reader_workers) as batches:
+    with example_batches(
+        snap,
+        cfg.features,
+        t.batch_size,
+        mature_only=t.mature_only,
+        shuffle=True,
+        shuffle_buffer=t.shuffle_buffer,
+        workers=t.reader_workers,
+    ) as batches:
         for b in batches:
             rows += len(b)
     petastorm_s = time.perf_counter() - t0
     paths = [f.removeprefix("file://") for f in snap.files]
     t0, scanned = time.perf_counter(), 0
-    for rb in ds.dataset(paths, format="parquet").to_batches(columns=_columns(cfg.features),
-                                                              batch_size=t.batch_size):
-        b = to_batch({c: torch.from_numpy(rb.column(c).to_numpy(zero_copy_only=False)) for c in rb.schema.names},
-                     cfg.features, t.mature_only)
+    for rb in ds.dataset(paths, format="parquet").to_batches(columns=_columns(cfg.features), batch_size=t.batch_size):
+        b = to_batch(
+            {c: torch.from_numpy(rb.column(c).to_numpy(zero_copy_only=False)) for c in rb.schema.names},
+            cfg.features,
+            t.mature_only,
+        )
         scanned += len(b)
     arrow_s = time.perf_counter() - t0
     if rows != scanned:
         raise SystemExit(f"loader bench: Petastorm gave {rows:,} rows, the pyarrow scan {scanned:,}")
-    return {"rows": rows, "petastorm_rows_per_s": rows / petastorm_s, "pyarrow_rows_per_s": rows / arrow_s,
-            "ratio": arrow_s / petastorm_s}
+    return {
+        "rows": rows,
+        "petastorm_rows_per_s": rows / petastorm_s,
+        "pyarrow_rows_per_s": rows / arrow_s,
+        "ratio": arrow_s / petastorm_s,
+    }
 
 
 def rechub(root: str, steps: int, rechub_python: str, threads: int, extra: list[str]) -> float:
@@ -175,12 +207,27 @@ def rechub(root: str, steps: int, rechub_python: str, threads: int, extra: list[
     cat_names = [f.name for f in cfg.features.categorical]
     table = read_arrow(snap, ["click", "conversion", *cat_names]).slice(0, n)
     npz = os.path.join(root, "rechub_rows.npz")
-    np.savez(npz, click=table.column("click").to_numpy(), conversion=table.column("conversion").to_numpy(),
-             buckets=json.dumps({f"cat_{f.name}": f.buckets for f in cfg.features.categorical}),
-             **{f"cat_{c}": table.column(c).to_numpy() for c in cat_names})
-    out = subprocess.run([rechub_python, str(REPO / "benchmarks" / "rechub_esmm.py"), npz,
-                          str(cfg.train.batch_size), str(threads), str(cfg.model.embedding_dim),
-                          *[str(h) for h in cfg.model.tower]], capture_output=True, text=True, cwd="/tmp")
+    np.savez(
+        npz,
+        click=table.column("click").to_numpy(),
+        conversion=table.column("conversion").to_numpy(),
+        buckets=json.dumps({f"cat_{f.name}": f.buckets for f in cfg.features.categorical}),
+        **{f"cat_{c}": table.column(c).to_numpy() for c in cat_names},
+    )
+    out = subprocess.run(
+        [
+            rechub_python,
+            str(REPO / "benchmarks" / "rechub_esmm.py"),
+            npz,
+            str(cfg.train.batch_size),
+            str(threads),
+            str(cfg.model.embedding_dim),
+            *[str(h) for h in cfg.model.tower],
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/tmp",
+    )
     if out.returncode != 0:
         raise SystemExit(f"torch-rechub run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["rows_per_s"]
@@ -217,23 +264,40 @@ def main() -> None:
         return
     out: dict = {"batch_size": args.batch_size, "threads": args.threads, "mem_model": args.mem_model}
     if args.ratio_rows:
-        res = out["ratio"] = ratio(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.ratio_rows,
-                                   args.steps, common)
-        print(f"throughput ({res['steps']} steps x batch {args.batch_size}, paper-size model, "
-              f"{args.threads} thread(s)): end-to-end {res['e2e_rows_per_s']:,.0f} rows/s, in-memory "
-              f"{res['in_memory_rows_per_s']:,.0f} rows/s, ratio {res['ratio']:.2f} (aim >= 0.85)", flush=True)
+        res = out["ratio"] = ratio(
+            os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.ratio_rows, args.steps, common
+        )
+        print(
+            f"throughput ({res['steps']} steps x batch {args.batch_size}, paper-size model, "
+            f"{args.threads} thread(s)): end-to-end {res['e2e_rows_per_s']:,.0f} rows/s, in-memory "
+            f"{res['in_memory_rows_per_s']:,.0f} rows/s, ratio {res['ratio']:.2f} (aim >= 0.85)",
+            flush=True,
+        )
         if not args.no_loader:
             ld = out["loader"] = loader(os.path.join(args.workdir, f"rows{args.ratio_rows}"), common)
-            print(f"loader (one pass, {ld['rows']:,} rows, to tensors): Petastorm {ld['petastorm_rows_per_s']:,.0f} "
-                  f"rows/s, pyarrow scan {ld['pyarrow_rows_per_s']:,.0f} rows/s, ratio {ld['ratio']:.2f}", flush=True)
+            print(
+                f"loader (one pass, {ld['rows']:,} rows, to tensors): Petastorm {ld['petastorm_rows_per_s']:,.0f} "
+                f"rows/s, pyarrow scan {ld['pyarrow_rows_per_s']:,.0f} rows/s, ratio {ld['ratio']:.2f}",
+                flush=True,
+            )
         if args.rechub_python:
-            rh = rechub(os.path.join(args.workdir, f"rows{args.ratio_rows}"), args.steps, args.rechub_python,
-                        args.threads, common)
-            print(f"torch-rechub ESMM (same {args.steps * args.batch_size:,} rows, batch, embedding, towers): "
-                  f"{rh:,.0f} rows/s; ours end-to-end / rechub = {res['e2e_rows_per_s'] / rh:.2f}x (aim >= 3)",
-                  flush=True)
-            out["rechub"] = {"rows": args.steps * args.batch_size, "rechub_rows_per_s": rh,
-                             "ratio": res["e2e_rows_per_s"] / rh}
+            rh = rechub(
+                os.path.join(args.workdir, f"rows{args.ratio_rows}"),
+                args.steps,
+                args.rechub_python,
+                args.threads,
+                common,
+            )
+            print(
+                f"torch-rechub ESMM (same {args.steps * args.batch_size:,} rows, batch, embedding, towers): "
+                f"{rh:,.0f} rows/s; ours end-to-end / rechub = {res['e2e_rows_per_s'] / rh:.2f}x (aim >= 3)",
+                flush=True,
+            )
+            out["rechub"] = {
+                "rows": args.steps * args.batch_size,
+                "rechub_rows_per_s": rh,
+                "ratio": res["e2e_rows_per_s"] / rh,
+            }
     out["memory"] = []
     for rows in args.mem_rows:
         root = os.path.join(args.workdir, f"rows{rows}")
@@ -242,16 +306,33 @@ def main() -> None:
             t0 = time.time()
             write_table(cfg.lakehouse.path("examples"), rows, cfg)
             print(f"wrote {rows:,} rows in {time.time() - t0:.0f}s", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--child", root, "--batch-size", str(args.batch_size),
-                              "--threads", str(args.threads), "--mem-model", args.mem_model,
-                              *sum((["--set", o] for o in args.overrides), [])],
-                             capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                root,
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+                "--mem-model",
+                args.mem_model,
+                *sum((["--set", o] for o in args.overrides), []),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         if proc.returncode != 0:
             raise SystemExit(f"memory run for {rows:,} rows failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         out["memory"].append({"rows": rows, **res})
-        print(f"memory ({args.mem_model} model, one epoch): {rows:>12,} rows -> {res['samples']:,} trained at "
-              f"{res['rows_per_s']:,.0f} rows/s, peak RSS {res['peak_rss_mb']:,.0f} MB", flush=True)
+        print(
+            f"memory ({args.mem_model} model, one epoch): {rows:>12,} rows -> {res['samples']:,} trained at "
+            f"{res['rows_per_s']:,.0f} rows/s, peak RSS {res['peak_rss_mb']:,.0f} MB",
+            flush=True,
+        )
     if args.json:
         write_json(args.json, out)
 

@@ -18,6 +18,7 @@ allreduce_bytes, ...]} and prints one line per run. Each run has a time limit
 (``--run-timeout``); the whole check stays under 5 minutes. Without CUDA it says
 so, writes {"cuda": false, "runs": []} and exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,19 @@ def plan(n_gpus: int) -> list[tuple[int, str, bool]]:
 
 
 def command(procs: int, grads: str, amp: bool, batch: int, steps: int, out: str) -> list[str]:
-    args = [str(BENCH), "--grads", grads, "--batch", str(batch), "--steps", str(steps),
-            "--warmup", "20", "--out", out] + (["--amp"] if amp else [])
+    args = [
+        str(BENCH),
+        "--grads",
+        grads,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--warmup",
+        "20",
+        "--out",
+        out,
+    ] + (["--amp"] if amp else [])
     if procs == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *args]
@@ -63,29 +75,39 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.out).write_text(json.dumps(report) + "\n")
         return 0
     n = torch.cuda.device_count()
-    report.update(torch=torch.__version__, cuda_version=torch.version.cuda,
-                  devices=[torch.cuda.get_device_name(i) for i in range(n)])
+    report.update(
+        torch=torch.__version__,
+        cuda_version=torch.version.cuda,
+        devices=[torch.cuda.get_device_name(i) for i in range(n)],
+    )
     print(f"gpu_check: {n} x {report['devices'][0]}, torch {torch.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for procs, grads, amp in plan(n):
             rec_file = str(Path(tmp) / f"{procs}-{grads}-{amp}.jsonl")
             what = f"{procs} GPU(s), grads {grads}, amp {amp}"
             try:
-                p = subprocess.run(command(procs, grads, amp, a.batch, a.steps, rec_file), cwd=REPO,
-                                   capture_output=True, text=True, timeout=a.run_timeout)
+                p = subprocess.run(
+                    command(procs, grads, amp, a.batch, a.steps, rec_file),
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=a.run_timeout,
+                )
             except subprocess.TimeoutExpired:
                 report["runs"].append({"world_size": procs, "grads": grads, "amp": amp, "error": "timeout"})
                 print(f"{what}: timed out after {a.run_timeout}s", flush=True)
                 continue
             if p.returncode != 0 or not Path(rec_file).exists():
-                report["runs"].append({"world_size": procs, "grads": grads, "amp": amp,
-                                       "error": p.stderr[-2000:]})
+                report["runs"].append({"world_size": procs, "grads": grads, "amp": amp, "error": p.stderr[-2000:]})
                 print(f"{what}: failed (exit {p.returncode})\n{p.stderr[-2000:]}", flush=True)
                 continue
             rec = json.loads(Path(rec_file).read_text().splitlines()[-1])
             report["runs"].append(rec)
-            print(f"{what}: {rec['samples_per_s']:,.0f} samples/s, "
-                  f"all-reduce {rec['allreduce_bytes'] / 1e6:.1f} MB/step/rank", flush=True)
+            print(
+                f"{what}: {rec['samples_per_s']:,.0f} samples/s, "
+                f"all-reduce {rec['allreduce_bytes'] / 1e6:.1f} MB/step/rank",
+                flush=True,
+            )
             Path(a.out).write_text(json.dumps(report, indent=1) + "\n")  # partial results survive a kill
     Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -12,6 +12,7 @@ numpy arrays + torch DataLoader, shuffled) and ``MTLTrainer.train_one_epoch``
 categorical features only, so our 3 numeric inputs are not given to it.
 Prints one JSON line: rows, seconds, rows_per_s.
 """
+
 import json
 import sys
 import time
@@ -36,12 +37,20 @@ def main() -> None:
     y = np.stack([conv, click, click * conv], axis=1)  # rechub's order: cvr, ctr, ctcvr
     feats = [SparseFeature(k, vocab_size=buckets[k], embed_dim=emb) for k in names]
     half = len(feats) // 2
-    model = ESMM(feats[:half], feats[half:], cvr_params={"dims": tower, "dropout": 0.1},
-                 ctr_params={"dims": tower, "dropout": 0.1})
-    train_dl, _, _ = DataGenerator(x, y).generate_dataloader(x_val=x, y_val=y, x_test=x, y_test=y,
-                                                              batch_size=batch)
-    trainer = MTLTrainer(model, task_types=["classification"] * 3,
-                         optimizer_params={"lr": 1e-3, "weight_decay": 0.0}, n_epoch=1, device="cpu")
+    model = ESMM(
+        feats[:half],
+        feats[half:],
+        cvr_params={"dims": tower, "dropout": 0.1},
+        ctr_params={"dims": tower, "dropout": 0.1},
+    )
+    train_dl, _, _ = DataGenerator(x, y).generate_dataloader(x_val=x, y_val=y, x_test=x, y_test=y, batch_size=batch)
+    trainer = MTLTrainer(
+        model,
+        task_types=["classification"] * 3,
+        optimizer_params={"lr": 1e-3, "weight_decay": 0.0},
+        n_epoch=1,
+        device="cpu",
+    )
     t0 = time.perf_counter()
     trainer.train_one_epoch(train_dl)
     secs = time.perf_counter() - t0

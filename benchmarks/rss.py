@@ -3,10 +3,9 @@
 Peak resident memory of the processes a benchmark starts (the local Spark JVM, its
 Python workers, a training child) in MB (2**20 bytes).
 """
+
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 
@@ -72,7 +71,6 @@ class PeakRss:
 
 def write_json(path: str, body: dict) -> None:
     """``body`` as JSON at ``path``, written whole or not at all."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(body, f, indent=1, default=float)
-    os.replace(tmp, path)
+    from esmm.util.files import atomic_write_json
+
+    atomic_write_json(path, body, indent=1)

@@ -1,5 +1,6 @@
 """Shared fixtures: one session-scoped SparkSession (local[2], UI off, few shuffle
 partitions, Delta configured, like delta-io's test base); tests never stop it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,9 +9,8 @@ import socket
 
 import pytest
 
-from esmm.config.schema import SparkConfig
 from esmm.config.loader import load_config
-
+from esmm.config.schema import SparkConfig
 
 # Tests talk to this machine only: bind Spark (and the standalone cluster) to loopback.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -7,6 +7,7 @@ runs ``spark-submit`` the way the README's cluster section tells a user to: the
 code packaged as a zip of ``esmm pipelines jobs conf`` passed with ``--py-files``,
 ``jobs/cli.py`` as the application, no ``PYTHONPATH`` pointing into a checkout.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,13 @@ def _daemon_env(log_dir: Path) -> dict[str, str]:
     # A cluster node has no checkout of this repository: nothing on PYTHONPATH, so
     # the driver and the executors' Python workers import the submitted zip only.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(SPARK_HOME=str(spark_home()), SPARK_LOG_DIR=str(log_dir), SPARK_WORKER_DIR=str(log_dir / "work"),
-               PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.update(
+        SPARK_HOME=str(spark_home()),
+        SPARK_LOG_DIR=str(log_dir),
+        SPARK_WORKER_DIR=str(log_dir / "work"),
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+    )
     return env
 
 
@@ -83,21 +89,52 @@ class StandaloneCluster:
         log = self.log_dir / f"{name}.log"
         with open(log, "w") as out:
             # Own process group: stop() also reaches the executors a worker forked.
-            self.procs.append(subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], env=self.env,
-                                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    [str(spark_home() / "bin" / "spark-class"), *args],
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         return log
 
     def start(self) -> "StandaloneCluster":
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.package = package_code(self.log_dir / "esmm.zip")
-        master = self._daemon("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                              "--port", str(self.ports[0]), "--webui-port", str(self.ports[1]))
+        master = self._daemon(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.ports[0]),
+            "--webui-port",
+            str(self.ports[1]),
+        )
         wait_for(lambda: "I have been elected leader" in master.read_text(), 120, "the standalone master")
-        logs = [self._daemon(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
-                             "--cores", "1", "--memory", self.worker_memory, "--webui-port", str(self.ports[2 + i]))
-                for i in range(self.workers)]
-        wait_for(lambda: all("Successfully registered with master" in p.read_text() for p in logs), 120,
-                 f"{self.workers} standalone workers to register")
+        logs = [
+            self._daemon(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                self.url,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                self.worker_memory,
+                "--webui-port",
+                str(self.ports[2 + i]),
+            )
+            for i in range(self.workers)
+        ]
+        wait_for(
+            lambda: all("Successfully registered with master" in p.read_text() for p in logs),
+            120,
+            f"{self.workers} standalone workers to register",
+        )
         return self
 
     def stop(self) -> None:
@@ -130,26 +167,46 @@ class StandaloneCluster:
         """
         jars = cached_delta_jars()
         assert jars, "Delta jars missing: run `make setup` (scripts/setup.sh) first"
-        settings = {"spark.executor.memory": "1g", "spark.sql.shuffle.partitions": "4",
-                    "spark.ui.showConsoleProgress": "false", **(conf or {})}
-        cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", self.url, "--deploy-mode", "client",
-               "--jars", ",".join(jars), "--py-files", str(self.package)]
+        settings = {
+            "spark.executor.memory": "1g",
+            "spark.sql.shuffle.partitions": "4",
+            "spark.ui.showConsoleProgress": "false",
+            **(conf or {}),
+        }
+        cmd = [
+            str(spark_home() / "bin" / "spark-submit"),
+            "--master",
+            self.url,
+            "--deploy-mode",
+            "client",
+            "--jars",
+            ",".join(jars),
+            "--py-files",
+            str(self.package),
+        ]
         for k, v in settings.items():
             cmd += ["--conf", f"{k}={v}"]
         return cmd + [str(REPO / "jobs" / "cli.py"), *argv]
 
-    def submit(self, argv: list[str], timeout: float = 600, conf: dict[str, str] | None = None
-               ) -> subprocess.CompletedProcess:
+    def submit(
+        self, argv: list[str], timeout: float = 600, conf: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run the job to its end; spark-submit merges the Python driver's stderr into stdout."""
-        return subprocess.run(self.submit_cmd(argv, conf), env=self.env, cwd=self.log_dir,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            self.submit_cmd(argv, conf), env=self.env, cwd=self.log_dir, capture_output=True, text=True, timeout=timeout
+        )
 
-    def submit_background(self, argv: list[str], log: Path, conf: dict[str, str] | None = None
-                          ) -> subprocess.Popen:
+    def submit_background(self, argv: list[str], log: Path, conf: dict[str, str] | None = None) -> subprocess.Popen:
         with open(log, "w") as out:
             # Own process group: a test that gives up can stop the JVM and its Python driver together.
-            return subprocess.Popen(self.submit_cmd(argv, conf), env=self.env, cwd=self.log_dir,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(
+                self.submit_cmd(argv, conf),
+                env=self.env,
+                cwd=self.log_dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
 
 def rest(ui_port: int, path: str):

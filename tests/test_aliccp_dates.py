@@ -1,9 +1,9 @@
 """Ali-CCP pseudo-dates: one date per split, the same scheme for the raw and the CSV layouts."""
-import pytest
-from pyspark.sql import functions as F
 
-from esmm.config.schema import REPO_ROOT
+import pytest
+
 from esmm.config.loader import load_config
+from esmm.config.schema import REPO_ROOT
 from pipelines.ingest import aliccp
 from pipelines.io.delta import read_delta
 
@@ -12,8 +12,7 @@ HEADER = "click,purchase,101,121,122,124,125,126,127,128,129,205,206,207,210,216
 
 def _csv(path, rows):
     """rows: (click, purchase, item id); every other field 1."""
-    path.write_text(HEADER + "\n" + "".join(f"{c},{p},1,1,1,1,1,1,1,1,1,{i}" + ",1" * 13 + "\n"
-                                            for c, p, i in rows))
+    path.write_text(HEADER + "\n" + "".join(f"{c},{p},1,1,1,1,1,1,1,1,1,{i}" + ",1" * 13 + "\n" for c, p, i in rows))
     return str(path)
 
 
@@ -32,9 +31,11 @@ def _by_dt(spark, cfg):
 
 
 def test_csv_files_of_one_split_share_its_date_and_never_overlap_another(spark, cfg, tmp_path):
-    files = [_csv(tmp_path / "ali_ccp_train_part1.csv", [(1, 1, "a"), (0, 0, "b")]),
-             _csv(tmp_path / "ali_ccp_train_part2.csv", [(1, 0, "c")]),
-             _csv(tmp_path / "ali_ccp_test_sample.csv", [(0, 0, "d")])]
+    files = [
+        _csv(tmp_path / "ali_ccp_train_part1.csv", [(1, 1, "a"), (0, 0, "b")]),
+        _csv(tmp_path / "ali_ccp_train_part2.csv", [(1, 0, "c")]),
+        _csv(tmp_path / "ali_ccp_test_sample.csv", [(0, 0, "d")]),
+    ]
     counts = aliccp.run_csv(spark, cfg, files, log=lambda *_: None)
     assert {s: c["rows"] for s, c in counts.items()} == {"train": 3, "test": 1}
     # Both train files on train_date (the second no longer replaces the first), test on test_date.

@@ -1,17 +1,18 @@
 """The 200 real Ali-CCP rows of shared/data/aliccp-sample: ingest -> features -> train -> evaluate -> score."""
+
 import os
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config.schema import REPO_ROOT
 from esmm.config.loader import load_config
+from esmm.config.schema import REPO_ROOT
 from esmm.training.trainer import train
-from pipelines.ingest import aliccp
 from pipelines.features import job as features
-from pipelines.scoring import job as score
+from pipelines.ingest import aliccp
 from pipelines.io.delta import read_delta
+from pipelines.scoring import job as score
 
 # shared/ sits beside the clone (CI keeps a copy there); ESMM_SHARED_DIR points elsewhere
 # (e.g. from a git worktree).
@@ -22,13 +23,25 @@ EXPECTED = {"train": (100, 7, 1), "val": (50, 3, 1), "test": (50, 2, 1)}
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"the real Ali-CCP sample is not at {SAMPLE} "
-                                                 f"(shared/ beside the clone)")
+@pytest.mark.skipif(
+    not SAMPLE.is_dir(), reason=f"the real Ali-CCP sample is not at {SAMPLE} " f"(shared/ beside the clone)"
+)
 def test_real_sample_end_to_end(spark, tmp_path):
-    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [
-        f"lakehouse.root={tmp_path / 'lh'}", "model.tower=[16]", "model.embedding_dim=4",
-        "train.batch_size=32", "train.epochs=2", "train.reader_workers=1", "train.progress=false",
-        "train.torch_threads=1", "score.candidates=labels", "score.torch_threads=1"])
+    cfg = load_config(
+        [REPO_ROOT / "conf" / "aliccp.yaml"],
+        [
+            f"lakehouse.root={tmp_path / 'lh'}",
+            "model.tower=[16]",
+            "model.embedding_dim=4",
+            "train.batch_size=32",
+            "train.epochs=2",
+            "train.reader_workers=1",
+            "train.progress=false",
+            "train.torch_threads=1",
+            "score.candidates=labels",
+            "score.torch_threads=1",
+        ],
+    )
     for f in cfg.features.categorical:  # tiny tables: 200 rows need no million-row embeddings
         f.buckets = min(f.buckets, 1000)
     days = {s: cfg.aliccp.date_of(s) for s in EXPECTED}
@@ -37,8 +50,12 @@ def test_real_sample_end_to_end(spark, tmp_path):
 
     features.run(spark, cfg, list(days.values()), log=lambda *_: None)
     ex = read_delta(spark, cfg.lakehouse.path("examples"))
-    got = {r.dt: (r.n, r.clicks, r.convs) for r in ex.groupBy("dt").agg(
-        F.count(F.lit(1)).alias("n"), F.sum("click").alias("clicks"), F.sum("conversion").alias("convs")).collect()}
+    got = {
+        r.dt: (r.n, r.clicks, r.convs)
+        for r in ex.groupBy("dt")
+        .agg(F.count(F.lit(1)).alias("n"), F.sum("click").alias("clicks"), F.sum("conversion").alias("convs"))
+        .collect()
+    }
     assert got == {days[s]: e for s, e in EXPECTED.items()}
     assert dict(ex.dtypes)["f109_14"] == "array<int>" and dict(ex.dtypes)["f205"] == "int"
 

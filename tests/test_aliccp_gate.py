@@ -1,10 +1,11 @@
 """Ali-CCP ingest: the bad-fraction gate, and the ``\\x03`` feature values (dropped, ids kept)."""
+
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
-from esmm.config.schema import REPO_ROOT
 from esmm.config.loader import load_config
+from esmm.config.schema import REPO_ROOT
 from pipelines.ingest import aliccp
 from pipelines.ingest import gate as ingest_gate
 from pipelines.io.delta import read_delta
@@ -22,8 +23,10 @@ def skeleton(sid, click, conv, *items):
 
 # Weights other than 1.0 in the multi-valued fields (as the release's behaviour fields and
 # crosses carry), 1.0 in the single-valued ones.
-GOOD = [skeleton(i, i % 2, 0, item("205", f"i{i}", "1.0"), item("853", "x1", "0.69315"),
-                 item("853", "x2", "2.5")) for i in range(1, 20)]
+GOOD = [
+    skeleton(i, i % 2, 0, item("205", f"i{i}", "1.0"), item("853", "x1", "0.69315"), item("853", "x2", "2.5"))
+    for i in range(1, 20)
+]
 COMMON = f"c1,3,{A.join([item('101', 'u1', '1.0'), item('109_14', 'a', '1.0986'), item('109_14', 'b', '0.0')])}"
 BAD = "20,0,1,c1,1," + item("205", "i20", "1.0")  # conversion without click: 1 of 20 lines = 5%
 
@@ -66,6 +69,8 @@ def test_the_gate_counts_each_source_against_its_own_lines():
     reasons = {"aliccp_skeleton": {"bad_label": 1}, "aliccp_common": {"bad_feature": 3, "malformed_line": 1}}
     read = {"aliccp_skeleton": (1000, "s.csv"), "aliccp_common": (100, "c.csv")}
     ingest_gate.check_bad_fraction(reasons, read, "2018-01-01", 0.04)  # 0.1% and 4.0%: not above
-    with pytest.raises(ingest_gate.IngestGateError, match=r"c\.csv: 4 of 100 aliccp_common records \(4\.00%\).*"
-                                                      r"top reasons: bad_feature 3, malformed_line 1"):
+    with pytest.raises(
+        ingest_gate.IngestGateError,
+        match=r"c\.csv: 4 of 100 aliccp_common records \(4\.00%\).*" r"top reasons: bad_feature 3, malformed_line 1",
+    ):
         ingest_gate.check_bad_fraction(reasons, read, "2018-01-01", 0.03)

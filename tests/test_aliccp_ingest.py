@@ -1,14 +1,15 @@
 """Ali-CCP raw-release ingest on a hand-written file in the exact release layout."""
+
 import hashlib
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.config.schema import REPO_ROOT
 from esmm.config.loader import load_config
-from pipelines.ingest import aliccp
+from esmm.config.schema import REPO_ROOT
 from pipelines.features import job as features
+from pipelines.ingest import aliccp
 from pipelines.io.delta import read_delta
 
 A, B, C = "\x01", "\x02", "\x03"
@@ -25,24 +26,35 @@ def skeleton_line(sid, click, conv, idx, *pairs, num=None):
 
 BAD_SEPARATOR = f"5;1;0;c1;1;205{B}i5{C}1.0"
 SKELETON = [
-    skeleton_line(1, 0, 0, "c1", ("205", "i1"), ("206", "k1"), ("210", "n1"), ("210", "n2"),
-                  ("853", "x1"), ("853", "x2"), ("853", "x3")),
+    skeleton_line(
+        1,
+        0,
+        0,
+        "c1",
+        ("205", "i1"),
+        ("206", "k1"),
+        ("210", "n1"),
+        ("210", "n2"),
+        ("853", "x1"),
+        ("853", "x2"),
+        ("853", "x3"),
+    ),
     skeleton_line(2, 1, 1, "c2", ("205", "i2")),
-    skeleton_line(3, 0, 1, "c1", ("205", "i3")),                     # conversion without click
-    skeleton_line(4, 1, 0, "c404", ("205", "i4")),                   # common index missing
-    BAD_SEPARATOR,                                                   # ';' instead of ','
-    f"6,0,0,c1,2,205{B}i6{C}1.0;206{B}k6{C}1.0",                     # ';' instead of \x01
-    "7,1,0,c2,0,",                                                   # empty feature list: valid
-    skeleton_line(8, 0, 0, "c1", ("205", "i8"), ("205", "i9")),      # two ids in single-valued 205
-    skeleton_line(9, 0, 0, "c9", ("205", "i9")),                     # its common line is duplicated
-    skeleton_line(10, 0, 0, "c5", ("205", "i10")),                   # its common line is malformed
-    skeleton_line(11, 0, 0, "c1", ("205", "i11"), num=2),            # feature_num says 2, list has 1
-    skeleton_line(12, 2, 0, "c1", ("205", "i12")),                   # click not 0/1
+    skeleton_line(3, 0, 1, "c1", ("205", "i3")),  # conversion without click
+    skeleton_line(4, 1, 0, "c404", ("205", "i4")),  # common index missing
+    BAD_SEPARATOR,  # ';' instead of ','
+    f"6,0,0,c1,2,205{B}i6{C}1.0;206{B}k6{C}1.0",  # ';' instead of \x01
+    "7,1,0,c2,0,",  # empty feature list: valid
+    skeleton_line(8, 0, 0, "c1", ("205", "i8"), ("205", "i9")),  # two ids in single-valued 205
+    skeleton_line(9, 0, 0, "c9", ("205", "i9")),  # its common line is duplicated
+    skeleton_line(10, 0, 0, "c5", ("205", "i10")),  # its common line is malformed
+    skeleton_line(11, 0, 0, "c1", ("205", "i11"), num=2),  # feature_num says 2, list has 1
+    skeleton_line(12, 2, 0, "c1", ("205", "i12")),  # click not 0/1
 ]
 COMMON = [
     f"c1,{3 + len(BEHAVIOUR)},{feats(('101', 'u1'), ('124', 'g1'), ('110_14', 's1'), *[('109_14', v) for v in BEHAVIOUR])}",
     f"c2,1,{feats(('101', 'u2'))}",
-    f"c5,2,101{B}u5",                                                # no \x03 value part
+    f"c5,2,101{B}u5",  # no \x03 value part
     f"c9,1,{feats(('101', 'u9'))}",
     f"c9,1,{feats(('101', 'u9b'))}",
 ]
@@ -58,8 +70,9 @@ def ingested(spark, tmp_path):
     skel.write_text("\n".join(SKELETON) + "\n")
     common.write_text("\r\n".join(COMMON) + "\r\n")  # CRLF line ends are tolerated
     # Most lines are bad on purpose: the bad-fraction gate (tests/test_aliccp_gate.py) is off here.
-    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}",
-                                                             "aliccp.max_bad_fraction=1.0"])
+    cfg = load_config(
+        [REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}", "aliccp.max_bad_fraction=1.0"]
+    )
     counts = aliccp.run(spark, cfg, str(skel), str(common), "train", log=lambda *_: None)
     return cfg, counts
 
@@ -80,20 +93,22 @@ def test_raw_release_rows_and_quarantine_reasons(spark, ingested):
 
     q = read_delta(spark, cfg.lakehouse.path("quarantine")).where(F.col("dt") == day)
     got = sorted((r.source, r.record_id, r.reason) for r in q.collect())
-    assert got == sorted([
-        ("aliccp_skeleton", "3", "conversion_without_click"),
-        ("aliccp_skeleton", "4", "common_index_not_found"),
-        ("aliccp_skeleton", sha(BAD_SEPARATOR), "malformed_line"),
-        ("aliccp_skeleton", "6", "bad_feature"),
-        ("aliccp_skeleton", "8", "multiple_values:f205"),
-        ("aliccp_skeleton", "9", "common_index_not_found"),
-        ("aliccp_skeleton", "10", "common_index_not_found"),
-        ("aliccp_skeleton", "11", "feature_num_mismatch"),
-        ("aliccp_skeleton", "12", "bad_label"),
-        ("aliccp_common", "c5", "bad_feature"),
-        ("aliccp_common", "c9", "duplicate_common_index"),
-        ("aliccp_common", "c9", "duplicate_common_index"),
-    ])
+    assert got == sorted(
+        [
+            ("aliccp_skeleton", "3", "conversion_without_click"),
+            ("aliccp_skeleton", "4", "common_index_not_found"),
+            ("aliccp_skeleton", sha(BAD_SEPARATOR), "malformed_line"),
+            ("aliccp_skeleton", "6", "bad_feature"),
+            ("aliccp_skeleton", "8", "multiple_values:f205"),
+            ("aliccp_skeleton", "9", "common_index_not_found"),
+            ("aliccp_skeleton", "10", "common_index_not_found"),
+            ("aliccp_skeleton", "11", "feature_num_mismatch"),
+            ("aliccp_skeleton", "12", "bad_label"),
+            ("aliccp_common", "c5", "bad_feature"),
+            ("aliccp_common", "c9", "duplicate_common_index"),
+            ("aliccp_common", "c9", "duplicate_common_index"),
+        ]
+    )
     assert {r.record for r in q.where("record_id = '3'").collect()} == {SKELETON[2]}
     assert counts["rows"] == 3 and counts["clicks"] == 2 and counts["conversions"] == 1
     assert counts["quarantined:common_index_not_found"] == 3
@@ -125,20 +140,29 @@ def test_split_from_file_names():
 
 def test_paddlerec_text_layout(spark, tmp_path):
     # PaddleRec's layout: sample_id,click,conversion,field:id,... with repeated fields.
-    lines = ["1,1,0,210:1,210:2,216:4,301:5,205:6,101:12,150_14:18,150_14:19,150_14:20",
-             "2,0,1,205:7,101:12",          # conversion without click
-             "3,0,0,205:8,101:12,216",      # an item without ':'
-             "4,1,1,205:9,101:13"]
+    lines = [
+        "1,1,0,210:1,210:2,216:4,301:5,205:6,101:12,150_14:18,150_14:19,150_14:20",
+        "2,0,1,205:7,101:12",  # conversion without click
+        "3,0,0,205:8,101:12,216",  # an item without ':'
+        "4,1,1,205:9,101:13",
+    ]
     f = tmp_path / "small.txt"
     f.write_text("\n".join(lines) + "\n")
-    cfg = load_config([REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}",
-                                                             "aliccp.max_bad_fraction=1.0"])
+    cfg = load_config(
+        [REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}", "aliccp.max_bad_fraction=1.0"]
+    )
     counts = aliccp.run_paddle(spark, cfg, [str(f)], "test", log=lambda *_: None)
     labels = {r.impression_id: r for r in read_delta(spark, cfg.lakehouse.path("labels")).collect()}
     assert sorted(labels) == ["test-1", "test-4"]
     r1 = labels["test-1"]
     assert (r1.click, r1.conversion, r1.f210, r1.f150_14, r1.f216, r1.f205) == (
-        1, 0, ["1", "2"], ["18", "19", "20"], "4", "6")
+        1,
+        0,
+        ["1", "2"],
+        ["18", "19", "20"],
+        "4",
+        "6",
+    )
     assert all(r.dt == cfg.aliccp.test_date for r in labels.values())
     q = read_delta(spark, cfg.lakehouse.path("quarantine")).collect()
     assert sorted((r.record_id, r.reason) for r in q) == [("2", "conversion_without_click"), ("3", "bad_feature")]

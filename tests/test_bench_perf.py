@@ -1,4 +1,5 @@
 """esmm bench perf: the table, the aims and the README block on hand-made numbers; the suite end to end (slow)."""
+
 from __future__ import annotations
 
 import json
@@ -9,34 +10,52 @@ from pathlib import Path
 
 import pytest
 
-from jobs import perf_table as T
+from benchmarks import perf_table as T
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = (1_000_000, 4_000_000)
 
 
 def _label(n, job, sql, duck, rows=None, cold=None, mb=1000):
-    return {"impressions_per_day": n, "labelled_rows": rows or n, "job_s": job, "job_cold_s": cold or job * 1.5,
-            "spark_sql_s": sql, "duckdb_s": duck, "job_phases_s": {"decide": job / 2, "write": job / 2},
-            "jvm_peak_rss_mb": mb}
+    return {
+        "impressions_per_day": n,
+        "labelled_rows": rows or n,
+        "job_s": job,
+        "job_cold_s": cold or job * 1.5,
+        "spark_sql_s": sql,
+        "duckdb_s": duck,
+        "job_phases_s": {"decide": job / 2, "write": job / 2},
+        "jvm_peak_rss_mb": mb,
+    }
 
 
 def _raw(trainer_mb=(500, 520), fixed_job=3.0, rechub=None):
-    train = {"ratio": {"rows": 1000, "e2e_rows_per_s": 9000.0, "in_memory_rows_per_s": 10000.0, "ratio": 0.9},
-             "loader": {"rows": 1000, "petastorm_rows_per_s": 50000.0, "pyarrow_rows_per_s": 200000.0, "ratio": 0.25},
-             "memory": [{"rows": 1_000_000, "peak_rss_mb": trainer_mb[0], "rows_per_s": 1.0},
-                        {"rows": 10_000_000, "peak_rss_mb": trainer_mb[1], "rows_per_s": 1.0}]}
+    train = {
+        "ratio": {"rows": 1000, "e2e_rows_per_s": 9000.0, "in_memory_rows_per_s": 10000.0, "ratio": 0.9},
+        "loader": {"rows": 1000, "petastorm_rows_per_s": 50000.0, "pyarrow_rows_per_s": 200000.0, "ratio": 0.25},
+        "memory": [
+            {"rows": 1_000_000, "peak_rss_mb": trainer_mb[0], "rows_per_s": 1.0},
+            {"rows": 10_000_000, "peak_rss_mb": trainer_mb[1], "rows_per_s": 1.0},
+        ],
+    }
     if rechub:
         train["rechub"] = rechub
     run = {"ratio": 0.55, "spark_rows_per_s": 5500, "in_memory_rows_per_s": 10000, "spark_phases_s": {"write": 1.0}}
     return {
-        "labels": {"sizes": [_label(10_000, fixed_job, 2.0, 0.1),
-                             _label(1_000_000, 20.0, 10.0, 2.0, mb=2000),
-                             _label(4_000_000, 100.0, 40.0, 8.0, mb=3000)]},
+        "labels": {
+            "sizes": [
+                _label(10_000, fixed_job, 2.0, 0.1),
+                _label(1_000_000, 20.0, 10.0, 2.0, mb=2000),
+                _label(4_000_000, 100.0, 40.0, 8.0, mb=3000),
+            ]
+        },
         "train": train,
-        "score": {"sizes": [{"rows": 1_000_000, "median_ratio": 0.55, "runs": [run, {**run, "ratio": 0.5},
-                                                                               {**run, "ratio": 0.6}]},
-                            {"rows": 4_000_000, "median_ratio": 0.4, "runs": [{**run, "ratio": 0.4}]}]},
+        "score": {
+            "sizes": [
+                {"rows": 1_000_000, "median_ratio": 0.55, "runs": [run, {**run, "ratio": 0.5}, {**run, "ratio": 0.6}]},
+                {"rows": 4_000_000, "median_ratio": 0.4, "runs": [{**run, "ratio": 0.4}]},
+            ]
+        },
         "ingest": {"skipped": "no ingest sizes at size tiny"},
     }
 
@@ -68,15 +87,26 @@ def test_measures_judge_each_aim_on_hand_made_numbers():
 
 
 def test_unmet_and_missing_parts():
-    rows = {r["key"]: r for r in T.measures(_raw(trainer_mb=(500, 800), fixed_job=12.0,
-                                                 rechub={"rows": 1000, "rechub_rows_per_s": 4500.0, "ratio": 2.0}),
-                                       10_000, SCALE)}
+    rows = {
+        r["key"]: r
+        for r in T.measures(
+            _raw(
+                trainer_mb=(500, 800), fixed_job=12.0, rechub={"rows": 1000, "rechub_rows_per_s": 4500.0, "ratio": 2.0}
+            ),
+            10_000,
+            SCALE,
+        )
+    }
     assert rows["trainer_peak_memory"]["value"] == pytest.approx(1.6) and rows["trainer_peak_memory"]["met"] is False
     assert rows["labels_fixed_cost"]["met"] is False and "DuckDB 0.10 s" in rows["labels_fixed_cost"]["where"]
     assert rows["train_vs_rechub"]["value"] == 2.0 and rows["train_vs_rechub"]["met"] is False
     raw = _raw()
-    raw["ingest"] = {"sizes": [{"lines": 250_000, "lines_per_s": 3000.0, "peak_rss_mb": 2000},
-                               {"lines": 1_000_000, "lines_per_s": 3100.0, "peak_rss_mb": 2500}]}
+    raw["ingest"] = {
+        "sizes": [
+            {"lines": 250_000, "lines_per_s": 3000.0, "peak_rss_mb": 2000},
+            {"lines": 1_000_000, "lines_per_s": 3100.0, "peak_rss_mb": 2500},
+        ]
+    }
     ingest = {r["key"]: r for r in T.measures(raw, 10_000, SCALE)}["ingest_peak_memory"]
     assert ingest["value"] == pytest.approx(1.25) and ingest["met"] is None
     assert ingest["measured"] == "250k lines: 2,000 MB, 3,000 lines/s; 1M lines: 2,500 MB, 3,100 lines/s (1.25x)"
@@ -109,8 +139,16 @@ def test_markdown_table_has_one_row_per_measure_and_where_lines_for_unmet_aims()
 
 def test_readme_block_goes_between_the_markers_only():
     text = f"# x\nbefore\n{T.README_BEGIN}\nold numbers\n{T.README_END}\nafter\n"
-    m = {"cores": 2, "ram_gib": 24.0, "cpu": "Some CPU", "load_1min": 0.3, "python": "3.11.9", "torch": "2.13.0",
-         "pyspark": "3.5.9", "delta_spark": "3.3.3"}
+    m = {
+        "cores": 2,
+        "ram_gib": 24.0,
+        "cpu": "Some CPU",
+        "load_1min": 0.3,
+        "python": "3.11.9",
+        "torch": "2.13.0",
+        "pyspark": "3.5.9",
+        "delta_spark": "3.3.3",
+    }
     block = T.readme_block(T.measures(_raw(), 10_000, SCALE), m, "default", "2026-12-02 18:00 UTC, 40 min")
     new = T.replace_between_markers(text, block)
     assert new.startswith("# x\nbefore\n" + T.README_BEGIN + "\n`esmm bench perf --size default`")
@@ -122,13 +160,15 @@ def test_readme_block_goes_between_the_markers_only():
 
 
 def test_write_readme_rewrites_only_the_block(tmp_path):
-    from jobs.bench_perf import write_readme
+    from benchmarks.perf import write_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# t\n## Performance\ntext\n{T.README_BEGIN}\nold\n{T.README_END}\n## Next\n")
     write_readme(readme, "| measure | aim | measured | met? |")
-    assert readme.read_text() == (f"# t\n## Performance\ntext\n{T.README_BEGIN}\n| measure | aim | measured | met? |\n"
-                                  f"{T.README_END}\n## Next\n")
+    assert readme.read_text() == (
+        f"# t\n## Performance\ntext\n{T.README_BEGIN}\n| measure | aim | measured | met? |\n"
+        f"{T.README_END}\n## Next\n"
+    )
 
 
 def test_each_bench_refuses_the_other_benches_sizes(capsys):
@@ -163,9 +203,26 @@ def test_cli_parses_bench_perf():
 def test_bench_perf_tiny_end_to_end(tmp_path):
     out = tmp_path / "perf"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", "jobs.cli", "bench", "perf", "--size", "tiny", "--out", str(out),
-                        "--set", f"lakehouse.root={tmp_path / 'lh'}"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=1800)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "bench",
+            "perf",
+            "--size",
+            "tiny",
+            "--out",
+            str(out),
+            "--set",
+            f"lakehouse.root={tmp_path / 'lh'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     body = json.loads((out / "perf.json").read_text())
     rows = {r["key"]: r for r in body["measures"]}

@@ -1,4 +1,5 @@
 """Calibration maps (PAV, Platt, field-aware fallback, serialisation) and metrics: numpy only."""
+
 from __future__ import annotations
 
 import itertools
@@ -83,8 +84,17 @@ def _maps(fields=("position",), min_count=5):
     click = (rng.random(n) < pctr * np.where(pos == 1, 1.0, 0.5)).astype(int)
     conv = (rng.random(n) < 0.3).astype(int) * click
     pctcvr = pctr * 0.4
-    return C.CalibrationMaps.fit("m-1", pctr, pctcvr, click, conv, {"position": pos},
-                                 fields=list(fields), min_count=min_count, dates=["2026-11-08"]), pos
+    return C.CalibrationMaps.fit(
+        "m-1",
+        pctr,
+        pctcvr,
+        click,
+        conv,
+        {"position": pos},
+        fields=list(fields),
+        min_count=min_count,
+        dates=["2026-11-08"],
+    ), pos
 
 
 def test_pcvr_is_ratio_clipped_and_identity_exact():
@@ -104,8 +114,9 @@ def test_value_below_min_count_falls_back_to_global_map():
     pctr = rng.random(n) * 0.2
     click = (rng.random(n) < pctr).astype(int)
     conv = click * (rng.random(n) < 0.5)
-    maps = C.CalibrationMaps.fit("m-1", pctr, pctr * 0.5, click, conv, {"position": pos},
-                                 fields=["position"], min_count=50)
+    maps = C.CalibrationMaps.fit(
+        "m-1", pctr, pctr * 0.5, click, conv, {"position": pos}, fields=["position"], min_count=50
+    )
     assert "1" in maps.by_value["pctr"] and "2" not in maps.by_value["pctr"]
     q = np.array([0.05, 0.1])
     out, _, _ = maps.apply(q, q * 0.5, {"position": np.array([2, 2])})
@@ -165,13 +176,15 @@ def test_metrics_on_hand_computed_values():
     sums_y = {"a": 1.0, "b": 2.0, "c": 1.0}
     expect2 = sum(2 * abs(sums_y[k] - sums_p[k]) / (sums_y[k] + 2 * eps) for k in "abc") / 6
     assert field_rce(p2, y2, v2, eps) == pytest.approx(expect2)
-    assert field_rce(1.25 * np.array([0.2, 0.2, 0.4, 0.4]), np.array([0.4, 0.0, 0.8, 0.0]),
-                     np.array([1, 1, 2, 2])) == pytest.approx(0.25, rel=1e-4)
+    assert field_rce(
+        1.25 * np.array([0.2, 0.2, 0.4, 0.4]), np.array([0.4, 0.0, 0.8, 0.0]), np.array([1, 1, 2, 2])
+    ) == pytest.approx(0.25, rel=1e-4)
 
 
 def test_format_report_reads_only_the_raw_and_calibrated_pairs():
     from esmm.calibration.metrics import format_report
 
-    text = format_report({"ctcvr_auc": 0.8, "ctr_auc": 0.7, "ctcvr_pcoc_raw": 1.25, "ctcvr_pcoc_cal": 1.0,
-                          "ctr_ece_raw": 0.02})
+    text = format_report(
+        {"ctcvr_auc": 0.8, "ctr_auc": 0.7, "ctcvr_pcoc_raw": 1.25, "ctcvr_pcoc_cal": 1.0, "ctr_ece_raw": 0.02}
+    )
     assert "ctcvr: pcoc 1.25 -> 1" in text and "ctr: ece 0.02" in text and "auc" not in text

@@ -1,4 +1,5 @@
 """The trainer's calibration stage and ``esmm calibrate`` on a tiny examples table."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from examples_data import TINY_OVERRIDES, examples_df, write_examples
 
 from esmm.calibration import maps as calibration
-from esmm.calibration.maps import CalibrationError
 from esmm.calibration.fit import fit_calibration
+from esmm.calibration.maps import CalibrationError
 from esmm.config.loader import load_config
 from esmm.training.trainer import train
-from examples_data import TINY_OVERRIDES, examples_df, write_examples
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
 
@@ -25,12 +26,23 @@ def lake(spark, tmp_path_factory):
 
 
 def _cfg(root, tmp_path, *extra):
-    return load_config(overrides=[
-        f"lakehouse.root={root}", *TINY_OVERRIDES, "train.train_start=2026-11-01",
-        "train.train_end=2026-11-03", "train.eval_dates=[2026-11-05]", "train.max_steps=20",
-        f"train.checkpoint_dir={tmp_path / 'ck'}", f"lakehouse.tables.registry={tmp_path / 'registry'}",
-        f"lakehouse.tables.models={tmp_path / 'models'}", "calibration.fields=[a]",
-        "calibration.min_count=20", "calibration.report_fields=[a, b]", *extra])
+    return load_config(
+        overrides=[
+            f"lakehouse.root={root}",
+            *TINY_OVERRIDES,
+            "train.train_start=2026-11-01",
+            "train.train_end=2026-11-03",
+            "train.eval_dates=[2026-11-05]",
+            "train.max_steps=20",
+            f"train.checkpoint_dir={tmp_path / 'ck'}",
+            f"lakehouse.tables.registry={tmp_path / 'registry'}",
+            f"lakehouse.tables.models={tmp_path / 'models'}",
+            "calibration.fields=[a]",
+            "calibration.min_count=20",
+            "calibration.report_fields=[a, b]",
+            *extra,
+        ]
+    )
 
 
 def test_trainer_fits_saves_and_reports_calibration(lake, tmp_path):
@@ -67,10 +79,10 @@ def test_uncalibrated_artifact_then_esmm_calibrate(lake, tmp_path):
 def test_evaluation_with_the_maps_scores_what_serving_holds(lake, tmp_path):
     """The nightly's evaluate step passes the artifact's maps: the saved per-row scores the
     gate compares are the calibrated ones, exactly esmm.calibration.maps.apply of the raw ones."""
-    from esmm.registry import artifacts as registry
     from esmm.data.examples import read_arrow, resolve_snapshot
     from esmm.evaluation.metrics import evaluate
     from esmm.evaluation.predictions import load_predictions
+    from esmm.registry import artifacts as registry
 
     r = train(_cfg(lake, tmp_path, "calibration.dates=[2026-11-04]"))
     model, meta = registry.load_model(r.artifact_dir)

@@ -1,12 +1,13 @@
 """The `esmm` parser: each sub-command's own shortcuts, and a parser that imports no Spark or torch."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 
-from esmm.config.schema import ModelConfig
 from esmm.config.errors import ConfigError
+from esmm.config.schema import ModelConfig
 from jobs.cli import COMMANDS, build_parser, config_from_args
 
 
@@ -48,10 +49,12 @@ def test_a_shortcut_value_is_validated_with_its_key():
 
 
 def test_building_the_parser_imports_neither_torch_nor_spark():
-    code = ("import sys, json\n"
-            "from jobs.cli import build_parser\n"
-            "build_parser().format_help()\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pyspark', 'petastorm', 'deltalake', 'numpy', 'pandas'))\n"
-            "print(json.dumps(heavy))\n")
+    code = (
+        "import sys, json\n"
+        "from jobs.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pyspark', 'petastorm', 'deltalake', 'numpy', 'pandas'))\n"
+        "print(json.dumps(heavy))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

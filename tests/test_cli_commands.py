@@ -12,6 +12,7 @@ of the previous stage, and a test per command checks what it did:
 Label windows are short (labels are final after one day) so that a 3-day world has a
 training day, a mature evaluation day and a run date.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from esmm.registry import artifacts as registry
 from esmm.config.loader import load_config
+from esmm.registry import artifacts as registry
 from jobs.cli import main
 from pipelines.io.delta import read_delta
 from pipelines.nightly.runs import RunsTable
@@ -31,13 +32,27 @@ from pipelines.nightly.runs import RunsTable
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 D1, D2, D3 = "2026-11-01", "2026-11-02", "2026-11-03"
 OVERRIDES = [
-    "generate.n_users=2000", "generate.n_items=500", "generate.cvr=0.3",
-    "labels.click_window=1h", "labels.attribution_window=12h", "labels.max_lateness=1h",
-    "labels.max_bad_fraction=0.05", "nightly.train_days=1",
-    "nightly.train_launcher=torchrun", "nightly.torchrun_nproc=2",
-    "model.embedding_dim=4", "model.tower=[16]", "train.batch_size=256", "train.epochs=1",
-    "train.reader_workers=1", "train.shuffle_buffer=1000", "train.device=cpu", "train.torch_threads=1",
-    "train.progress=false", "score.batch_size=500"]
+    "generate.n_users=2000",
+    "generate.n_items=500",
+    "generate.cvr=0.3",
+    "labels.click_window=1h",
+    "labels.attribution_window=12h",
+    "labels.max_lateness=1h",
+    "labels.max_bad_fraction=0.05",
+    "nightly.train_days=1",
+    "nightly.train_launcher=torchrun",
+    "nightly.torchrun_nproc=2",
+    "model.embedding_dim=4",
+    "model.tower=[16]",
+    "train.batch_size=256",
+    "train.epochs=1",
+    "train.reader_workers=1",
+    "train.shuffle_buffer=1000",
+    "train.device=cpu",
+    "train.torch_threads=1",
+    "train.progress=false",
+    "score.batch_size=500",
+]
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +99,19 @@ def featured(labelled, esmm):
 @pytest.fixture(scope="module")
 def trained(featured, esmm, root):
     result = root.parent / "train-result.json"
-    rc, out = esmm("train", "--model", "esmm", "--train-start", D1, "--train-end", D2, "--eval-date", D3,
-                   "--result-json", str(result))
+    rc, out = esmm(
+        "train",
+        "--model",
+        "esmm",
+        "--train-start",
+        D1,
+        "--train-end",
+        D2,
+        "--eval-date",
+        D3,
+        "--result-json",
+        str(result),
+    )
     return rc, out, json.loads(result.read_text()) if result.exists() else None
 
 
@@ -170,7 +196,8 @@ def test_nightly_trains_under_torchrun(cfg, trained, night):
     assert rc == 0 and f"esmm nightly {D3}: ok" in out
     hist = RunsTable(cfg.lakehouse.path("runs")).history(D3)
     assert {s: h["status"] for s, h in hist.items()} == {
-        s: "succeeded" for s in ("labels", "features", "train", "evaluate", "gate", "score", "report")}
+        s: "succeeded" for s in ("labels", "features", "train", "evaluate", "gate", "score", "report")
+    }
     new_id = hist["train"]["outputs"]["model_id"]  # reported by rank 0's --result-json
     models = {r["model_id"]: r for r in registry.list_models(cfg.lakehouse.path("registry"))}
     assert new_id != trained[2]["model_id"] and new_id in models
@@ -186,7 +213,19 @@ def test_report(night, esmm):
 
 def test_bench_quality(night, esmm, root):
     # The bench writes its own world (direct from the simulator) into this lakehouse: the last test.
-    rc, out = esmm("bench", "quality", "--size", "tiny", "--seeds", "1", "--models", "naive", "--epochs", "1",
-                   "--out", str(root.parent / "bench"))
+    rc, out = esmm(
+        "bench",
+        "quality",
+        "--size",
+        "tiny",
+        "--seeds",
+        "1",
+        "--models",
+        "naive",
+        "--epochs",
+        "1",
+        "--out",
+        str(root.parent / "bench"),
+    )
     assert rc == 0 and "bench quality: size=tiny" in out and "naive" in out
     assert (root.parent / "bench" / "bench_quality.json").exists()

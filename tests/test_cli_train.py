@@ -1,4 +1,5 @@
 """`esmm train` arguments become the typed config (no training here)."""
+
 import pytest
 
 from esmm.config.errors import ConfigError
@@ -6,9 +7,23 @@ from jobs.cli import build_parser, config_from_args
 
 
 def test_train_arguments_map_to_config():
-    args = build_parser().parse_args(["train", "--model", "escm2-dr", "--train-start", "2026-11-01",
-                                      "--train-end", "2026-11-05", "--eval-date", "2026-11-06",
-                                      "--eval-date", "2026-11-07", "--set", "model.tower=[64, 32]"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--model",
+            "escm2-dr",
+            "--train-start",
+            "2026-11-01",
+            "--train-end",
+            "2026-11-05",
+            "--eval-date",
+            "2026-11-06",
+            "--eval-date",
+            "2026-11-07",
+            "--set",
+            "model.tower=[64, 32]",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.model.kind == "escm2-dr" and cfg.model.tower == [64, 32]
     assert cfg.train.dates == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]

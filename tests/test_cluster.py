@@ -9,6 +9,7 @@ Spark (the session fixture ``spark``): generate, labels, features and score on
 a tiny world of two days. The label job must also survive losing an executor
 JVM while its tasks run, and still write exactly the uninterrupted tables.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,21 +21,37 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from spark_cluster import StandaloneCluster, executor_pid, rest, wait_for
 
 from esmm.config.loader import load_config
 from jobs.cli import main
 from pipelines.io.delta import read_delta
-from spark_cluster import StandaloneCluster, executor_pid, rest, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 D1, D2 = "2026-11-01", "2026-11-02"
-WORLD = ["generate.start_date=" + D1, "generate.n_users=500", "generate.n_items=300", "generate.cvr=0.3",
-         "labels.click_window=1h", "labels.attribution_window=12h", "labels.max_lateness=1h",
-         "labels.max_bad_fraction=0.05",
-         "model.embedding_dim=4", "model.tower=[8]", "train.batch_size=256", "train.epochs=1",
-         "train.reader_workers=1", "train.shuffle_buffer=500", "train.device=cpu", "train.torch_threads=1",
-         "train.progress=false", "train.train_start=" + D1, "train.train_end=" + D1, "score.batch_size=300"]
+WORLD = [
+    "generate.start_date=" + D1,
+    "generate.n_users=500",
+    "generate.n_items=300",
+    "generate.cvr=0.3",
+    "labels.click_window=1h",
+    "labels.attribution_window=12h",
+    "labels.max_lateness=1h",
+    "labels.max_bad_fraction=0.05",
+    "model.embedding_dim=4",
+    "model.tower=[8]",
+    "train.batch_size=256",
+    "train.epochs=1",
+    "train.reader_workers=1",
+    "train.shuffle_buffer=500",
+    "train.device=cpu",
+    "train.torch_threads=1",
+    "train.progress=false",
+    "train.train_start=" + D1,
+    "train.train_end=" + D1,
+    "score.batch_size=300",
+]
 GENERATE = ["generate", "--days", "2", "--impressions-per-day", "2000"]
 LABELS = ["labels", "--start", D1, "--end", D2]
 FEATURES = ["features", "--start", D1, "--end", D2]
@@ -80,9 +97,11 @@ def _copy_tables(src: Path, dst: Path, names) -> None:
         shutil.copytree(src / rel, dst / rel)
 
 
-def assert_same_table(spark, got_root: Path, want_root: Path, table: str, where: str | None = None,
-                      drop: tuple[str, ...] = ()) -> int:
+def assert_same_table(
+    spark, got_root: Path, want_root: Path, table: str, where: str | None = None, drop: tuple[str, ...] = ()
+) -> int:
     """The two lakehouses' ``table`` hold the same multiset of rows (run columns and ``drop`` aside)."""
+
     def rows(root):
         df = read_delta(spark, _cfg(root).lakehouse.path(table)).drop(*RUN_COLUMNS.get(table, ()), *drop)
         if where:
@@ -95,7 +114,8 @@ def assert_same_table(spark, got_root: Path, want_root: Path, table: str, where:
     only_got, only_want = g - w, w - g
     assert not only_got and not only_want, (
         f"{table}: {sum(only_got.values())} row(s) only on the cluster, {sum(only_want.values())} only "
-        f"locally; e.g. cluster {list(only_got)[:2]} local {list(only_want)[:2]}")
+        f"locally; e.g. cluster {list(only_got)[:2]} local {list(only_want)[:2]}"
+    )
     return sum(g.values())
 
 
@@ -175,8 +195,9 @@ def test_score_job(cluster, local, cluster_root, spark):
     assert n >= 1500
     got, want = (_score_floats(spark, r) for r in (cluster_root, local_root))
     assert got.keys() == want.keys()
-    assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7) for k in want), \
-        [(k, got[k], want[k]) for k in want if got[k] != pytest.approx(want[k], rel=1e-6, abs=1e-7)][:3]
+    assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7) for k in want), [
+        (k, got[k], want[k]) for k in want if got[k] != pytest.approx(want[k], rel=1e-6, abs=1e-7)
+    ][:3]
     # The raw impressions are clean candidates: both runs quarantine nothing (compared all the same).
     assert assert_same_table(spark, cluster_root, local_root, "quarantine", where="source = 'score'") == 0
 
@@ -227,8 +248,9 @@ def test_label_job_survives_a_killed_executor(cluster, local, spark, tmp_path, f
     assert f"Lost executor {victim['id']} " in out, out[-4000:]
     # (Spark 3.5 words it "failed because while it was being computed, its executor exited"
     # when the executor's exit is not blamed on the task, ExecutorLostFailure otherwise.)
-    assert "its executor exited" in out or "ExecutorLostFailure" in out, \
-        f"no running task was lost with executor {victim}: the kill landed between tasks"
+    assert (
+        "its executor exited" in out or "ExecutorLostFailure" in out
+    ), f"no running task was lost with executor {victim}: the kill landed between tasks"
     # Nothing lost or doubled: the tables equal the uninterrupted local run's.
     assert assert_same_table(spark, root, local[0], "labels") >= 3000
     assert assert_same_table(spark, root, local[0], "quarantine") > 0

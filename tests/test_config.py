@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esmm.config.schema import Config
-from esmm.config.loader import DEFAULT_CONF, load_config
 from esmm.config.errors import ConfigError
+from esmm.config.loader import DEFAULT_CONF, load_config
+from esmm.config.schema import Config
 from esmm.util.timeutil import date_range, parse_duration
 
 
@@ -24,22 +24,25 @@ def test_overrides_and_files_layer(tmp_path: Path):
     assert cfg.lakehouse.path("clicks") == "/tmp/x/raw/clicks"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("generate.dayz=3", "generate.dayz: unknown key"),
-    ("nosuch.key=1", "nosuch: unknown key"),
-    ("generate.days=three", "generate.days: expected an integer"),
-    ("generate.days=-1", "generate.days: -1 must be >= 1"),
-    ("generate.ctr=0.9", "generate.ctr"),
-    ("generate.selection_bias=1.5", "generate.selection_bias: 1.5 is outside [-1, 1]"),
-    ("labels.click_window=-5m", "labels.click_window: '-5m' is not a duration"),
-    ("labels.attribution_window=7 weeks", "labels.attribution_window"),
-    ("labels.max_bad_fraction=2", "labels.max_bad_fraction: 2.0 is outside [0, 1]"),
-    ("generate.start_date=2026-13-01", "generate.start_date"),
-    ("sources.clicks.format=csv", "sources.clicks.format: 'csv' is not one of"),
-    ("features.categorical=[{name: a, buckets: 1}]", "features.categorical[0].buckets"),
-    ("features.numeric=[{name: price, clip_min: 5, clip_max: 1}]", "features.numeric[0].clip_max"),
-    ("generate.days", "must look like key.path=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("generate.dayz=3", "generate.dayz: unknown key"),
+        ("nosuch.key=1", "nosuch: unknown key"),
+        ("generate.days=three", "generate.days: expected an integer"),
+        ("generate.days=-1", "generate.days: -1 must be >= 1"),
+        ("generate.ctr=0.9", "generate.ctr"),
+        ("generate.selection_bias=1.5", "generate.selection_bias: 1.5 is outside [-1, 1]"),
+        ("labels.click_window=-5m", "labels.click_window: '-5m' is not a duration"),
+        ("labels.attribution_window=7 weeks", "labels.attribution_window"),
+        ("labels.max_bad_fraction=2", "labels.max_bad_fraction: 2.0 is outside [0, 1]"),
+        ("generate.start_date=2026-13-01", "generate.start_date"),
+        ("sources.clicks.format=csv", "sources.clicks.format: 'csv' is not one of"),
+        ("features.categorical=[{name: a, buckets: 1}]", "features.categorical[0].buckets"),
+        ("features.numeric=[{name: price, clip_min: 5, clip_max: 1}]", "features.numeric[0].clip_max"),
+        ("generate.days", "must look like key.path=value"),
+    ],
+)
 def test_bad_configuration_names_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as e:
         load_config(overrides=[override])

@@ -1,8 +1,10 @@
 """The trainer's data path: one Delta version, never the folder; immature labels filtered."""
+
 from pathlib import Path
 
-from esmm.data.examples import example_batches, resolve_snapshot
 from examples_data import TINY_SPEC, examples_df, write_examples
+
+from esmm.data.examples import example_batches, resolve_snapshot
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 
@@ -11,9 +13,11 @@ def test_immature_rows_are_not_trained_on(spark, tmp_path):
     path = str(tmp_path / "lh" / "curated" / "examples")
     write_examples(examples_df(spark, DATES, 300, immature_last_day=True), path)
     snap = resolve_snapshot(path, DATES)
+
     def rows(mature_only):
         with example_batches(snap, TINY_SPEC, 100, mature_only=mature_only, workers=1) as bs:
             return sum(len(b) for b in bs)
+
     assert rows(False) == 900 and rows(True) == 600
 
 
@@ -31,10 +35,24 @@ def test_loader_reads_exactly_one_delta_version(spark, tmp_path):
         with example_batches(snap, TINY_SPEC, 64, shuffle=False, workers=1) as bs:
             return sorted(round(v, 6) for b in bs for v in b.num[:, 0].tolist())
 
-    expect_new = sorted(round(r.x, 6) for r in spark.read.format("delta").option("versionAsOf", 1)
-                        .load(path).where(f"dt = '{day}'").select("x").collect())
-    expect_old = sorted(round(r.x, 6) for r in spark.read.format("delta").option("versionAsOf", 0)
-                        .load(path).where(f"dt = '{day}'").select("x").collect())
+    expect_new = sorted(
+        round(r.x, 6)
+        for r in spark.read.format("delta")
+        .option("versionAsOf", 1)
+        .load(path)
+        .where(f"dt = '{day}'")
+        .select("x")
+        .collect()
+    )
+    expect_old = sorted(
+        round(r.x, 6)
+        for r in spark.read.format("delta")
+        .option("versionAsOf", 0)
+        .load(path)
+        .where(f"dt = '{day}'")
+        .select("x")
+        .collect()
+    )
     assert len(expect_new) == 150 and len(expect_old) == 200
     assert xs(1) == expect_new
     assert xs(0) == expect_old

@@ -1,4 +1,5 @@
 """Evaluation and calibration score a day in Arrow batches: no whole-day [n, W] matrix."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -6,17 +7,20 @@ import torch
 from deltalake import write_deltalake
 
 from esmm.calibration import fit as calibration_fit
-
-from esmm.evaluation import metrics as ev
 from esmm.config.schema import CategoricalField, FeatureSpec, ModelConfig, NumericField
 from esmm.data.examples import pack_categorical, read_arrow, resolve_snapshot
+from esmm.evaluation import metrics as ev
 from esmm.evaluation.predictions import load_predictions
 from esmm.model.network import build_model
 
-SPEC = FeatureSpec(categorical=[CategoricalField("a", buckets=5),
-                                CategoricalField("b", buckets=7, multi=True, pooling="sum", max_len=3),
-                                CategoricalField("c", buckets=4, multi=True, pooling="mean", max_len=2)],
-                   numeric=[NumericField("x")])
+SPEC = FeatureSpec(
+    categorical=[
+        CategoricalField("a", buckets=5),
+        CategoricalField("b", buckets=7, multi=True, pooling="sum", max_len=3),
+        CategoricalField("c", buckets=4, multi=True, pooling="mean", max_len=2),
+    ],
+    numeric=[NumericField("x")],
+)
 DAY, BATCH = "2018-01-03", 8
 
 
@@ -24,14 +28,19 @@ def _rows(lo, hi):
     rng = np.random.default_rng(lo)
     n = hi - lo
     click = rng.integers(0, 2, n)
-    return pa.table({
-        "impression_id": [f"r{i}" for i in range(lo, hi)], "dt": [DAY] * n,
-        "click": pa.array(click, pa.int32()), "conversion": pa.array(click * rng.integers(0, 2, n), pa.int32()),
-        "label_mature": pa.array(np.arange(lo, hi) % 7 != 3),  # a few immature rows, left out
-        "a": pa.array(rng.integers(0, 5, n), pa.int32()),
-        "b": pa.array([rng.integers(0, 7, k).tolist() for k in rng.integers(1, 6, n)], pa.list_(pa.int32())),
-        "c": pa.array([rng.integers(0, 4, k).tolist() for k in rng.integers(1, 4, n)], pa.list_(pa.int32())),
-        "x": pa.array(rng.normal(size=n), pa.float32())})
+    return pa.table(
+        {
+            "impression_id": [f"r{i}" for i in range(lo, hi)],
+            "dt": [DAY] * n,
+            "click": pa.array(click, pa.int32()),
+            "conversion": pa.array(click * rng.integers(0, 2, n), pa.int32()),
+            "label_mature": pa.array(np.arange(lo, hi) % 7 != 3),  # a few immature rows, left out
+            "a": pa.array(rng.integers(0, 5, n), pa.int32()),
+            "b": pa.array([rng.integers(0, 7, k).tolist() for k in rng.integers(1, 6, n)], pa.list_(pa.int32())),
+            "c": pa.array([rng.integers(0, 4, k).tolist() for k in rng.integers(1, 4, n)], pa.list_(pa.int32())),
+            "x": pa.array(rng.normal(size=n), pa.float32()),
+        }
+    )
 
 
 @pytest.fixture
@@ -54,8 +63,9 @@ def day(tmp_path, monkeypatch):
 
 def _whole_day(model, snap):
     """The former path: the whole day's table packed into one [n, W] matrix at once."""
-    t = read_arrow(snap, ["impression_id", "click", "conversion", "label_mature", "a", "b", "c", "x"],
-                   filter_mature=True)
+    t = read_arrow(
+        snap, ["impression_id", "click", "conversion", "label_mature", "a", "b", "c", "x"], filter_mature=True
+    )
     cat = pack_categorical({f: t.column(f) for f in "abc"}, SPEC)
     pred = ev.predict(model, cat, t.column("x").to_numpy()[:, None].astype(np.float32))
     return t, pred

@@ -6,6 +6,7 @@ naming the table and file, with no traceback; the output tables must stay at the
 previous version (nothing partial), and once the fault is gone a re-run must give the
 same tables as an uninterrupted run (the ``reference`` fixture).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_data import (DAYS, labels_cmd, save_champion, score_cmd, tables, without_versions,
-                         write_raw_world)
+from faults_data import DAYS, labels_cmd, save_champion, score_cmd, tables, without_versions, write_raw_world
+
 from jobs.cli import EXIT_INPUT_UNREADABLE, EXIT_WRITE_FAILED, main
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
@@ -65,8 +66,10 @@ def scored_reference(spark, raw, reference, tmp_path_factory):
 # --------------------------------------------------------------------------- driver killed mid-write
 
 # One local core and one row per file: the killed write lasts seconds, not milliseconds.
-SLOW_WRITE = ["spark.master=local[1]",
-              "spark.conf={spark.sql.files.maxRecordsPerFile: '1', spark.sql.session.timeZone: UTC}"]
+SLOW_WRITE = [
+    "spark.master=local[1]",
+    "spark.conf={spark.sql.files.maxRecordsPerFile: '1', spark.sql.session.timeZone: UTC}",
+]
 
 
 def data_files(folder: Path) -> set[str]:
@@ -80,9 +83,15 @@ def kill_while_writing(args: list[str], table: Path, log: Path, timeout: float =
     before = data_files(table)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, env=env,
-                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         try:
             while p.poll() is None and time.time() < deadline:
@@ -96,8 +105,7 @@ def kill_while_writing(args: list[str], table: Path, log: Path, timeout: float =
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-    pytest.fail(f"the job ended (exit {p.returncode}) before writing a file of {table}:\n"
-                + log.read_text()[-3000:])
+    pytest.fail(f"the job ended (exit {p.returncode}) before writing a file of {table}:\n" + log.read_text()[-3000:])
 
 
 def killed_mid_write_then_rerun(spark, root: Path, cmd, table: str, log: Path) -> dict:
@@ -117,22 +125,26 @@ def killed_mid_write_then_rerun(spark, root: Path, cmd, table: str, log: Path) -
 
 @pytest.mark.slow
 def test_label_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_equals_a_clean_run(
-        spark, raw, reference, tmp_path):
+    spark, raw, reference, tmp_path
+):
     root = tmp_path / "lake"
-    got = killed_mid_write_then_rerun(spark, root, lambda d, *x: labels_cmd(root, raw, d, *x),
-                                      "curated/labels", tmp_path / "killed.log")
+    got = killed_mid_write_then_rerun(
+        spark, root, lambda d, *x: labels_cmd(root, raw, d, *x), "curated/labels", tmp_path / "killed.log"
+    )
     assert got == {**reference, "scores": None}
 
 
 @pytest.mark.slow
 def test_score_driver_killed_mid_write_keeps_the_previous_version_and_a_rerun_equals_a_clean_run(
-        spark, raw, scored_reference, tmp_path):
+    spark, raw, scored_reference, tmp_path
+):
     from esmm.config.loader import load_config
 
     root = tmp_path / "lake"
     save_champion(load_config(overrides=[f"lakehouse.root={root}"]))
-    got = killed_mid_write_then_rerun(spark, root, lambda d, *x: score_cmd(root, raw, d, *x),
-                                      "serving/scores", tmp_path / "killed.log")
+    got = killed_mid_write_then_rerun(
+        spark, root, lambda d, *x: score_cmd(root, raw, d, *x), "serving/scores", tmp_path / "killed.log"
+    )
     assert got["scores"] == scored_reference
 
 
@@ -149,7 +161,7 @@ def break_file(path: str, how: str) -> None:
     error); ``truncated``: the first half only. The Hadoop checksum file goes too, as for a
     file another producer wrote."""
     data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:len(data) // 2] + (b"\x00garbage" * 16 + data[-8:] if how == "footer" else b""))
+    Path(path).write_bytes(data[: len(data) // 2] + (b"\x00garbage" * 16 + data[-8:] if how == "footer" else b""))
     crc = Path(path).parent / f".{Path(path).name}.crc"
     crc.unlink(missing_ok=True)
 
@@ -184,8 +196,9 @@ def test_a_truncated_delta_log_entry_of_a_raw_table_is_named(spark, raw, tmp_pat
     for crc in log.glob("*.crc"):
         crc.unlink()  # the version checksum would not match either
     err = labels_fail_on_broken_raw(spark, raw, bad_raw, tmp_path / "lake", capfd)
-    assert f"raw conversions table {bad_raw['conversions']}: Delta log entry {entry} is not valid JSON" in err, \
-        err[-3000:]
+    assert f"raw conversions table {bad_raw['conversions']}: Delta log entry {entry} is not valid JSON" in err, err[
+        -3000:
+    ]
 
 
 # --------------------------------------------------------------------------- unwritable lakehouse
@@ -198,8 +211,12 @@ def can_mount() -> bool:
     probe = Path(f"/tmp/esmm-mount-probe-{os.getpid()}")
     probe.mkdir(exist_ok=True)
     try:
-        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
-                            capture_output=True).returncode == 0
+        ok = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)], capture_output=True
+            ).returncode
+            == 0
+        )
         if ok:
             subprocess.run(["umount", str(probe)], check=True)
         return ok
@@ -245,8 +262,10 @@ def curated_folder(root: Path, size: str = "64m"):
     else a plain folder (permission bits work)."""
     if os.geteuid() == 0:
         if not can_mount():
-            pytest.skip("running as root without mount rights: root ignores permission bits, and "
-                        "neither a read-only nor a full file system can be made here")
+            pytest.skip(
+                "running as root without mount rights: root ignores permission bits, and "
+                "neither a read-only nor a full file system can be made here"
+            )
         with tmpfs(root / "curated", size) as p:
             yield p
     else:
@@ -271,8 +290,7 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def test_a_read_only_lakehouse_fails_clearly_and_keeps_the_previous_version(spark, raw, reference, tmp_path,
-                                                                            capfd):
+def test_a_read_only_lakehouse_fails_clearly_and_keeps_the_previous_version(spark, raw, reference, tmp_path, capfd):
     root = tmp_path / "lake"
     with curated_folder(root) as curated:
         assert main(labels_cmd(root, raw, D1)) == 0

@@ -5,6 +5,7 @@ Two gloo ranks on CPU, launched as a scheduler would (stdin closed); rank 1 gets
 as soon as a checkpoint from after the first epoch exists. The shards are uneven (2 row
 groups on rank 0, 1 on rank 1), so each rank must resume its own sample count.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from examples_data import TINY_OVERRIDES, TINY_SPEC
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # torchrun with two ranks, twice
@@ -42,25 +42,72 @@ def lake(tmp_path_factory):
     b = (np.arange(n) * 13 % 19 + 1).astype("int32")
     click = (rng.random(n) < np.where(a % 3 == 0, 0.5, 0.1)).astype("int32")
     conv = (click.astype(bool) & (rng.random(n) < np.where(b % 2 == 0, 0.6, 0.1))).astype("int32")
-    table = pa.table({
-        "impression_id": [f"imp-{i}" for i in range(n)], "dt": np.repeat(DATES, ROWS_PER_DAY).tolist(),
-        "click": click, "conversion": conv, "label_mature": np.ones(n, dtype=bool), "a": a, "b": b,
-        "x": rng.random(n).astype("float32"), "feature_mapping_id": [TINY_SPEC.mapping_id] * n})
+    table = pa.table(
+        {
+            "impression_id": [f"imp-{i}" for i in range(n)],
+            "dt": np.repeat(DATES, ROWS_PER_DAY).tolist(),
+            "click": click,
+            "conversion": conv,
+            "label_mature": np.ones(n, dtype=bool),
+            "a": a,
+            "b": b,
+            "x": rng.random(n).astype("float32"),
+            "feature_mapping_id": [TINY_SPEC.mapping_id] * n,
+        }
+    )
     write_deltalake(str(root / "curated" / "examples"), table, partition_by=["dt"])
     return root
 
 
 def torchrun(lake: Path, ck: Path, result: Path) -> subprocess.Popen:
-    sets = [f"lakehouse.root={lake}", *TINY_OVERRIDES, f"train.checkpoint_dir={ck}", "train.checkpoint_every=2",
-            f"train.epochs={EPOCHS}", "train.batch_size=16", "train.register=false", "train.torch_threads=1",
-            f"lakehouse.tables.models={ck.parent / 'models'}", "tracking.enabled=false"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--max-restarts", "1", "-m", "jobs.cli", "train", "--train-start", DATES[0], "--train-end", DATES[-1],
-           "--result-json", str(result), *[a for s in sets for a in ("--set", s)]]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sets = [
+        f"lakehouse.root={lake}",
+        *TINY_OVERRIDES,
+        f"train.checkpoint_dir={ck}",
+        "train.checkpoint_every=2",
+        f"train.epochs={EPOCHS}",
+        "train.batch_size=16",
+        "train.register=false",
+        "train.torch_threads=1",
+        f"lakehouse.tables.models={ck.parent / 'models'}",
+        "tracking.enabled=false",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        "1",
+        "-m",
+        "jobs.cli",
+        "train",
+        "--train-start",
+        DATES[0],
+        "--train-end",
+        DATES[-1],
+        "--result-json",
+        str(result),
+        *[a for s in sets for a in ("--set", s)],
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def rank_pid(launcher: int, rank: int) -> int | None:
@@ -122,5 +169,8 @@ def test_a_killed_rank_resumes_from_the_checkpoint_with_the_same_samples(lake, t
     assert p.returncode == 0, out[-4000:]
     got = json.loads((tmp_path / "faulted.json").read_text())
     assert got["resumed_from_step"] > 0, out[-4000:]  # the restarted workers resumed
-    assert (got["total_samples"], got["steps"], got["world_size"]) == \
-        (ref["total_samples"], ref["steps"], ref["world_size"])
+    assert (got["total_samples"], got["steps"], got["world_size"]) == (
+        ref["total_samples"],
+        ref["steps"],
+        ref["world_size"],
+    )

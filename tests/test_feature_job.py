@@ -1,11 +1,11 @@
 """The feature job: curated/labels -> curated/examples, per date, with the shared mapping."""
+
 from __future__ import annotations
 
 import datetime as dt
 import math
 
 import pytest
-from pyspark.sql import functions as F
 
 from jobs.cli import main
 from pipelines.features import job as features
@@ -15,12 +15,16 @@ pytestmark = pytest.mark.integration  # whole jobs on real tables
 
 D, D1 = "2026-11-02", "2026-11-03"
 # The spec of tests/test_features.py, whose golden indices are pinned there.
-SPEC = ["features.categorical=[{name: user_city, buckets: 50}, {name: position, buckets: 8}]",
-        "features.numeric=[{name: price, transform: log1p, clip_min: 0.0, clip_max: 3.0, fill: -1.0}]"]
+SPEC = [
+    "features.categorical=[{name: user_city, buckets: 50}, {name: position, buckets: 8}]",
+    "features.numeric=[{name: price, transform: log1p, clip_min: 0.0, clip_max: 3.0, fill: -1.0}]",
+]
 GOLDEN_CITY7, GOLDEN_POS3 = 39, 4
-LABELS = ("impression_id string, ts timestamp, user_id string, item_id string, user_city string, "
-          "position bigint, price double, click int, first_click_ts timestamp, conversion int, "
-          "conversion_ts timestamp, label_mature boolean, as_of timestamp, dt string")
+LABELS = (
+    "impression_id string, ts timestamp, user_id string, item_id string, user_city string, "
+    "position bigint, price double, click int, first_click_ts timestamp, conversion int, "
+    "conversion_ts timestamp, label_mature boolean, as_of timestamp, dt string"
+)
 
 
 def ts(d: str, h: int = 0) -> dt.datetime:
@@ -44,9 +48,16 @@ def test_examples_follow_the_contract_per_date(spark, cfg):
     assert features.run(spark, cfg, [D], log=lines.append) == {D: 2}
     ex = read_delta(spark, cfg.lakehouse.path("examples"))
     assert [(f.name, f.dataType.simpleString()) for f in ex.schema.fields] == [
-        ("impression_id", "string"), ("dt", "string"), ("click", "int"), ("conversion", "int"),
-        ("label_mature", "boolean"), ("user_city", "int"), ("position", "int"), ("price", "float"),
-        ("feature_mapping_id", "string")]
+        ("impression_id", "string"),
+        ("dt", "string"),
+        ("click", "int"),
+        ("conversion", "int"),
+        ("label_mature", "boolean"),
+        ("user_city", "int"),
+        ("position", "int"),
+        ("price", "float"),
+        ("feature_mapping_id", "string"),
+    ]
     got = {r.impression_id: tuple(r) for r in ex.collect()}
     mid = cfg.features.mapping_id
     assert got["a"][:8] == ("a", D, 1, 1, True, GOLDEN_CITY7, GOLDEN_POS3, pytest.approx(math.log1p(1.0)))
@@ -66,8 +77,11 @@ def test_ranges_replace_exactly_their_dates_and_the_cli(spark, cfg):
     assert main(["features", "--date", D1, *root]) == 0
     assert sorted(tuple(r) for r in read_delta(spark, path).collect()) == before
     from delta.tables import DeltaTable
-    ops = [r["operationParameters"].get("predicate", "") for r in
-           DeltaTable.forPath(spark, path).history().orderBy("version").collect()]
+
+    ops = [
+        r["operationParameters"].get("predicate", "")
+        for r in DeltaTable.forPath(spark, path).history().orderBy("version").collect()
+    ]
     assert "2026-11-03" in ops[-1] and "2026-11-02" not in ops[-1]
     # A date without labels is an error naming it; nothing is written.
     assert main(["features", "--date", "2026-11-04", *root]) == 1

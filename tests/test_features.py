@@ -1,4 +1,5 @@
 """encode_features: the one mapping shared by the feature job and the scorer."""
+
 import math
 
 import pytest
@@ -9,16 +10,20 @@ from pipelines.features.job import encode_features
 
 SPEC = FeatureSpec(
     categorical=[CategoricalField("user_city", buckets=50), CategoricalField("position", buckets=8)],
-    numeric=[NumericField("price", transform="log1p", clip_min=0.0, clip_max=3.0, fill=-1.0),
-             NumericField("rating", transform="none", clip_min=1.0, clip_max=5.0)],
+    numeric=[
+        NumericField("price", transform="log1p", clip_min=0.0, clip_max=3.0, fill=-1.0),
+        NumericField("rating", transform="none", clip_min=1.0, clip_max=5.0),
+    ],
 )
-SCHEMA = T.StructType([
-    T.StructField("impression_id", T.StringType()),
-    T.StructField("user_city", T.StringType()),
-    T.StructField("position", T.LongType()),
-    T.StructField("price", T.DoubleType()),
-    T.StructField("rating", T.DoubleType()),
-])
+SCHEMA = T.StructType(
+    [
+        T.StructField("impression_id", T.StringType()),
+        T.StructField("user_city", T.StringType()),
+        T.StructField("position", T.LongType()),
+        T.StructField("price", T.DoubleType()),
+        T.StructField("rating", T.DoubleType()),
+    ]
+)
 
 
 def test_encoding_rules(spark):
@@ -30,8 +35,7 @@ def test_encoding_rules(spark):
         ("e", "city8", 3, -5.0, 2.5),
     ]
     out = {r.impression_id: r for r in encode_features(spark.createDataFrame(rows, SCHEMA), SPEC).collect()}
-    assert set(out["a"].asDict()) == {"impression_id", "user_city", "position", "price", "rating",
-                                      "feature_mapping_id"}
+    assert set(out["a"].asDict()) == {"impression_id", "user_city", "position", "price", "rating", "feature_mapping_id"}
     # NULL and '' map to row 0; equal values map to equal rows; rows stay in [1, buckets).
     assert out["b"].user_city == 0 and out["b"].position == 0 and out["c"].user_city == 0
     assert out["a"].user_city == out["d"].user_city != 0
@@ -55,8 +59,10 @@ def test_mapping_is_stable_across_days_and_types(spark):
     r = encode_features(df, SPEC).first()
     assert (r.user_city, r.position) == (GOLDEN_CITY7, GOLDEN_POS3)
     # An integer column stored as STRING by another producer maps the same way.
-    s = spark.createDataFrame([("x", "city7", "3", 1.0, 1.0)],
-                              "impression_id string, user_city string, position string, price double, rating double")
+    s = spark.createDataFrame(
+        [("x", "city7", "3", 1.0, 1.0)],
+        "impression_id string, user_city string, position string, price double, rating double",
+    )
     assert encode_features(s, SPEC).first().position == GOLDEN_POS3
 
 

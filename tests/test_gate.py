@@ -4,6 +4,7 @@ decision rule on synthetic evaluation days, and the gate step's outputs.
 No Spark: the days are numpy arrays (a few hundred conversions, like a real
 evaluation day at the bench's size), the registry and runs table are delta-rs.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,19 @@ import math
 import numpy as np
 import pytest
 
-from esmm.config.schema import GateConfig
-from esmm.config.loader import load_config
 from esmm.config.errors import ConfigError
+from esmm.config.loader import load_config
+from esmm.config.schema import GateConfig
+from esmm.evaluation.intervals import (
+    calibration_interval,
+    delong,
+    delong_test,
+    logloss_test,
+    poisson_interval,
+    wilson_interval,
+)
 from esmm.evaluation.predictions import align, load_predictions, save_predictions
 from pipelines.nightly.gate import decide
-from esmm.evaluation.intervals import (calibration_interval, delong, delong_test, logloss_test, poisson_interval,
-                            wilson_interval)
 
 G = GateConfig()  # the defaults: alpha 0.05, min_conversions 100, calibration [0.8, 1.25]
 
@@ -59,8 +66,9 @@ def delong_reference(a, b, y):
         mu, mw = sum(u) / len(u), sum(w) / len(w)
         return sum((x - mu) * (z - mw) for x, z in zip(u, w)) / (len(u) - 1)
 
-    var = ((cov(v10[0], v10[0]) + cov(v10[1], v10[1]) - 2 * cov(v10[0], v10[1])) / m
-           + (cov(v01[0], v01[0]) + cov(v01[1], v01[1]) - 2 * cov(v01[0], v01[1])) / n)
+    var = (cov(v10[0], v10[0]) + cov(v10[1], v10[1]) - 2 * cov(v10[0], v10[1])) / m + (
+        cov(v01[0], v01[0]) + cov(v01[1], v01[1]) - 2 * cov(v01[0], v01[1])
+    ) / n
     z = (auc[0] - auc[1]) / math.sqrt(var)
     return auc[0], auc[1], var, 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
@@ -118,7 +126,7 @@ def test_intervals_known_values():
     lo, hi = wilson_interval(np.array([8]), np.array([10]))
     assert (lo[0], hi[0]) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
     # Poisson score interval of 0 events: [0, z^2].
-    assert poisson_interval(0) == (0.0, pytest.approx(1.959964 ** 2, rel=1e-6))
+    assert poisson_interval(0) == (0.0, pytest.approx(1.959964**2, rel=1e-6))
     ratio, lo, hi = calibration_interval(np.full(1000, 0.1), np.r_[np.ones(100), np.zeros(900)])
     assert ratio == pytest.approx(1.0) and lo < 1.0 < hi and hi - lo == pytest.approx(0.4, abs=0.03)
 
@@ -204,8 +212,10 @@ def test_below_min_conversions_keeps_the_champion_or_promotes_the_first_model():
     for cand in (worse, p):
         d = decide(cand, champ, y, G)
         assert not d.promote
-        assert d.reason.startswith(f"kept the champion: {int(y.sum())} conversions on the evaluation day, "
-                                   f"below nightly.gate.min_conversions = 100"), d.reason
+        assert d.reason.startswith(
+            f"kept the champion: {int(y.sum())} conversions on the evaluation day, "
+            f"below nightly.gate.min_conversions = 100"
+        ), d.reason
         assert "ctcvr_auc" not in d.tests  # not compared
     first = decide(worse, None, y, G)
     assert first.promote and first.reason.startswith("promoted: first model"), first.reason
@@ -221,12 +231,13 @@ def test_scores_of_other_rows_are_refused():
 
 def test_align_reorders_by_id_and_refuses_different_rows(tmp_path):
     ids = np.array([f"i{k}" for k in range(6)])
-    click, conv = np.array([1, 0, 1, 0, 0, 1.]), np.array([1, 0, 0, 0, 0, 1.])
+    click, conv = np.array([1, 0, 1, 0, 0, 1.0]), np.array([1, 0, 0, 0, 0, 1.0])
     pred = {k: np.linspace(0.1, 0.6, 6) for k in ("pctr", "pcvr", "pctcvr")}
     a = load_predictions(save_predictions(tmp_path / "a.npz", ids, click, conv, pred))
     perm = np.array([3, 0, 5, 1, 4, 2])
-    b = load_predictions(save_predictions(tmp_path / "b.npz", ids[perm], click[perm], conv[perm],
-                                          {k: v[perm] for k, v in pred.items()}))
+    b = load_predictions(
+        save_predictions(tmp_path / "b.npz", ids[perm], click[perm], conv[perm], {k: v[perm] for k, v in pred.items()})
+    )
     a2, b2 = align(a, b)
     assert np.array_equal(a2["impression_id"], b2["impression_id"])
     assert np.array_equal(a2["pctcvr"], b2["pctcvr"]) and np.array_equal(a2["click"], b2["click"])
@@ -252,10 +263,16 @@ def _artifact(models, model_id: str):
 
     d = models / model_id
     d.mkdir(parents=True)
-    meta = {"format": META_FORMAT, "model_id": model_id, "kind": "esmm", "feature_mapping_id": "fm1",
-            "examples": {"version": 3}, "window": {"train_start": "2026-11-01", "train_end": "2026-11-02",
-                                                    "eval_dates": ["2026-11-03"]},
-            "metrics": {}, "code_version": "test"}
+    meta = {
+        "format": META_FORMAT,
+        "model_id": model_id,
+        "kind": "esmm",
+        "feature_mapping_id": "fm1",
+        "examples": {"version": 3},
+        "window": {"train_start": "2026-11-01", "train_end": "2026-11-02", "eval_dates": ["2026-11-03"]},
+        "metrics": {},
+        "code_version": "test",
+    }
     (d / "meta.json").write_text(json.dumps(meta))
     return d
 
@@ -279,12 +296,20 @@ def test_the_gate_step_decision_lands_in_the_step_outputs(make_cfg, tmp_path, sh
     paths = {}
     for role, s in (("candidate", cand), ("champion", p)):
         order = np.random.default_rng(len(role)).permutation(len(y))  # rows in a different order per file
-        paths[role] = str(save_predictions(tmp_path / f"{role}.npz", ids[order], y[order], y[order],
-                                           {"pctr": s[order], "pcvr": s[order], "pctcvr": s[order]}))
+        paths[role] = str(
+            save_predictions(
+                tmp_path / f"{role}.npz",
+                ids[order],
+                y[order],
+                y[order],
+                {"pctr": s[order], "pcvr": s[order], "pctcvr": s[order]},
+            )
+        )
     evaluated = {"model_ids": {"candidate": "cand", "champion": "champ"}, "predictions": paths}
     steps = [Step("evaluate", lambda ctx: evaluated), Step("gate", nightly_steps.gate)]
-    r = run_nightly(cfg, "2026-11-04", lambda: None, steps=steps, available=["2026-11-03", "2026-11-04"],
-                    log=lambda m: None)
+    r = run_nightly(
+        cfg, "2026-11-04", lambda: None, steps=steps, available=["2026-11-03", "2026-11-04"], log=lambda m: None
+    )
     assert r.exit_code == 0, r.message
     out = r.outputs["gate"]
     assert out["promoted"] is (not shuffle)
@@ -296,4 +321,5 @@ def test_the_gate_step_decision_lands_in_the_step_outputs(make_cfg, tmp_path, sh
     row = [s for s in RunsTable(cfg.lakehouse.path("runs")).rows("2026-11-04") if s["step"] == "gate"][0]
     assert json.loads(row["outputs"]) == json.loads(json.dumps(out))
     assert row["message"] == out["decision"] and row["message"].startswith(
-        "kept the champion" if shuffle else "promoted")
+        "kept the champion" if shuffle else "promoted"
+    )

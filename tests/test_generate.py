@@ -1,4 +1,5 @@
 """The synthetic logs: contract, determinism, rates, mess, and the selection bias."""
+
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from esmm.config.loader import load_config
-from pipelines.sim import generator as generate
 from pipelines.io.contract import RAW_REQUIRED, ContractError, check_raw
 from pipelines.io.delta import read_delta
+from pipelines.sim import generator as generate
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 
@@ -17,10 +18,16 @@ N_PER_DAY, DAYS = 15_000, 2
 
 
 def _cfg(root, *extra):
-    return load_config(overrides=[
-        f"lakehouse.root={root}", f"generate.days={DAYS}",
-        f"generate.impressions_per_day={N_PER_DAY}", "generate.n_users=5000",
-        "generate.n_items=2000", *extra])
+    return load_config(
+        overrides=[
+            f"lakehouse.root={root}",
+            f"generate.days={DAYS}",
+            f"generate.impressions_per_day={N_PER_DAY}",
+            "generate.n_users=5000",
+            "generate.n_items=2000",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +36,7 @@ def world(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     cfg = _cfg(root)
     counts = generate.run(spark, cfg)
-    tables = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
-              ("impressions", "clicks", "conversions", "truth")}
+    tables = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in ("impressions", "clicks", "conversions", "truth")}
     return cfg, counts, tables
 
 
@@ -50,6 +56,7 @@ def test_tables_follow_the_contract(world):
     assert counts["impressions"] == t["impressions"].count()
     # The Delta log says the tables are partitioned by dt.
     from delta.tables import DeltaTable
+
     detail = DeltaTable.forPath(t["impressions"].sparkSession, cfg.lakehouse.path("impressions")).detail()
     assert detail.select("partitionColumns").first()[0] == ["dt"]
 
@@ -94,8 +101,9 @@ def test_duplicates_late_events_and_attribution_mess(world):
     stats = d.agg(F.min("d"), F.expr("percentile_approx(d, 0.5)"), F.max("d")).first()
     assert stats[0] >= 1 and 1800 < stats[1] < 6 * 3600 and stats[2] > 2 * 86400
     # Click delays of seconds to minutes.
-    cj = clicks.join(imp.dropDuplicates(["impression_id"]).select("impression_id", F.col("ts").alias("its")),
-                     "impression_id")
+    cj = clicks.join(
+        imp.dropDuplicates(["impression_id"]).select("impression_id", F.col("ts").alias("its")), "impression_id"
+    )
     cd = cj.select((F.col("ts").cast("long") - F.col("its").cast("long")).alias("d"))
     cstats = cd.agg(F.min("d"), F.expr("percentile_approx(d, 0.5)")).first()
     assert cstats[0] >= 1 and 5 < cstats[1] < 120
@@ -129,8 +137,14 @@ def test_same_seed_same_rows_other_seed_other_rows(spark, tmp_path):
 
 
 def test_malformed_records_when_asked(spark, tmp_path):
-    cfg = _cfg(tmp_path, "generate.days=1", "generate.impressions_per_day=4000",
-               "generate.malformed_rate=0.05", "generate.ctr=0.2", "generate.cvr=0.3")
+    cfg = _cfg(
+        tmp_path,
+        "generate.days=1",
+        "generate.impressions_per_day=4000",
+        "generate.malformed_rate=0.05",
+        "generate.ctr=0.2",
+        "generate.cvr=0.3",
+    )
     logs = generate.generate_logs(spark, cfg.generate)
     imp = logs.impressions
     assert imp.where(F.col("impression_id").isNull()).count() > 0
@@ -139,8 +153,9 @@ def test_malformed_records_when_asked(spark, tmp_path):
     assert logs.clicks.where(F.col("impression_id").startswith("imp-unknown")).count() > 0
     assert logs.conversions.where(F.col("click_id").startswith("clk-unknown")).count() > 0
     assert logs.conversions.where(F.col("conversion_id") == "").count() > 0
-    clean = generate.generate_logs(spark, _cfg(tmp_path, "generate.days=1",
-                                                "generate.impressions_per_day=4000").generate)
+    clean = generate.generate_logs(
+        spark, _cfg(tmp_path, "generate.days=1", "generate.impressions_per_day=4000").generate
+    )
     assert clean.impressions.where(F.col("impression_id").isNull() | (F.col("user_id") == "")).count() == 0
 
 

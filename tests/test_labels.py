@@ -4,6 +4,7 @@
 Times: D = 2026-11-02; windows are the defaults (skew 5m, click 1d, attribution
 7d, lateness 1d). ``t("10:00")`` is 10:00 UTC on D; ``t("10:00", 7)`` on D+7.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -39,16 +40,44 @@ def ts(k_hhmm) -> str:
     return None if k_hhmm is None else t(*k_hhmm).strftime("%Y-%m-%d %H:%M:%S")
 
 
-IMP = T.StructType([T.StructField(n, tp) for n, tp in [
-    ("impression_id", T.StringType()), ("ts", T.TimestampType()), ("user_id", T.StringType()),
-    ("item_id", T.StringType()), ("price", T.DoubleType()), ("dt", T.StringType())]])
-CLK = T.StructType([T.StructField(n, tp) for n, tp in [
-    ("click_id", T.StringType()), ("impression_id", T.StringType()), ("ts", T.TimestampType()),
-    ("dt", T.StringType())]])
-CNV = T.StructType([T.StructField(n, tp) for n, tp in [
-    ("conversion_id", T.StringType()), ("click_id", T.StringType()), ("user_id", T.StringType()),
-    ("item_id", T.StringType()), ("ts", T.TimestampType()), ("value", T.DoubleType()),
-    ("dt", T.StringType())]])
+IMP = T.StructType(
+    [
+        T.StructField(n, tp)
+        for n, tp in [
+            ("impression_id", T.StringType()),
+            ("ts", T.TimestampType()),
+            ("user_id", T.StringType()),
+            ("item_id", T.StringType()),
+            ("price", T.DoubleType()),
+            ("dt", T.StringType()),
+        ]
+    ]
+)
+CLK = T.StructType(
+    [
+        T.StructField(n, tp)
+        for n, tp in [
+            ("click_id", T.StringType()),
+            ("impression_id", T.StringType()),
+            ("ts", T.TimestampType()),
+            ("dt", T.StringType()),
+        ]
+    ]
+)
+CNV = T.StructType(
+    [
+        T.StructField(n, tp)
+        for n, tp in [
+            ("conversion_id", T.StringType()),
+            ("click_id", T.StringType()),
+            ("user_id", T.StringType()),
+            ("item_id", T.StringType()),
+            ("ts", T.TimestampType()),
+            ("value", T.DoubleType()),
+            ("dt", T.StringType()),
+        ]
+    ]
+)
 
 
 def imp(i, when, u, x, dt_=D, price=1.0):
@@ -57,14 +86,17 @@ def imp(i, when, u, x, dt_=D, price=1.0):
 
 # ---- the hand-written world: one line per rule it exercises
 IMPRESSIONS = [
-    imp("i1", t("08:00"), "u1", "x1"), imp("i1", t("08:00"), "u1", "x1"),  # exact duplicate
-    imp("i2", t("09:30"), "u2", "x2"), imp("i2", t("09:00"), "u2", "x2", day(1)),  # keep earliest (late copy)
+    imp("i1", t("08:00"), "u1", "x1"),
+    imp("i1", t("08:00"), "u1", "x1"),  # exact duplicate
+    imp("i2", t("09:30"), "u2", "x2"),
+    imp("i2", t("09:00"), "u2", "x2", day(1)),  # keep earliest (late copy)
     imp("i3", t("10:00"), "u3", "x3"),  # two clicks, conversion on the second
     imp("i4", t("11:00"), "u4", "x4"),  # click 3 min before: within the skew
     imp("i5", t("11:00"), "u5", "x5"),  # click 10 min before: beyond the skew
     imp("i6", t("12:00", -1), "u6", "x6", day(-1)),  # (day D-1) click 1 s after the click window
     imp("i7", t("13:00"), "u7", "x7", day(1)),  # late arrival; last-touch conversion
-    imp("i8a", t("14:00"), "u8", "x8"), imp("i8b", t("15:00"), "u8", "x8"),  # last touch picks i8b
+    imp("i8a", t("14:00"), "u8", "x8"),
+    imp("i8b", t("15:00"), "u8", "x8"),  # last touch picks i8b
     imp("i8c", t("17:00"), "u8", "x8"),  # clicked after the conversion: not a candidate
     imp("i9", t("01:00"), "u9", "x9"),  # conversion 7d + 1s after its click
     imp("i10", t("02:00"), "u10", "x10"),  # conversion exactly 7d after its click
@@ -79,20 +111,25 @@ IMPRESSIONS = [
     imp("i18", t("10:00", 3), "u18", "x18"),  # ts three days after it arrived
 ]
 CLICKS = [
-    ("c3a", "i3", t("10:01"), day(1)), ("c3a", "i3", t("10:01"), day(1)),  # late, duplicated
+    ("c3a", "i3", t("10:01"), day(1)),
+    ("c3a", "i3", t("10:01"), day(1)),  # late, duplicated
     ("c3b", "i3", t("10:05"), D),
     ("c4", "i4", t("10:57"), D),
     ("c5", "i5", t("10:50"), D),
     ("c6", "i6", t("12:00:01"), D),
     ("c19", "i19", t("01:01", -8), day(-8)),
     ("c7", "i7", t("13:01"), D),
-    ("c8a", "i8a", t("14:01"), D), ("c8b", "i8b", t("15:01"), D), ("c8c", "i8c", t("17:01"), D),
-    ("c9", "i9", t("01:01"), D), ("c10", "i10", t("02:01"), D),
+    ("c8a", "i8a", t("14:01"), D),
+    ("c8b", "i8b", t("15:01"), D),
+    ("c8c", "i8c", t("17:01"), D),
+    ("c9", "i9", t("01:01"), D),
+    ("c10", "i10", t("02:01"), D),
     ("c_orphan", "nope", t("09:00"), D),
     (None, "i1", t("08:01"), D),
 ]
 CONVERSIONS = [
-    ("v3", "c3b", "u3", "x3", t("12:00"), 5.0, D), ("v3", "c3b", "u3", "x3", t("12:00"), 5.0, D),
+    ("v3", "c3b", "u3", "x3", t("12:00"), 5.0, D),
+    ("v3", "c3b", "u3", "x3", t("12:00"), 5.0, D),
     ("v7", None, "u7", "x7", t("20:00"), None, day(1)),
     ("v8", "", "u8", "x8", t("16:00"), 1.0, D),  # blank click_id = last touch
     ("v9", "c9", "u9", "x9", t("01:01:01", 8), 1.0, day(8)),
@@ -111,8 +148,10 @@ FAR = t("00:00", 9)  # every window of D has closed
 def frames(spark, shuffle_partitions):
     # A handful of rows: one shuffle partition saves ~100 tiny tasks per query.
     with shuffle_partitions(1):
-        dfs = [spark.createDataFrame(rows, schema).coalesce(1).cache()
-               for rows, schema in ((IMPRESSIONS, IMP), (CLICKS, CLK), (CONVERSIONS, CNV))]
+        dfs = [
+            spark.createDataFrame(rows, schema).coalesce(1).cache()
+            for rows, schema in ((IMPRESSIONS, IMP), (CLICKS, CLK), (CONVERSIONS, CNV))
+        ]
         yield dfs
         for df in dfs:
             df.unpersist()
@@ -120,14 +159,28 @@ def frames(spark, shuffle_partitions):
 
 def compute(frames, day_=D, as_of=FAR):
     res = L.build_labels(*frames, day_, as_of, W, persist=True)
-    labels = {r["impression_id"]: (r["click"], r["first_click_ts"], r["conversion"], r["conversion_ts"],
-                                   r["label_mature"], r["as_of"], r["dt"])
-              for r in res.labels.select(
-                  "impression_id", "click", F.col("first_click_ts").cast("string").alias("first_click_ts"),
-                  "conversion", F.col("conversion_ts").cast("string").alias("conversion_ts"),
-                  "label_mature", F.col("as_of").cast("string").alias("as_of"), "dt").collect()}
-    quarantine = {(r["source"], r["record_id"], r["reason"], r["dt"]): r["record"]
-                  for r in res.quarantine.collect()}
+    labels = {
+        r["impression_id"]: (
+            r["click"],
+            r["first_click_ts"],
+            r["conversion"],
+            r["conversion_ts"],
+            r["label_mature"],
+            r["as_of"],
+            r["dt"],
+        )
+        for r in res.labels.select(
+            "impression_id",
+            "click",
+            F.col("first_click_ts").cast("string").alias("first_click_ts"),
+            "conversion",
+            F.col("conversion_ts").cast("string").alias("conversion_ts"),
+            "label_mature",
+            F.col("as_of").cast("string").alias("as_of"),
+            "dt",
+        ).collect()
+    }
+    quarantine = {(r["source"], r["record_id"], r["reason"], r["dt"]): r["record"] for r in res.quarantine.collect()}
     fates = {(r["source"], r["fate"], r["reason"]): r["n"] for r in res.fates.collect()}
     res.unpersist()
     return labels, quarantine, fates
@@ -139,8 +192,7 @@ def far(frames):
 
 
 def row(click_at=None, conv_at=None, mature=True, as_of=(("00:00", 9)), day_=D):
-    return (int(click_at is not None), ts(click_at), int(conv_at is not None), ts(conv_at), mature,
-            ts(as_of), day_)
+    return (int(click_at is not None), ts(click_at), int(conv_at is not None), ts(conv_at), mature, ts(as_of), day_)
 
 
 def test_labels_exact_rows(far):
@@ -185,9 +237,14 @@ def test_quarantine_exact_rows(far):
         ("conversions", "v19", "conversion_after_window", D),
     }
     # The record travels as JSON; an id-less record is keyed by the hash of that JSON.
-    (rid, rec), = [(k[1], v) for k, v in quarantine.items() if k[2] == "missing_impression_id"]
-    assert json.loads(rec) == {"ts": "2026-11-02T05:00:00.000Z", "user_id": "u13", "item_id": "x13",
-                               "price": 1.0, "dt": D}
+    ((rid, rec),) = [(k[1], v) for k, v in quarantine.items() if k[2] == "missing_impression_id"]
+    assert json.loads(rec) == {
+        "ts": "2026-11-02T05:00:00.000Z",
+        "user_id": "u13",
+        "item_id": "x13",
+        "price": 1.0,
+        "dt": D,
+    }
     assert rid == "sha256:" + hashlib.sha256(rec.encode()).hexdigest()
     assert json.loads(quarantine[("clicks", "c5", "click_before_impression", D)])["impression_id"] == "i5"
 
@@ -199,19 +256,38 @@ def test_counts_in_out_duplicates_and_reasons(far):
     assert fates == {
         ("impressions", "labelled", None): 12,
         ("impressions", "duplicate", None): 2,  # i1's exact copy, i2's later copy
-        **{("impressions", q, r): 1 for r in (
-            "missing_impression_id", "missing_user_id", "missing_item_id", "missing_ts", "missing_dt",
-            "ts_after_arrival", "arrived_too_late")},
+        **{
+            ("impressions", q, r): 1
+            for r in (
+                "missing_impression_id",
+                "missing_user_id",
+                "missing_item_id",
+                "missing_ts",
+                "missing_dt",
+                "ts_after_arrival",
+                "arrived_too_late",
+            )
+        },
         ("clicks", "valid", None): 9,
         ("clicks", "duplicate", None): 1,
-        **{("clicks", q, r): 1 for r in (
-            "click_before_impression", "click_after_window", "orphan_click", "missing_click_id")},
+        **{
+            ("clicks", q, r): 1
+            for r in ("click_before_impression", "click_after_window", "orphan_click", "missing_click_id")
+        },
         ("conversions", "attributed", "click_id"): 1,
         ("conversions", "attributed", "last_touch"): 2,
         ("conversions", "duplicate", None): 1,
-        **{("conversions", q, r): 1 for r in (
-            "click_not_valid", "unknown_click", "conversion_before_click", "missing_user_id",
-            "no_click_in_window", "conversion_after_window")},
+        **{
+            ("conversions", q, r): 1
+            for r in (
+                "click_not_valid",
+                "unknown_click",
+                "conversion_before_click",
+                "missing_user_id",
+                "no_click_in_window",
+                "conversion_after_window",
+            )
+        },
     }
     counts = count_fates([{"source": s, "fate": f, "reason": r, "n": n} for (s, f, r), n in fates.items()])
     assert (counts["clicks"].rows_in, counts["clicks"].duplicates, counts["clicks"].out) == (14, 1, 9)
@@ -225,16 +301,23 @@ def test_as_of_cuts_events_and_maturity(frames):
     labels, quarantine, fates = compute(frames, as_of=t("16:00"))
     cut = dict(mature=False, as_of=("16:00",))
     assert labels == {
-        "i1": row(**cut), "i2": row(**cut),
+        "i1": row(**cut),
+        "i2": row(**cut),
         "i3": row(("10:01",), ("12:00",), **cut),
-        "i4": row(("10:57",), **cut), "i5": row(**cut),
+        "i4": row(("10:57",), **cut),
+        "i5": row(**cut),
         "i7": row(("13:01",), **cut),  # its conversion at 20:00 comes after as_of
         "i8a": row(("14:01",), **cut),
         "i8b": row(("15:01",), ("16:00",), **cut),  # conversion exactly at as_of counts
-        "i9": row(("01:01",), **cut), "i10": row(("02:01",), **cut), "i11": row(**cut),
+        "i9": row(("01:01",), **cut),
+        "i10": row(("02:01",), **cut),
+        "i11": row(**cut),
     }
     assert {k[0]: n for k, n in fates.items() if k[1] == "after_as_of"} == {
-        "impressions": 1, "clicks": 1, "conversions": 1}  # i8c, c8c, v7: not counted, not quarantined
+        "impressions": 1,
+        "clicks": 1,
+        "conversions": 1,
+    }  # i8c, c8c, v7: not counted, not quarantined
     assert not any(r in ("i8c", "c8c", "v7") for _, r, _, _ in quarantine)
 
 

@@ -1,17 +1,15 @@
 """Properties of the label and feature jobs on generated logs (duplicates, late events,
 multi-clicks, last-touch conversions, malformed records), against an independent SQL query,
 and read back by another Delta reader (delta-rs)."""
-from __future__ import annotations
 
-import datetime as dt
+from __future__ import annotations
 
 import pytest
 from pyspark.sql import functions as F
 
+from benchmarks.labels_oracle import count_sql, label_sql
 from esmm.util.timeutil import parse_as_of
 from jobs.cli import main
-from labels_oracle import count_sql, label_sql
-from pipelines.sim import generator as generate
 from pipelines.io.delta import read_delta
 from pipelines.labels.rules import Windows
 
@@ -19,15 +17,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 DAYS = ["2026-11-01", "2026-11-02"]
 AS_OF = "2026-11-12"  # every window of every day has closed
-GEN = ["generate.start_date=2026-11-01", "generate.days=2", "generate.impressions_per_day=2000",
-       "generate.n_users=150", "generate.n_items=40",  # repeat user-item pairs: last touch matters
-       "generate.ctr=0.2", "generate.cvr=0.3", "generate.multi_click_rate=0.2",
-       "generate.duplicate_rate=0.03", "generate.late_rate=0.05", "generate.no_click_id_rate=0.3",
-       "generate.malformed_rate=0.012", "generate.partitions_per_day=1",
-       # malformed_rate: a few records of each malformed kind (3 kinds of ~800 clicks).
-       # The gate is tested in test_labels_job.py; here a few malformed records among ~100
-       # conversions a day, or the lone late arrival of the day after, would trip it.
-       "labels.max_bad_fraction=1.0"]
+GEN = [
+    "generate.start_date=2026-11-01",
+    "generate.days=2",
+    "generate.impressions_per_day=2000",
+    "generate.n_users=150",
+    "generate.n_items=40",  # repeat user-item pairs: last touch matters
+    "generate.ctr=0.2",
+    "generate.cvr=0.3",
+    "generate.multi_click_rate=0.2",
+    "generate.duplicate_rate=0.03",
+    "generate.late_rate=0.05",
+    "generate.no_click_id_rate=0.3",
+    "generate.malformed_rate=0.012",
+    "generate.partitions_per_day=1",
+    # malformed_rate: a few records of each malformed kind (3 kinds of ~800 clicks).
+    # The gate is tested in test_labels_job.py; here a few malformed records among ~100
+    # conversions a day, or the lone late arrival of the day after, would trip it.
+    "labels.max_bad_fraction=1.0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +49,12 @@ def world(spark, tmp_path_factory, shuffle_partitions):
         assert main(["labels", "--start", DAYS[0], "--end", "2026-11-03", "--as-of", AS_OF, *sets]) == 0
         assert main(["features", "--start", DAYS[0], "--end", DAYS[-1], *sets]) == 0
         from esmm.config.loader import load_config
+
         cfg = load_config(overrides=[f"lakehouse.root={root}", *GEN])
-        t = {n: read_delta(spark, cfg.lakehouse.path(n)) for n in
-             ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")}
+        t = {
+            n: read_delta(spark, cfg.lakehouse.path(n))
+            for n in ("impressions", "clicks", "conversions", "labels", "quarantine", "examples")
+        }
         yield cfg, t
 
 
@@ -73,9 +84,14 @@ def test_every_raw_impression_is_labelled_or_quarantined(world):
     assert q.where("reason = 'missing_impression_id'").count() == no_id
     # And the other sources' malformed records were caught with their reasons.
     reasons = {r["source"] + "/" + r["reason"] for r in t["quarantine"].select("source", "reason").distinct().collect()}
-    assert {"clicks/orphan_click", "clicks/missing_click_id", "clicks/ts_after_arrival",
-            "conversions/unknown_click",
-            "impressions/arrived_too_late", "impressions/missing_user_id"} <= reasons
+    assert {
+        "clicks/orphan_click",
+        "clicks/missing_click_id",
+        "clicks/ts_after_arrival",
+        "conversions/unknown_click",
+        "impressions/arrived_too_late",
+        "impressions/missing_user_id",
+    } <= reasons
 
 
 def test_labels_equal_an_independent_sql_query(spark, world):
@@ -90,10 +106,18 @@ def test_labels_equal_an_independent_sql_query(spark, world):
     got = lab.agg(F.count(F.lit(1)), F.sum("click"), F.sum("conversion")).first()
     assert tuple(got) == tuple(expected)
     # Row by row, too.
-    exp_rows = {tuple(r) for r in spark.sql(query).select(
-        "impression_id", F.col("first_click_ts").cast("string"), F.col("conversion_ts").cast("string")).collect()}
-    got_rows = {tuple(r) for r in lab.select(
-        "impression_id", F.col("first_click_ts").cast("string"), F.col("conversion_ts").cast("string")).collect()}
+    exp_rows = {
+        tuple(r)
+        for r in spark.sql(query)
+        .select("impression_id", F.col("first_click_ts").cast("string"), F.col("conversion_ts").cast("string"))
+        .collect()
+    }
+    got_rows = {
+        tuple(r)
+        for r in lab.select(
+            "impression_id", F.col("first_click_ts").cast("string"), F.col("conversion_ts").cast("string")
+        ).collect()
+    }
     assert got_rows == exp_rows
 
 
@@ -104,12 +128,30 @@ def test_curated_tables_are_readable_by_delta_rs(world):
     lab = DeltaTable(cfg.lakehouse.path("labels"))
     assert lab.metadata().partition_columns == ["dt"]
     schema = {f.name: str(f.type) for f in lab.schema().to_pyarrow()}
-    assert {k: schema[k] for k in ("impression_id", "ts", "click", "first_click_ts", "conversion",
-                                   "conversion_ts", "label_mature", "as_of", "dt")} == {
-        "impression_id": "string", "ts": "timestamp[us, tz=UTC]", "click": "int32",
-        "first_click_ts": "timestamp[us, tz=UTC]", "conversion": "int32",
-        "conversion_ts": "timestamp[us, tz=UTC]", "label_mature": "bool",
-        "as_of": "timestamp[us, tz=UTC]", "dt": "string"}
+    assert {
+        k: schema[k]
+        for k in (
+            "impression_id",
+            "ts",
+            "click",
+            "first_click_ts",
+            "conversion",
+            "conversion_ts",
+            "label_mature",
+            "as_of",
+            "dt",
+        )
+    } == {
+        "impression_id": "string",
+        "ts": "timestamp[us, tz=UTC]",
+        "click": "int32",
+        "first_click_ts": "timestamp[us, tz=UTC]",
+        "conversion": "int32",
+        "conversion_ts": "timestamp[us, tz=UTC]",
+        "label_mature": "bool",
+        "as_of": "timestamp[us, tz=UTC]",
+        "dt": "string",
+    }
     pdf = lab.to_pandas()
     assert len(pdf) == t["labels"].count() and (pdf["conversion"] <= pdf["click"]).all()
     assert set(pdf["as_of"].astype(str)) == {"2026-11-13 00:00:00+00:00"}  # end of 2026-11-12
@@ -118,8 +160,7 @@ def test_curated_tables_are_readable_by_delta_rs(world):
     names = [f.name for f in ex.schema().to_pyarrow()]
     cat = [f.name for f in cfg.features.categorical]
     num = [f.name for f in cfg.features.numeric]
-    assert names == ["impression_id", "dt", "click", "conversion", "label_mature", *cat, *num,
-                     "feature_mapping_id"]
+    assert names == ["impression_id", "dt", "click", "conversion", "label_mature", *cat, *num, "feature_mapping_id"]
     epdf = ex.to_pandas()
     assert len(epdf) == len(pdf)
     for f in cfg.features.categorical:

@@ -1,4 +1,5 @@
 """The nightly lock: exclusive, released only by its holder, stale holders taken over."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,12 @@ def test_release_never_removes_someone_elses_lock(tmp_path):
 
 def test_dead_pid_on_this_host_is_taken_over(tmp_path):
     path = tmp_path / "l.lock"
-    dead = {"run_id": "killed", "pid": _dead_pid(), "host": socket.gethostname(),
-            "started_at": "2026-11-01T00:00:00+00:00"}
+    dead = {
+        "run_id": "killed",
+        "pid": _dead_pid(),
+        "host": socket.gethostname(),
+        "started_at": "2026-11-01T00:00:00+00:00",
+    }
     path.write_text(json.dumps(dead))
     lock = FileLock(path, "run-b").acquire()
     assert lock.took_over["run_id"] == "killed"
@@ -89,7 +94,9 @@ def test_concurrent_processes_only_one_wins(tmp_path):
         "    print('LOST', flush=True)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    procs = [subprocess.Popen([sys.executable, "-c", code, f"p{i}"], stdout=subprocess.PIPE,
-                              text=True, env=env) for i in range(6)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, f"p{i}"], stdout=subprocess.PIPE, text=True, env=env)
+        for i in range(6)
+    ]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(outs) == ["LOST"] * 5 + ["WON"], outs

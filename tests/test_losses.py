@@ -1,12 +1,13 @@
 """ESCM2 loss variants on hand-made tensors: propensity calibration, clipping,
 self-normalised IPS/DR, and the detached propensity (no gradient into the CTR tower)."""
+
 import math
 
 import pytest
 import torch
 
-from esmm.config.schema import ModelConfig
 from esmm.config.errors import ConfigError
+from esmm.config.schema import ModelConfig
 from esmm.model.losses import compute_loss, ipw_mean, propensity
 
 
@@ -43,19 +44,21 @@ def risk_of(kind, **kw):
 
 
 def test_ips_all_is_the_papers_mean_over_the_batch():
-    assert risk_of("escm2-ips") == pytest.approx((E0 / 0.5 + E1 / 0.25) / 4, rel=1e-7)   # 0.5697
+    assert risk_of("escm2-ips") == pytest.approx((E0 / 0.5 + E1 / 0.25) / 4, rel=1e-7)  # 0.5697
     assert risk_of("escm2-ips", cvr_risk_weight=3.0) == pytest.approx(3 * (E0 / 0.5 + E1 / 0.25) / 4, rel=1e-7)
 
 
 def test_ips_self_normalised_divides_by_the_sum_of_weights():
-    want = (E0 / 0.5 + E1 / 0.25) / (1 / 0.5 + 1 / 0.25)                                  # 0.3798
+    want = (E0 / 0.5 + E1 / 0.25) / (1 / 0.5 + 1 / 0.25)  # 0.3798
     assert risk_of("escm2-ips", ips_normalization="self") == pytest.approx(want, rel=1e-7)
     # invariant to a global scale of the propensity, unlike "all"
     o, v = CLICK, torch.tensor([E0, E1, 5.0, 7.0], dtype=torch.float64)
     p = torch.tensor(PCTR, dtype=torch.float64)
     sn = cfg("escm2-ips", ips_normalization="self")
     assert ipw_mean(o, 2 * p, v, sn).item() == pytest.approx(ipw_mean(o, p, v, sn).item(), rel=1e-12)
-    assert ipw_mean(o, 2 * p, v, cfg("escm2-ips")).item() == pytest.approx(ipw_mean(o, p, v, cfg("escm2-ips")).item() / 2)
+    assert ipw_mean(o, 2 * p, v, cfg("escm2-ips")).item() == pytest.approx(
+        ipw_mean(o, p, v, cfg("escm2-ips")).item() / 2
+    )
     # a batch without clicks: 0, not NaN
     assert ipw_mean(torch.zeros(4, dtype=torch.float64), p, v, sn).item() == 0.0
 
@@ -78,6 +81,7 @@ def test_dr_self_normalised_hand_value():
 
     def ce(t, p):
         return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+
     eh = [ce(t, p) for t, p in zip(rt, PCVR)]
     e = [E0, E1]
     w = [1 / 0.5, 1 / 0.25]

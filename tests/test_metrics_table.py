@@ -1,4 +1,5 @@
 """The one metric order and text table, as the CLI, the bench and the report print them."""
+
 from __future__ import annotations
 
 from esmm.evaluation.table import format_table, format_value, ordered
@@ -6,13 +7,24 @@ from pipelines.report.page import metric_table, text_table
 
 
 def test_ordered_puts_known_metrics_first_then_the_rest_alphabetically():
-    assert ordered(["zeta", "ctcvr_auc", "rows", "alpha", "ctr_auc"]) == ["rows", "ctr_auc", "ctcvr_auc",
-                                                                          "alpha", "zeta"]
+    assert ordered(["zeta", "ctcvr_auc", "rows", "alpha", "ctr_auc"]) == [
+        "rows",
+        "ctr_auc",
+        "ctcvr_auc",
+        "alpha",
+        "zeta",
+    ]
 
 
 def test_format_value():
-    assert [format_value(v) for v in (0.71234, 12345.6, float("nan"), None, 3, "x")] == \
-        ["0.7123", "12,346", "n/a", "", "3", "x"]
+    assert [format_value(v) for v in (0.71234, 12345.6, float("nan"), None, 3, "x")] == [
+        "0.7123",
+        "12,346",
+        "n/a",
+        "",
+        "3",
+        "x",
+    ]
 
 
 def test_format_table_rows_by_name_columns_in_metric_order():

@@ -1,4 +1,5 @@
 """Model and losses: shapes, the shared table's offsets, and losses against hand-computed values."""
+
 import math
 
 import numpy as np
@@ -10,8 +11,9 @@ from esmm.evaluation.metrics import auc, calibration, compute_metrics, logloss
 from esmm.model.losses import ce_product, compute_loss
 from esmm.model.network import build_model
 
-SPEC = FeatureSpec(categorical=[CategoricalField("a", buckets=5), CategoricalField("b", buckets=3)],
-                   numeric=[NumericField("x")])
+SPEC = FeatureSpec(
+    categorical=[CategoricalField("a", buckets=5), CategoricalField("b", buckets=3)], numeric=[NumericField("x")]
+)
 LN3 = math.log(3.0)
 
 
@@ -53,14 +55,16 @@ def test_ce_product_hand_values():
     got = ce_product(a, b, torch.tensor([1.0, 0.0]))
     assert got.tolist() == pytest.approx([-math.log(0.25), -math.log(0.75)], rel=1e-6)
     # no underflow for a tiny product: log p = -60 - 60
-    assert ce_product(torch.tensor([-60.0]), torch.tensor([-60.0]), torch.tensor([1.0])).item() == pytest.approx(120.0, rel=1e-4)
+    assert ce_product(torch.tensor([-60.0]), torch.tensor([-60.0]), torch.tensor([1.0])).item() == pytest.approx(
+        120.0, rel=1e-4
+    )
 
 
 # Batch for the hand computations: pctr = [0.5, 0.75], pcvr = [0.5, 0.5],
 # click = [1, 0], conversion = [1, 0].
 CLICK, CONV = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])
-L_CTR = (-math.log(0.5) - math.log(0.25)) / 2             # 1.0397208
-L_CTCVR = (-math.log(0.25) - math.log(1 - 0.375)) / 2     # 0.9281492
+L_CTR = (-math.log(0.5) - math.log(0.25)) / 2  # 1.0397208
+L_CTCVR = (-math.log(0.25) - math.log(1 - 0.375)) / 2  # 0.9281492
 
 
 def test_esmm_loss_has_no_direct_cvr_term():
@@ -98,11 +102,11 @@ def test_escm2_dr_hand_values_and_gradient_paths():
     out = out_of([0.0, 0.0], [LN3, 0.0], [0.0, LN3])
     click, conv = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
     got = compute_loss(out, click, conv, cfg("escm2-dr"))
-    e0 = -math.log(0.25)                                   # CE(0, .75)
-    eh0 = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))   # CE(.5, .75)
-    eh1 = math.log(2.0)                                    # CE(.75, .5)
-    risk = ((eh0 + (e0 - eh0) / 0.5) + eh1) / 2            # 1.3143739
-    imp = ((e0 - eh0) ** 2 / 0.5) / 2                      # 0.3017373
+    e0 = -math.log(0.25)  # CE(0, .75)
+    eh0 = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))  # CE(.5, .75)
+    eh1 = math.log(2.0)  # CE(.75, .5)
+    risk = ((eh0 + (e0 - eh0) / 0.5) + eh1) / 2  # 1.3143739
+    imp = ((e0 - eh0) ** 2 / 0.5) / 2  # 0.3017373
     esmm = math.log(2.0) + (-math.log(1 - 0.375) - math.log(0.75)) / 2
     assert got.parts["dr"].item() == pytest.approx(risk, rel=1e-6)
     assert got.parts["imp"].item() == pytest.approx(imp, rel=1e-6)
@@ -127,10 +131,12 @@ def test_auc_hand_values():
 def test_logloss_calibration_and_metric_subsets():
     assert logloss(np.array([0.5, 0.25]), np.array([1, 0])) == pytest.approx((math.log(2) - math.log(0.75)) / 2)
     assert calibration(np.array([0.2, 0.4]), np.array([0, 1])) == pytest.approx(0.6)
-    pred = {"pctr": np.array([0.9, 0.2, 0.6, 0.1]), "pcvr": np.array([0.3, 0.9, 0.1, 0.8]),
-            "pctcvr": np.array([0.27, 0.18, 0.06, 0.08])}
-    m = compute_metrics(pred, np.array([1, 0, 1, 0]), np.array([1, 0, 0, 0]),
-                        true_cvr=np.array([0.2, 0.5, 0.1, 0.6]))
+    pred = {
+        "pctr": np.array([0.9, 0.2, 0.6, 0.1]),
+        "pcvr": np.array([0.3, 0.9, 0.1, 0.8]),
+        "pctcvr": np.array([0.27, 0.18, 0.06, 0.08]),
+    }
+    m = compute_metrics(pred, np.array([1, 0, 1, 0]), np.array([1, 0, 0, 0]), true_cvr=np.array([0.2, 0.5, 0.1, 0.6]))
     assert m["ctr_auc"] == 1.0
     assert m["cvr_auc_clicked"] == 1.0  # clicked rows only: pcvr .3 (converted) > .1
     assert m["cvr_calibration_clicked"] == pytest.approx(0.2 / 0.5)

@@ -17,6 +17,7 @@ Label windows are shortened (click 1h, attribution 12h, lateness 1h: labels are 
 after one day) so that four days give a training day, a mature evaluation day and two
 nightly dates.
 """
+
 from __future__ import annotations
 
 import html
@@ -28,11 +29,11 @@ from pyspark.sql import functions as F
 
 from esmm.registry import artifacts as registry
 from pipelines import nightly
-from pipelines.sim import generator as generate
-from pipelines.scoring import job as score
 from pipelines.nightly.runner import EXIT_OK, EXIT_STEP_FAILED
 from pipelines.nightly.runs import RunsTable
 from pipelines.nightly.steps import STEPS
+from pipelines.scoring import job as score
+from pipelines.sim import generator as generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 D3, D4 = "2026-11-03", "2026-11-04"
@@ -43,14 +44,28 @@ def world(spark, tmp_path_factory):
     from esmm.config.loader import load_config
 
     root = tmp_path_factory.mktemp("e2e")
-    cfg = load_config(overrides=[
-        f"lakehouse.root={root}", "generate.start_date=2026-11-01", "generate.days=4",
-        "generate.impressions_per_day=3000", "generate.n_users=2000", "generate.n_items=500",
-        "labels.click_window=1h", "labels.attribution_window=12h", "labels.max_lateness=1h",
-        "labels.max_bad_fraction=0.05", "nightly.train_days=2",
-        "model.embedding_dim=4", "model.tower=[16]", "train.batch_size=256",
-        "train.reader_workers=1", "train.shuffle_buffer=1000", "train.device=cpu",
-        "score.batch_size=500"])
+    cfg = load_config(
+        overrides=[
+            f"lakehouse.root={root}",
+            "generate.start_date=2026-11-01",
+            "generate.days=4",
+            "generate.impressions_per_day=3000",
+            "generate.n_users=2000",
+            "generate.n_items=500",
+            "labels.click_window=1h",
+            "labels.attribution_window=12h",
+            "labels.max_lateness=1h",
+            "labels.max_bad_fraction=0.05",
+            "nightly.train_days=2",
+            "model.embedding_dim=4",
+            "model.tower=[16]",
+            "train.batch_size=256",
+            "train.reader_workers=1",
+            "train.shuffle_buffer=1000",
+            "train.device=cpu",
+            "score.batch_size=500",
+        ]
+    )
     generate.run(spark, cfg)
     return cfg
 
@@ -60,16 +75,19 @@ def _quiet(msg: str) -> None:
 
 
 def _scores(spark, cfg, day):
-    return {r["impression_id"]: (r["pctr"], r["pcvr"], r["pctcvr"], r["model_id"])
-            for r in spark.read.format("delta").load(cfg.lakehouse.path("scores"))
-            .where(F.col("dt") == day).collect()}
+    return {
+        r["impression_id"]: (r["pctr"], r["pcvr"], r["pctcvr"], r["model_id"])
+        for r in spark.read.format("delta").load(cfg.lakehouse.path("scores")).where(F.col("dt") == day).collect()
+    }
 
 
 def _versions(cfg) -> dict[str, int]:
     from deltalake import DeltaTable
 
-    return {t: DeltaTable(cfg.lakehouse.path(t)).version()
-            for t in ("labels", "examples", "quarantine", "registry", "scores", "runs")}
+    return {
+        t: DeltaTable(cfg.lakehouse.path(t)).version()
+        for t in ("labels", "examples", "quarantine", "registry", "scores", "runs")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +96,11 @@ def faulted(spark, world):
     from delta.tables import DeltaTable
 
     r = nightly.run(world, D3, lambda: spark, options={"score": {"fail_after_batches": 0}}, log=_quiet)
-    return {"result": r, "scores_written": DeltaTable.isDeltaTable(spark, world.lakehouse.path("scores")),
-            "champion": (registry.champion(world.lakehouse.path("registry")) or {}).get("model_id")}
+    return {
+        "result": r,
+        "scores_written": DeltaTable.isDeltaTable(spark, world.lakehouse.path("scores")),
+        "champion": (registry.champion(world.lakehouse.path("registry")) or {}).get("model_id"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +155,9 @@ def test_3_next_date_runs_every_step_and_scores_each_key_once(spark, world, next
         for pctr, pcvr, pctcvr, _ in got.values():
             assert 0.0 < pctr < 1.0 and 0.0 < pcvr < 1.0
             assert math.isclose(pctcvr, pctr * pcvr, rel_tol=1e-5, abs_tol=1e-8)
-    assert {v[3] for v in _scores(spark, cfg, D4).values()} == \
-        {registry.champion(cfg.lakehouse.path("registry"))["model_id"]}
+    assert {v[3] for v in _scores(spark, cfg, D4).values()} == {
+        registry.champion(cfg.lakehouse.path("registry"))["model_id"]
+    }
 
 
 def test_3_runs_table_has_each_step_once_but_the_retried_score(world, next_night):
@@ -143,8 +165,9 @@ def test_3_runs_table_has_each_step_once_but_the_retried_score(world, next_night
     d4 = [(r["step"], r["attempt"], r["status"]) for r in runs if r["run_date"] == D4]
     assert sorted(d4) == sorted((s, 1, "succeeded") for s in STEPS)
     d3 = sorted((r["step"], r["attempt"], r["status"]) for r in runs if r["run_date"] == D3)
-    assert d3 == sorted([(s, 1, "succeeded") for s in STEPS if s != "score"]
-                        + [("score", 1, "failed"), ("score", 2, "succeeded")])
+    assert d3 == sorted(
+        [(s, 1, "succeeded") for s in STEPS if s != "score"] + [("score", 1, "failed"), ("score", 2, "succeeded")]
+    )
 
 
 def test_4_the_same_date_twice_changes_nothing(same_night_again):
@@ -158,8 +181,20 @@ def test_5_a_reader_without_spark_reads_the_same_scores(spark, world, next_night
 
     cfg = world
     pdf = RsTable(cfg.lakehouse.path("scores")).to_pandas()
-    assert list(pdf.columns) == ["impression_id", "pctr", "pcvr", "pctcvr", "pctr_raw", "pcvr_raw", "pctcvr_raw",
-                                 "calibrated", "calibration_id", "model_id", "scored_at", "dt"]
+    assert list(pdf.columns) == [
+        "impression_id",
+        "pctr",
+        "pcvr",
+        "pctcvr",
+        "pctr_raw",
+        "pcvr_raw",
+        "pctcvr_raw",
+        "calibrated",
+        "calibration_id",
+        "model_id",
+        "scored_at",
+        "dt",
+    ]
     assert len(pdf) == spark.read.format("delta").load(cfg.lakehouse.path("scores")).count()
     rs = {(r.dt, r.impression_id): (r.pctr, r.pctcvr) for r in pdf.itertuples()}
     for day in (D3, D4):

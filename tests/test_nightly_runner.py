@@ -3,19 +3,18 @@
 The real steps are exercised end to end in tests/test_nightly_e2e.py; here each step
 is a small function so that failure, retry and skip paths are exact and fast.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import socket
 
-import pytest
 import deltalake
 
 from esmm.config.schema import LabelConfig, NightlyConfig
 from pipelines.nightly.plan import label_horizon_days, plan_dates
-from pipelines.nightly.runner import (EXIT_LOCK_HELD, EXIT_OK, EXIT_STEP_FAILED, SkipStep, Step, lock_path,
-                                      run_nightly)
+from pipelines.nightly.runner import EXIT_LOCK_HELD, EXIT_OK, EXIT_STEP_FAILED, SkipStep, Step, lock_path, run_nightly
 from pipelines.nightly.runs import RunsTable
 
 DAYS = [f"2026-11-{d:02d}" for d in range(1, 15)]
@@ -23,10 +22,8 @@ DAYS = [f"2026-11-{d:02d}" for d in range(1, 15)]
 
 def test_label_horizon_counts_click_attribution_and_lateness():
     assert label_horizon_days(LabelConfig()) == 9  # 1d + 7d + 1d
-    assert label_horizon_days(LabelConfig(click_window="1h", attribution_window="1h",
-                                          max_lateness="1h")) == 1
-    assert label_horizon_days(LabelConfig(click_window="1d", attribution_window="1d",
-                                          max_lateness="0s")) == 2
+    assert label_horizon_days(LabelConfig(click_window="1h", attribution_window="1h", max_lateness="1h")) == 1
+    assert label_horizon_days(LabelConfig(click_window="1d", attribution_window="1d", max_lateness="0s")) == 2
 
 
 def test_plan_mature_default_windows():
@@ -69,13 +66,14 @@ class Recorder:
                     assert ctx.outputs["train"] == {"model_id": "m1", "summary": "trained m1"}
                     assert ctx.outputs["gate"] == {"skipped": "no champion to compare"}
                 return {"model_id": "m1", "summary": "trained m1"} if name == "train" else {}
+
             return Step(name, run)
+
         return [make(n) for n in ("labels", "train", "gate", "score")]
 
 
 def _rows(cfg):
-    return [(r["run_date"], r["step"], r["attempt"], r["status"])
-            for r in RunsTable(cfg.lakehouse.path("runs")).rows()]
+    return [(r["run_date"], r["step"], r["attempt"], r["status"]) for r in RunsTable(cfg.lakehouse.path("runs")).rows()]
 
 
 def test_fail_retry_and_idempotent_rerun(spark, make_cfg):
@@ -95,9 +93,12 @@ def test_fail_retry_and_idempotent_rerun(spark, make_cfg):
     assert r2.exit_code == EXIT_OK and rec.calls == ["score"]
     assert r2.reused == ["labels", "train", "gate"] and r2.ran == ["score"]
     assert _rows(cfg) == [
-        ("2026-11-14", "gate", 1, "skipped"), ("2026-11-14", "labels", 1, "succeeded"),
-        ("2026-11-14", "score", 1, "failed"), ("2026-11-14", "score", 2, "succeeded"),
-        ("2026-11-14", "train", 1, "succeeded")]
+        ("2026-11-14", "gate", 1, "skipped"),
+        ("2026-11-14", "labels", 1, "succeeded"),
+        ("2026-11-14", "score", 1, "failed"),
+        ("2026-11-14", "score", 2, "succeeded"),
+        ("2026-11-14", "train", 1, "succeeded"),
+    ]
     train = RunsTable(cfg.lakehouse.path("runs")).history("2026-11-14")["train"]
     assert train["outputs"]["model_id"] == "m1" and train["run_id"] == r1.run_id
 
@@ -160,8 +161,9 @@ def test_a_step_left_running_by_a_killed_run_is_retried(spark, make_cfg, tmp_pat
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     code = KILLED_CHILD.format(marker=str(marker), root=cfg.lakehouse.root, days=DAYS)
-    child = subprocess.Popen([sys.executable, "-c", code],
-                             cwd=repo, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=repo, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     while not marker.exists() and child.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -174,8 +176,10 @@ def test_a_step_left_running_by_a_killed_run_is_retried(spark, make_cfg, tmp_pat
     r = run_nightly(cfg, "2026-11-14", lambda: spark, rec.steps(), available=DAYS, log=lambda m: None)
     assert r.exit_code == EXIT_OK and rec.calls == ["train", "gate", "score"]
     assert r.reused == ["labels"] and not lock_path(cfg).exists()
-    rows = {(x.step, x.attempt): x  # Spark reads what delta-rs wrote
-            for x in spark.read.format("delta").load(cfg.lakehouse.path("runs")).collect()}
+    rows = {
+        (x.step, x.attempt): x  # Spark reads what delta-rs wrote
+        for x in spark.read.format("delta").load(cfg.lakehouse.path("runs")).collect()
+    }
     assert rows[("train", 1)].status == "failed" and "abandoned" in rows[("train", 1)].message
     assert rows[("train", 1)].run_id == "dead-run"
     assert rows[("train", 2)].status == "succeeded" and rows[("train", 2)].run_id == r.run_id

@@ -1,4 +1,5 @@
 """The quarantine table's shared rules: the blank test, record ids, the stamp and the writer."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,21 +24,36 @@ def test_blank_is_null_empty_or_only_spaces(spark):
     values = [None, "", " ", "  ", " x", "x ", "x", "\t", "0"]
     df = spark.createDataFrame([(v, "k") for v in values], KEYS)
     got = {r["a"]: r["blank"] for r in df.select("a", is_blank("a").alias("blank")).collect()}
-    assert got == {None: True, "": True, " ": True, "  ": True, " x": False, "x ": False, "x": False,
-                   "\t": False, "0": False}
+    assert got == {
+        None: True,
+        "": True,
+        " ": True,
+        "  ": True,
+        " x": False,
+        "x ": False,
+        "x": False,
+        "\t": False,
+        "0": False,
+    }
 
 
 def test_blank_of_a_non_string_column(spark):
     df = spark.createDataFrame([(None,), (0,), (7,)], "n BIGINT")
-    assert [r[0] for r in df.select(is_blank("n")).orderBy(F.col("n").asc_nulls_first()).collect()] == \
-        [True, False, False]
+    assert [r[0] for r in df.select(is_blank("n")).orderBy(F.col("n").asc_nulls_first()).collect()] == [
+        True,
+        False,
+        False,
+    ]
 
 
 def test_any_blank_and_record_id(spark):
     df = spark.createDataFrame([("1", "2"), ("1", " "), (None, "2")], KEYS)
     record = F.to_json(F.struct("a", "b"))
-    got = df.select(any_blank(["a", "b"]).alias("blank"), record_id(["a", "b"], record).alias("two"),
-                    record_id(["a"], record).alias("one")).collect()
+    got = df.select(
+        any_blank(["a", "b"]).alias("blank"),
+        record_id(["a", "b"], record).alias("two"),
+        record_id(["a"], record).alias("one"),
+    ).collect()
 
     def sha(rec: str) -> str:
         return "sha256:" + hashlib.sha256(rec.encode()).hexdigest()
@@ -66,15 +82,23 @@ def test_stamp_adds_run_and_time_in_schema_order(spark):
 def test_each_job_replaces_only_its_own_sources_and_days(spark, tmp_path):
     path = str(tmp_path / "quarantine")
     D, E = "2026-11-02", "2026-11-03"
-    labels = _rows(spark, [("clicks", "c1", "orphan_click", "{}", D), ("impressions", "sha256:x", "missing_dt",
-                                                                       "{}", "unknown"),
-                           ("clicks", "c9", "orphan_click", "{}", E)])
+    labels = _rows(
+        spark,
+        [
+            ("clicks", "c1", "orphan_click", "{}", D),
+            ("impressions", "sha256:x", "missing_dt", "{}", "unknown"),
+            ("clicks", "c9", "orphan_click", "{}", E),
+        ],
+    )
     write_quarantine(stamp(labels, "l1", NOW), path, [D, E, "unknown"], ["impressions", "clicks"])
-    write_quarantine(stamp(_rows(spark, [("score", "k1", "missing_key", "{}", D)]), "s1", NOW),
-                     path, [D], ["score"])
+    write_quarantine(stamp(_rows(spark, [("score", "k1", "missing_key", "{}", D)]), "s1", NOW), path, [D], ["score"])
     # The label job's re-run of D: its D and 'unknown' rows are replaced, E and the scorer's stay.
-    write_quarantine(stamp(_rows(spark, [("clicks", "c2", "orphan_click", "{}", D)]), "l2", NOW),
-                     path, [D, "unknown"], ["impressions", "clicks"])
+    write_quarantine(
+        stamp(_rows(spark, [("clicks", "c2", "orphan_click", "{}", D)]), "l2", NOW),
+        path,
+        [D, "unknown"],
+        ["impressions", "clicks"],
+    )
     assert _table(spark, path) == [("clicks", "c2", "l2", D), ("clicks", "c9", "l1", E), ("score", "k1", "s1", D)]
     # The scorer's re-run of D with nothing to quarantine removes its earlier rows only.
     write_quarantine(stamp(_rows(spark, []), "s2", NOW), path, [D], ["score"], empty=True)

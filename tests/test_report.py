@@ -3,6 +3,7 @@
 The page is rendered from hand-written ReportData (no Spark), so this file runs in seconds;
 tests/test_nightly_e2e.py checks the report a real nightly run writes the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,10 @@ def check_page_images(page: Path) -> list[str]:
 
 def _reliability_png(path: Path) -> str:
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(4, 3))
     ax.plot([0, 1], [0, 1], "--")
     ax.plot([0.1, 0.5, 0.9], [0.12, 0.45, 0.8], "o-")
@@ -64,29 +67,52 @@ def sample_data(tmp_path: Path, **kw) -> ReportData:
     days = ["2026-11-01", "2026-11-02", "2026-11-03"]
     data = dict(
         run_date="2026-11-03",
-        volumes=pd.DataFrame({"dt": days, "impressions": [3000, 3100, 2900],
-                              "clicks": [120, 130, 110], "conversions": [6, 7, 5]}),
-        quarantine=pd.DataFrame({"dt": ["2026-11-01", "2026-11-02", "2026-11-02"],
-                                 "source": ["clicks", "clicks", "score"], "n": [3, 1, 2]}),
-        maturity=pd.DataFrame({"dt": days, "rows": [3000, 3100, 2900], "mature_share": [1.0, 0.4, 0.0],
-                               "ctr": [0.04, 0.042, 0.038], "cvr": [0.05, 0.04, 0.01]}),
-        scores=pd.DataFrame({"dt": ["2026-11-03"] * 4, "pcvr": [0.01, 0.05, 0.2, 0.03],
-                             "pctcvr": [0.0004, 0.002, 0.01, 0.001]}),
-        models=pd.DataFrame({"model_id": ["esmm-a", "esmm-b"],
-                             "created_at": pd.to_datetime(["2026-11-02", "2026-11-03"]),
-                             "status": ["retired", "champion"], "ctcvr_auc": [0.70, 0.72],
-                             "ctr_auc": [0.66, 0.67]}),
-        steps=[{"step": "train", "status": "succeeded", "attempt": 1, "message": "trained esmm-b"},
-               {"step": "score", "status": "failed", "attempt": 1, "message": "<boom> & co"}],
-        plan={"refresh_dates": days, "train_dates": days[:2], "eval_date": days[2],
-              "eval_mature": False, "score_dates": days[2:]},
-        metrics={"candidate": {"ctcvr_auc": 0.72, "ctcvr_calibration": 1.1, "rows": 2900.0},
-                 "champion": {"ctcvr_auc": 0.70, "ctcvr_calibration": 0.9, "rows": 2900.0}},
+        volumes=pd.DataFrame(
+            {"dt": days, "impressions": [3000, 3100, 2900], "clicks": [120, 130, 110], "conversions": [6, 7, 5]}
+        ),
+        quarantine=pd.DataFrame(
+            {"dt": ["2026-11-01", "2026-11-02", "2026-11-02"], "source": ["clicks", "clicks", "score"], "n": [3, 1, 2]}
+        ),
+        maturity=pd.DataFrame(
+            {
+                "dt": days,
+                "rows": [3000, 3100, 2900],
+                "mature_share": [1.0, 0.4, 0.0],
+                "ctr": [0.04, 0.042, 0.038],
+                "cvr": [0.05, 0.04, 0.01],
+            }
+        ),
+        scores=pd.DataFrame(
+            {"dt": ["2026-11-03"] * 4, "pcvr": [0.01, 0.05, 0.2, 0.03], "pctcvr": [0.0004, 0.002, 0.01, 0.001]}
+        ),
+        models=pd.DataFrame(
+            {
+                "model_id": ["esmm-a", "esmm-b"],
+                "created_at": pd.to_datetime(["2026-11-02", "2026-11-03"]),
+                "status": ["retired", "champion"],
+                "ctcvr_auc": [0.70, 0.72],
+                "ctr_auc": [0.66, 0.67],
+            }
+        ),
+        steps=[
+            {"step": "train", "status": "succeeded", "attempt": 1, "message": "trained esmm-b"},
+            {"step": "score", "status": "failed", "attempt": 1, "message": "<boom> & co"},
+        ],
+        plan={
+            "refresh_dates": days,
+            "train_dates": days[:2],
+            "eval_date": days[2],
+            "eval_mature": False,
+            "score_dates": days[2:],
+        },
+        metrics={
+            "candidate": {"ctcvr_auc": 0.72, "ctcvr_calibration": 1.1, "rows": 2900.0},
+            "champion": {"ctcvr_auc": 0.70, "ctcvr_calibration": 0.9, "rows": 2900.0},
+        },
         model_ids={"candidate": "esmm-b", "champion": "esmm-a"},
         gate={"promoted": True, "decision": "promoted: CTCVR AUC +0.0200"},
         reliability={"candidate": _reliability_png(tmp_path / "rel.png")},
-        curves={"candidate": [{"step": i, "loss_ctr": 0.5 / (i + 1), "loss_ctcvr": 0.1 / (i + 1)}
-                              for i in range(10)]},
+        curves={"candidate": [{"step": i, "loss_ctr": 0.5 / (i + 1), "loss_ctcvr": 0.1 / (i + 1)} for i in range(10)]},
     )
     data.update(kw)
     return ReportData(**data)
@@ -95,8 +121,7 @@ def sample_data(tmp_path: Path, **kw) -> ReportData:
 def test_every_image_is_a_png_and_every_section_is_there(tmp_path):
     page = render(sample_data(tmp_path), tmp_path / "reports" / "2026-11-03")
     srcs = check_page_images(page)
-    assert sorted(srcs) == ["curves.png", "maturity.png", "reliability_candidate.png", "scores.png",
-                            "volumes.png"]
+    assert sorted(srcs) == ["curves.png", "maturity.png", "reliability_candidate.png", "scores.png", "volumes.png"]
     text = page.read_text()
     assert "&lt;boom&gt; &amp; co" in text  # messages are escaped
     assert "NOT mature" in text  # an immature evaluation day is called out
@@ -108,17 +133,28 @@ def test_every_image_is_a_png_and_every_section_is_there(tmp_path):
 
 def test_empty_sections_say_so_instead_of_drawing(tmp_path):
     empty = pd.DataFrame()
-    d = sample_data(tmp_path, volumes=pd.DataFrame(columns=["dt"]), quarantine=pd.DataFrame(columns=["dt"]),
-                    maturity=empty, scores=empty, models=empty, curves={}, reliability={},
-                    metrics={}, gate={}, steps=[], plan={}, model_ids={})
+    d = sample_data(
+        tmp_path,
+        volumes=pd.DataFrame(columns=["dt"]),
+        quarantine=pd.DataFrame(columns=["dt"]),
+        maturity=empty,
+        scores=empty,
+        models=empty,
+        curves={},
+        reliability={},
+        metrics={},
+        gate={},
+        steps=[],
+        plan={},
+        model_ids={},
+    )
     page = render(d, tmp_path / "r")
     assert check_page_images(page) == []
     assert "Nothing scored yet." in page.read_text() and "No evaluation this run." in page.read_text()
 
 
 def test_metric_table_rows_and_delta():
-    t = metric_table({"candidate": {"ctcvr_auc": 0.75, "x_extra": 1.0},
-                      "champion": {"ctcvr_auc": 0.70}})
+    t = metric_table({"candidate": {"ctcvr_auc": 0.75, "x_extra": 1.0}, "champion": {"ctcvr_auc": 0.70}})
     assert "<tr><th>ctcvr_auc</th><td>0.7500</td><td>0.7000</td><td>0.0500</td></tr>" in t
     assert "<tr><th>x_extra</th><td>1.0000</td><td></td><td></td></tr>" in t
 
@@ -156,9 +192,20 @@ def browser_probe(page: Path) -> dict:
     probe.write_text(page.read_text().replace("<head>", "<head>" + _PROBE, 1))
     try:
         proc = subprocess.run(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-             "--virtual-time-budget=10000", "--dump-dom", probe.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120)
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--allow-file-access-from-files",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                probe.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         probe.unlink()
     m = re.search(r'<pre id="__probe">(.*?)</pre>', proc.stdout, re.S)
@@ -166,9 +213,10 @@ def browser_probe(page: Path) -> dict:
     return json.loads(_html.unescape(m.group(1)))
 
 
-@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("ESMM_REQUIRE_BROWSER"),
-                    reason="no chromium on PATH (apt-get install -y chromium); "
-                           "the always-on HTML/PNG check above still ran")
+@pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("ESMM_REQUIRE_BROWSER"),
+    reason="no chromium on PATH (apt-get install -y chromium); " "the always-on HTML/PNG check above still ran",
+)
 def test_page_loads_in_headless_chromium_without_errors(tmp_path):
     # CI (.ci/run) sets ESMM_REQUIRE_BROWSER: there a missing browser fails instead of skipping.
     assert CHROMIUM, "ESMM_REQUIRE_BROWSER is set but no chromium is on PATH"
@@ -178,9 +226,21 @@ def test_page_loads_in_headless_chromium_without_errors(tmp_path):
     found = browser_probe(page)
     assert found == {"errors": [], "images": 5, "broken": []}
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1200,2600", f"--screenshot={shot}", page.resolve().as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,2600",
+            f"--screenshot={shot}",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with Image.open(shot) as im:
         assert im.size == (1200, 2600) and len(set(im.convert("L").getdata())) > 20
     # The probe can fail: a missing image and a corrupt one are both reported.

@@ -1,14 +1,15 @@
 """The report's intervals, gate numbers and reliability diagrams, from per-row scores on disk."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from esmm.config.schema import GateConfig
+from esmm.evaluation.intervals import reliability_bins
 from esmm.evaluation.metrics import compute_metrics
 from esmm.evaluation.predictions import save_predictions
 from pipelines.nightly.gate import decide
-from esmm.evaluation.intervals import reliability_bins
 from pipelines.report import uncertainty as report_uncertainty
 from pipelines.report.page import render
 from tests.test_report import check_page_images, sample_data
@@ -30,9 +31,12 @@ def test_intervals_gate_numbers_and_reliability_bins_reach_the_page(tmp_path):
     cand = {k: np.clip(v * np.exp(rng.normal(0, 0.3, len(v))), 0, 1) for k, v in champ.items()}
     cand["pctcvr"] = cand["pctr"] * cand["pcvr"]
     order = rng.permutation(len(ids))  # the champion's file lists the rows in another order
-    paths = {"candidate": save_predictions(tmp_path / "c.npz", ids, click, conv, cand),
-             "champion": save_predictions(tmp_path / "h.npz", np.array(ids)[order], click[order], conv[order],
-                                          {k: v[order] for k, v in champ.items()})}
+    paths = {
+        "candidate": save_predictions(tmp_path / "c.npz", ids, click, conv, cand),
+        "champion": save_predictions(
+            tmp_path / "h.npz", np.array(ids)[order], click[order], conv[order], {k: v[order] for k, v in champ.items()}
+        ),
+    }
     unc = report_uncertainty.collect({r: str(p) for r, p in paths.items()})
     metrics = {"candidate": compute_metrics(cand, click, conv), "champion": compute_metrics(champ, click, conv)}
     for role in ("candidate", "champion"):
@@ -48,8 +52,12 @@ def test_intervals_gate_numbers_and_reliability_bins_reach_the_page(tmp_path):
     assert hi - lo < own[1] - own[0]
 
     gate = decide(cand["pctcvr"], champ["pctcvr"], click * conv, GateConfig())
-    data = sample_data(tmp_path, metrics=metrics, uncertainty=unc,
-                       gate={"promoted": gate.promote, "decision": gate.reason, **gate.as_dict()})
+    data = sample_data(
+        tmp_path,
+        metrics=metrics,
+        uncertainty=unc,
+        gate={"promoted": gate.promote, "decision": gate.reason, **gate.as_dict()},
+    )
     page = render(data, tmp_path / "r")
     assert "reliability.png" in check_page_images(page)
     text = page.read_text()
@@ -61,8 +69,11 @@ def test_intervals_gate_numbers_and_reliability_bins_reach_the_page(tmp_path):
 
 
 def test_without_predictions_the_report_keeps_the_artifact_diagrams(tmp_path):
-    assert report_uncertainty.collect({"candidate": str(tmp_path / "missing.npz")}) == \
-        {"intervals": {}, "paired": {}, "bins": {}}
+    assert report_uncertainty.collect({"candidate": str(tmp_path / "missing.npz")}) == {
+        "intervals": {},
+        "paired": {},
+        "bins": {},
+    }
     page = render(sample_data(tmp_path), tmp_path / "r")
     assert "reliability_candidate.png" in check_page_images(page)
 

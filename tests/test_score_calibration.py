@@ -1,5 +1,6 @@
 """The scoring job applies exactly the artifact's calibration maps; without maps it
 scores raw and says so. Real Spark, Delta and a small network in the Python workers."""
+
 from __future__ import annotations
 
 import math
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from esmm.registry import artifacts as registry
 from esmm.calibration.maps import CalibrationError, CalibrationMaps, Map
-from pipelines.scoring import job as score
+from esmm.registry import artifacts as registry
 from pipelines.features.job import encode_features, feature_names
+from pipelines.scoring import job as score
 from tests.test_score_job import DAY, GOOD, SCHEMA, SPEC, _candidates, _model, _scores
 
 
@@ -20,8 +21,10 @@ def _hand_maps(model_id: str, ios: int) -> CalibrationMaps:
     """Global pCTR map: 0.5 p up to p = 0.5, then the line to (1, 1); device 'ios': 0.8 p;
     pCTCVR: 0.5 p everywhere (global only)."""
     arr = np.array
-    glob = {"pctr": Map("isotonic", arr([0.0, 0.5, 1.0]), arr([0.0, 0.25, 1.0])),
-            "pctcvr": Map("isotonic", arr([0.0, 1.0]), arr([0.0, 0.5]))}
+    glob = {
+        "pctr": Map("isotonic", arr([0.0, 0.5, 1.0]), arr([0.0, 0.25, 1.0])),
+        "pctcvr": Map("isotonic", arr([0.0, 1.0]), arr([0.0, 0.5])),
+    }
     by_value = {"pctr": {str(ios): Map("isotonic", arr([0.0, 1.0]), arr([0.0, 0.8]))}, "pctcvr": {}}
     return CalibrationMaps(model_id, "isotonic", ["device"], 1, ["2026-11-02"], glob, by_value)
 
@@ -38,12 +41,14 @@ def test_scorer_applies_the_saved_map_and_keeps_raw_columns(spark, make_cfg, tmp
     cfg = make_cfg(f"score.candidates={cand}")
     net, model = _model(cfg)
     enc = encode_features(spark.createDataFrame(GOOD, SCHEMA), SPEC).toPandas().set_index("impression_id")
-    ios = int(encode_features(spark.createDataFrame([("x", "u", "ios", "1", DAY)], SCHEMA), SPEC)
-              .select("device").first()[0])
+    ios = int(
+        encode_features(spark.createDataFrame([("x", "u", "ios", "1", DAY)], SCHEMA), SPEC).select("device").first()[0]
+    )
     cat_names, num_names = feature_names(SPEC)
     with torch.inference_mode():
-        ref = net(torch.from_numpy(enc[cat_names].to_numpy(np.int64)),
-                  torch.from_numpy(enc[num_names].to_numpy(np.float32)))
+        ref = net(
+            torch.from_numpy(enc[cat_names].to_numpy(np.int64)), torch.from_numpy(enc[num_names].to_numpy(np.float32))
+        )
 
     # Uncalibrated first: flagged, raw columns equal the served ones.
     rep = score.run(spark, cfg, DAY, model=model, log=lambda m: None)
@@ -54,8 +59,13 @@ def test_scorer_applies_the_saved_map_and_keeps_raw_columns(spark, make_cfg, tmp
         assert (r["pctr"], r["pcvr"], r["pctcvr"]) == (r["pctr_raw"], r["pcvr_raw"], r["pctcvr_raw"])
 
     maps = _hand_maps(model.model_id, ios)
-    rep = score.run(spark, cfg, DAY, model=score.ScoringModel(model.model_id, model.meta, model.state_bytes, maps),
-                    log=lambda m: None)
+    rep = score.run(
+        spark,
+        cfg,
+        DAY,
+        model=score.ScoringModel(model.model_id, model.meta, model.state_bytes, maps),
+        log=lambda m: None,
+    )
     assert rep.calibration_id == maps.calibration_id
     got = _scores(spark, cfg)
     assert sorted(got) == sorted(enc.index)

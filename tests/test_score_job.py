@@ -4,6 +4,7 @@ serving/scores and curated/quarantine, in both write modes, and the refusals.
 Real Delta tables, a real (small, randomly initialised) network run inside the
 Python workers; its scores are compared with the same network run in memory.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,26 +20,38 @@ from pyspark.sql import types as T
 
 from esmm.config.schema import CategoricalField, FeatureSpec, NumericField
 from esmm.model.network import build_model
-from pipelines.scoring import job as score
 from pipelines.features.job import encode_features, feature_names
+from pipelines.scoring import job as score
 from pipelines.scoring.model import ScoringInputError, ScoringModel, resolve_model
 
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 
-SPEC = FeatureSpec(categorical=[CategoricalField("device", buckets=8), CategoricalField("user_id", buckets=64)],
-                   numeric=[NumericField("price", transform="log1p", clip_min=0.0, clip_max=12.0)])
-SCHEMA = T.StructType([T.StructField("impression_id", T.StringType()),
-                       T.StructField("user_id", T.StringType()),
-                       T.StructField("device", T.StringType()),
-                       T.StructField("price", T.StringType()),  # a JSON-landed table: numbers as text
-                       T.StructField("dt", T.StringType())])
+SPEC = FeatureSpec(
+    categorical=[CategoricalField("device", buckets=8), CategoricalField("user_id", buckets=64)],
+    numeric=[NumericField("price", transform="log1p", clip_min=0.0, clip_max=12.0)],
+)
+SCHEMA = T.StructType(
+    [
+        T.StructField("impression_id", T.StringType()),
+        T.StructField("user_id", T.StringType()),
+        T.StructField("device", T.StringType()),
+        T.StructField("price", T.StringType()),  # a JSON-landed table: numbers as text
+        T.StructField("dt", T.StringType()),
+    ]
+)
 DAY = "2026-11-03"
-GOOD = [(f"imp{i}", f"u{i % 7}", ("ios", "pc", None)[i % 3], None if i % 5 == 0 else str(i / 3), DAY)
-        for i in range(40)]
-BAD = [("imp1", "u1", "pc", str(1 / 3), DAY),  # exact copy of a good row: collapses, not quarantined
-       ("dupkey", "u1", "ios", "1", DAY), ("dupkey", "u2", "ios", "1", DAY),  # one key, two records
-       (None, "u3", "pc", "2", DAY), (None, "u3", "pc", "2", DAY), ("  ", "u3", "pc", "2", DAY),  # no key
-       ("imp_cheap", "u4", "pc", "cheap", DAY)]  # price does not parse
+GOOD = [
+    (f"imp{i}", f"u{i % 7}", ("ios", "pc", None)[i % 3], None if i % 5 == 0 else str(i / 3), DAY) for i in range(40)
+]
+BAD = [
+    ("imp1", "u1", "pc", str(1 / 3), DAY),  # exact copy of a good row: collapses, not quarantined
+    ("dupkey", "u1", "ios", "1", DAY),
+    ("dupkey", "u2", "ios", "1", DAY),  # one key, two records
+    (None, "u3", "pc", "2", DAY),
+    (None, "u3", "pc", "2", DAY),
+    ("  ", "u3", "pc", "2", DAY),  # no key
+    ("imp_cheap", "u4", "pc", "cheap", DAY),
+]  # price does not parse
 OTHER_DAY = [("imp_other", "u1", "pc", "3", "2026-11-04")]
 EXPECT_QUARANTINE = {"conflicting_duplicate_key": 2, "missing_key": 2, "unparseable:price": 1}
 
@@ -49,8 +62,12 @@ def _model(cfg, spec=SPEC, model_id="m-test"):
     net = build_model(mcfg, spec).eval()
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
-    meta = {"model_id": model_id, "model": dataclasses.asdict(mcfg), "features": dataclasses.asdict(spec),
-            "feature_mapping_id": spec.mapping_id}
+    meta = {
+        "model_id": model_id,
+        "model": dataclasses.asdict(mcfg),
+        "features": dataclasses.asdict(spec),
+        "feature_mapping_id": spec.mapping_id,
+    }
     return net, ScoringModel(model_id, json.loads(json.dumps(meta)), buf.getvalue())
 
 
@@ -84,7 +101,9 @@ def test_score_job_scores_each_key_once_and_quarantines_the_rest(spark, make_cfg
     enc = encode_features(spark.createDataFrame(GOOD, SCHEMA), SPEC).toPandas().set_index("impression_id")
     cat_names, num_names = feature_names(SPEC)
     with torch.inference_mode():
-        ref = net(torch.from_numpy(enc[cat_names].to_numpy(np.int64)), torch.from_numpy(enc[num_names].to_numpy(np.float32)))
+        ref = net(
+            torch.from_numpy(enc[cat_names].to_numpy(np.int64)), torch.from_numpy(enc[num_names].to_numpy(np.float32))
+        )
     for i, key in enumerate(enc.index):
         r = got[key]
         assert (r["pctr"], r["pcvr"]) == pytest.approx((float(ref["pctr"][i]), float(ref["pcvr"][i])), rel=1e-5)
@@ -92,8 +111,13 @@ def test_score_job_scores_each_key_once_and_quarantines_the_rest(spark, make_cfg
         assert r["model_id"] == "m-test" and r["dt"] == DAY
     missing_id = [rid for rid, reason in _quarantine(spark, cfg) if reason == "missing_key"]
     assert _quarantine(spark, cfg) == sorted(
-        [("dupkey", "conflicting_duplicate_key"), ("dupkey", "conflicting_duplicate_key"),
-         ("imp_cheap", "unparseable:price")] + [(rid, "missing_key") for rid in missing_id])
+        [
+            ("dupkey", "conflicting_duplicate_key"),
+            ("dupkey", "conflicting_duplicate_key"),
+            ("imp_cheap", "unparseable:price"),
+        ]
+        + [(rid, "missing_key") for rid in missing_id]
+    )
     assert len(missing_id) == 2 and all(rid.startswith("sha256:") for rid in missing_id)
 
     # Again: the day is replaced, not appended to, in both tables.
@@ -106,11 +130,15 @@ def test_score_job_scores_each_key_once_and_quarantines_the_rest(spark, make_cfg
     assert len(_quarantine(spark, cfg)) == sum(EXPECT_QUARANTINE.values())
 
 
-@pytest.mark.parametrize("bad, expect", [
-    ([], {}),
-    ([BAD[-1]], {"unparseable:price": 1}),
-    (BAD[3:], {"missing_key": 2, "unparseable:price": 1}),  # two NULL-key copies quarantine once
-], ids=["clean", "unparseable", "blank-keys"])
+@pytest.mark.parametrize(
+    "bad, expect",
+    [
+        ([], {}),
+        ([BAD[-1]], {"unparseable:price": 1}),
+        (BAD[3:], {"missing_key": 2, "unparseable:price": 1}),  # two NULL-key copies quarantine once
+    ],
+    ids=["clean", "unparseable", "blank-keys"],
+)
 def test_score_job_without_repeated_keys(spark, make_cfg, tmp_path, bad, expect):
     # No key repeats: the counts come from the check's observation, not from a recount.
     cand = str(tmp_path / "candidates")
@@ -141,7 +169,8 @@ def test_score_job_refuses_a_model_whose_spec_is_not_its_mapping(spark, make_cfg
     cfg = make_cfg()
     net, model = _model(cfg)
     # Not in the registry: --model MODEL_ID then looks in the models folder.
-    registry.save_artifact(Path(cfg.lakehouse.path("models")) / "m-test", net,
-                           {**model.meta, "feature_mapping_id": "fm-other"})
+    registry.save_artifact(
+        Path(cfg.lakehouse.path("models")) / "m-test", net, {**model.meta, "feature_mapping_id": "fm-other"}
+    )
     with pytest.raises(ScoringInputError, match=r"hashes to .* but it was trained on feature mapping fm-other"):
         resolve_model(cfg, "m-test")

@@ -1,5 +1,6 @@
 """MLflow tracking of training runs (a real file store in tmp_path), the loss records in the
 artifact, the registry's run id column, and the report's training curve drawn from them."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,15 +10,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-
-from esmm.registry import artifacts as registry
-
-from esmm.registry import tracking
-from esmm.config.loader import load_config
-from esmm.config.errors import ConfigError
-from esmm.training.trainer import train
 from examples_data import TINY_OVERRIDES, examples_df, write_examples
-from jobs import bench_quality
+
+from benchmarks import quality as bench_quality
+from esmm.config.errors import ConfigError
+from esmm.config.loader import load_config
+from esmm.registry import artifacts as registry
+from esmm.registry import tracking
+from esmm.training.trainer import train
 from pipelines.report import page as report
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
@@ -33,20 +33,31 @@ def lake(spark, tmp_path_factory):
 
 
 def make(root, tmp_path, *extra):
-    return load_config(overrides=[
-        f"lakehouse.root={root}", *TINY_OVERRIDES, "train.train_start=2026-11-01",
-        "train.train_end=2026-11-03", f"train.eval_dates=[{EVAL}]", "train.epochs=2", "train.log_every=4",
-        "train.resume=false", f"train.checkpoint_dir={tmp_path / 'ck'}",
-        f"lakehouse.tables.registry={tmp_path / 'registry'}", f"lakehouse.tables.models={tmp_path / 'models'}",
-        *extra])
+    return load_config(
+        overrides=[
+            f"lakehouse.root={root}",
+            *TINY_OVERRIDES,
+            "train.train_start=2026-11-01",
+            "train.train_end=2026-11-03",
+            f"train.eval_dates=[{EVAL}]",
+            "train.epochs=2",
+            "train.log_every=4",
+            "train.resume=false",
+            f"train.checkpoint_dir={tmp_path / 'ck'}",
+            f"lakehouse.tables.registry={tmp_path / 'registry'}",
+            f"lakehouse.tables.models={tmp_path / 'models'}",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(lake, tmp_path_factory):
     """One tracked training run: (config, result)."""
     tmp = tmp_path_factory.mktemp("run")
-    cfg = make(lake, tmp, f"tracking.uri={tmp / 'mlruns'}", "tracking.experiment=tests",
-               "tracking.tags={team: bidding}")
+    cfg = make(
+        lake, tmp, f"tracking.uri={tmp / 'mlruns'}", "tracking.experiment=tests", "tracking.tags={team: bidding}"
+    )
     return cfg, train(cfg)
 
 
@@ -83,8 +94,7 @@ def test_mlflow_run_has_params_losses_metrics_artifacts_and_tags(trained):
     assert run["metrics"]["ctcvr_auc"] == pytest.approx(r.metrics["ctcvr_auc"])
     assert run["metrics"]["ctr_auc"] == pytest.approx(r.metrics["ctr_auc"])
     assert run["metrics"]["train/samples"] == 3600
-    assert {"model/model.pt", "model/meta.json", "model/losses.json",
-            "model/reliability.png"} <= set(run["artifacts"])
+    assert {"model/model.pt", "model/meta.json", "model/losses.json", "model/reliability.png"} <= set(run["artifacts"])
     tags = run["tags"]
     assert tags["mlflow.runName"] == tags["model_id"] == r.model_id
     assert (tags["model_kind"], tags["seed"], tags["examples_version"]) == ("esmm", "2018", "0")
@@ -106,8 +116,14 @@ def test_old_registry_without_the_column_gains_it(trained, tmp_path, spark):
     reg = str(tmp_path / "registry")
     old = pa.schema([f for f in registry._schema() if f.name != "mlflow_run_id"])
     then = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-    row = {**{n: None for n in old.names}, "model_id": "old-1", "kind": "esmm", "status": "champion",
-           "created_at": then, "updated_at": then}
+    row = {
+        **{n: None for n in old.names},
+        "model_id": "old-1",
+        "kind": "esmm",
+        "status": "champion",
+        "created_at": then,
+        "updated_at": then,
+    }
     write_deltalake(reg, pa.Table.from_pylist([row], schema=old), mode="append")
     registry.register(reg, r.artifact_dir)
     got = {x["model_id"]: x.get("mlflow_run_id") for x in registry.list_models(reg)}
@@ -126,8 +142,12 @@ def test_report_training_curve_comes_from_the_recorded_losses(trained, spark, tm
     assert data.curves == {"candidate": r.history}
     assert report.chart_curves(data, tmp_path) == "curves.png"
     # A model folder without losses.json (an older artifact): no curve, the chart says so.
-    assert report.collect(spark, load_config(overrides=[f"lakehouse.root={tmp_path}"]), EVAL,
-                          outputs=outputs, plan={}).curves == {}
+    assert (
+        report.collect(
+            spark, load_config(overrides=[f"lakehouse.root={tmp_path}"]), EVAL, outputs=outputs, plan={}
+        ).curves
+        == {}
+    )
 
 
 def test_disabled_tracking_still_trains_and_records_losses(lake, tmp_path, capfd):
@@ -163,12 +183,15 @@ def test_default_store_is_under_the_lakehouse_root(tmp_path):
     assert tracking.resolve_uri(server) == "http://mlflow.internal:5000"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("tracking.uri=ftp://host/x", "tracking.uri: 'ftp://host/x': scheme 'ftp' is not one of"),
-    ("tracking.experiment=' '", "tracking.experiment: must be a non-empty name"),
-    ("tracking.enabled=maybe", "tracking.enabled: expected true or false"),
-    ("tracking.tags=[a]", "tracking.tags: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tracking.uri=ftp://host/x", "tracking.uri: 'ftp://host/x': scheme 'ftp' is not one of"),
+        ("tracking.experiment=' '", "tracking.experiment: must be a non-empty name"),
+        ("tracking.enabled=maybe", "tracking.enabled: expected true or false"),
+        ("tracking.tags=[a]", "tracking.tags: expected a mapping"),
+    ],
+)
 def test_bad_tracking_config_names_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[override])
@@ -177,13 +200,22 @@ def test_bad_tracking_config_names_the_key(override, message):
 
 def test_bench_runs_are_children_of_one_tagged_bench_run(spark, tmp_path):
     # The bench writes its own world with the default feature spec: only the model is made tiny.
-    base = [f"lakehouse.root={tmp_path / 'lake'}", "model.embedding_dim=4", "model.tower=[16, 8]",
-            "train.progress=false", "train.batch_size=128", "train.reader_workers=1",
-            f"tracking.uri={tmp_path / 'mlruns'}",
-            f"train.checkpoint_dir={tmp_path / 'ck'}", "train.max_steps=3", "generate.n_users=500",
-            "generate.n_items=200"]
-    result = bench_quality.run(spark, [], base, size="tiny", seeds=1, models=("naive", "esmm"), epochs=1,
-                               out_dir=str(tmp_path / "out"))
+    base = [
+        f"lakehouse.root={tmp_path / 'lake'}",
+        "model.embedding_dim=4",
+        "model.tower=[16, 8]",
+        "train.progress=false",
+        "train.batch_size=128",
+        "train.reader_workers=1",
+        f"tracking.uri={tmp_path / 'mlruns'}",
+        f"train.checkpoint_dir={tmp_path / 'ck'}",
+        "train.max_steps=3",
+        "generate.n_users=500",
+        "generate.n_items=200",
+    ]
+    result = bench_quality.run(
+        spark, [], base, size="tiny", seeds=1, models=("naive", "esmm"), epochs=1, out_dir=str(tmp_path / "out")
+    )
     uri = (tmp_path / "mlruns").resolve().as_uri()
     runs = result["seeds"][0]["models"]
     children = {kind: tracking.run_data(uri, r["mlflow_run_id"]) for kind, r in runs.items()}

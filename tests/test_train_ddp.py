@@ -1,4 +1,5 @@
 """Embedding gradients under DDP: the dense path (what NCCL runs) on gloo, world size 2, against the sparse one."""
+
 import json
 import math
 import os
@@ -8,25 +9,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
-from esmm.registry import artifacts as registry
-from esmm.config.schema import ModelConfig, TrainConfig
-from esmm.config.loader import load_config
 from esmm.config.errors import ConfigError
+from esmm.config.loader import load_config
+from esmm.config.schema import ModelConfig, TrainConfig
 from esmm.model.network import build_model
 from esmm.model.parallel import allreduce_bytes_per_step, embedding_gradients, precision
+from esmm.registry import artifacts as registry
 from esmm.training.trainer import _optimizers, train
-from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
 REPO = Path(__file__).resolve().parents[1]
 DATES = ["2026-11-01", "2026-11-02"]
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-@pytest.mark.parametrize("want,world,device,sparse", [
-    ("auto", 1, CPU, True), ("auto", 2, CPU, True), ("auto", 1, CUDA, True), ("auto", 2, CUDA, False),
-    (True, 2, CPU, True), (True, 2, CUDA, False), (False, 1, CPU, False), (False, 2, CPU, False),
-])
+@pytest.mark.parametrize(
+    "want,world,device,sparse",
+    [
+        ("auto", 1, CPU, True),
+        ("auto", 2, CPU, True),
+        ("auto", 1, CUDA, True),
+        ("auto", 2, CUDA, False),
+        (True, 2, CPU, True),
+        (True, 2, CUDA, False),
+        (False, 1, CPU, False),
+        (False, 2, CPU, False),
+    ],
+)
 def test_which_embedding_gradients(want, world, device, sparse):
     got, line = embedding_gradients(ModelConfig(sparse_embedding=want), world, device)
     assert got is sparse
@@ -105,12 +115,21 @@ class TestTwoRanksTrain:
         out = {}
         for mode in ("true", "false"):
             d = tmp_path_factory.mktemp(f"run_{mode}")
-            cfg = load_config(overrides=[f"lakehouse.root={root}", *TINY_OVERRIDES,
-                                         "train.train_start=2026-11-01", "train.train_end=2026-11-02",
-                                         f"model.sparse_embedding={mode}", "train.embedding_optimizer=adagrad",
-                                         "train.embedding_lr=0.05", "train.shuffle_buffer=0",
-                                         f"train.checkpoint_dir={d / 'ck'}", "train.register=false",
-                                         f"lakehouse.tables.models={d / 'models'}"])
+            cfg = load_config(
+                overrides=[
+                    f"lakehouse.root={root}",
+                    *TINY_OVERRIDES,
+                    "train.train_start=2026-11-01",
+                    "train.train_end=2026-11-02",
+                    f"model.sparse_embedding={mode}",
+                    "train.embedding_optimizer=adagrad",
+                    "train.embedding_lr=0.05",
+                    "train.shuffle_buffer=0",
+                    f"train.checkpoint_dir={d / 'ck'}",
+                    "train.register=false",
+                    f"lakehouse.tables.models={d / 'models'}",
+                ]
+            )
             torch.multiprocessing.spawn(ddp_worker, args=(2, free_port(), cfg, str(d)), nprocs=2, join=True)
             out[mode] = [json.loads((d / f"rank{r}.json").read_text()) for r in (0, 1)]
         return out
@@ -140,9 +159,18 @@ class TestTwoRanksTrain:
 
 def test_single_process_auto_is_sparse_and_says_so(spark, tmp_path, capfd):
     write_examples(examples_df(spark, DATES[:1], 300, immature_last_day=False), str(tmp_path / "curated" / "examples"))
-    r = train(load_config(overrides=[f"lakehouse.root={tmp_path}", *TINY_OVERRIDES, "train.max_steps=2",
-                                     "train.train_start=2026-11-01", "train.train_end=2026-11-01",
-                                     "train.register=false"]))
+    r = train(
+        load_config(
+            overrides=[
+                f"lakehouse.root={tmp_path}",
+                *TINY_OVERRIDES,
+                "train.max_steps=2",
+                "train.train_start=2026-11-01",
+                "train.train_end=2026-11-01",
+                "train.register=false",
+            ]
+        )
+    )
     err = capfd.readouterr().err
     assert "esmm train: embedding gradients sparse (model.sparse_embedding=auto, single process)" in err
     assert "precision fp32 (train.amp=false)" in err
@@ -153,8 +181,13 @@ def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the script would run the benchmark")
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "no CUDA device" in proc.stdout
     assert json.loads(out.read_text()) == {"cuda": False, "runs": []}

@@ -2,6 +2,7 @@
 scheduler runs it (stdin closed): it exits 0 run after run, leaves no gloo thread alive after
 ``train()`` returns (the cause of the intermittent SIGABRT at exit, issue 24), and exits
 non-zero with its error when training raises."""
+
 import os
 import subprocess
 import sys
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from examples_data import TINY_OVERRIDES, TINY_SPEC
 
 from esmm.training.trainer import _release_group_defaults
-from examples_data import TINY_OVERRIDES, TINY_SPEC
 
 pytestmark = pytest.mark.integration  # torchrun with two ranks, several times
 
@@ -21,7 +22,7 @@ DATES = ["2026-11-01", "2026-11-02"]
 
 # ``--init-first``: the script creates the process group itself before it imports esmm, so
 # torch.distributed.nn.functional is imported after a group exists (the late-import case).
-USER_SCRIPT = textwrap.dedent('''
+USER_SCRIPT = textwrap.dedent("""
     import os, sys
     if "--init-first" in sys.argv:
         import torch.distributed as dist
@@ -40,7 +41,7 @@ USER_SCRIPT = textwrap.dedent('''
     if alive:
         sys.exit(f"rank {r.rank}: gloo threads alive after train() returned: {alive}")
     print(f"rank {r.rank} done: {r.steps} steps", flush=True)
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,19 @@ def lake(tmp_path_factory):
     n, rng = 400 * len(DATES), np.random.default_rng(0)
     a, b = (np.arange(n) * 7 % 49 + 1).astype("int32"), (np.arange(n) * 13 % 19 + 1).astype("int32")
     click = (rng.random(n) < 0.3).astype("int32")
-    table = pa.table({
-        "impression_id": [f"imp-{i}" for i in range(n)], "dt": np.repeat(DATES, 400).tolist(),
-        "click": click, "conversion": click * (rng.random(n) < 0.3).astype("int32"),
-        "label_mature": np.ones(n, dtype=bool), "a": a, "b": b, "x": rng.random(n).astype("float32"),
-        "feature_mapping_id": [TINY_SPEC.mapping_id] * n})
+    table = pa.table(
+        {
+            "impression_id": [f"imp-{i}" for i in range(n)],
+            "dt": np.repeat(DATES, 400).tolist(),
+            "click": click,
+            "conversion": click * (rng.random(n) < 0.3).astype("int32"),
+            "label_mature": np.ones(n, dtype=bool),
+            "a": a,
+            "b": b,
+            "x": rng.random(n).astype("float32"),
+            "feature_mapping_id": [TINY_SPEC.mapping_id] * n,
+        }
+    )
     write_deltalake(str(root / "curated" / "examples"), table, partition_by=["dt"])
     return root
 
@@ -65,16 +74,36 @@ def lake(tmp_path_factory):
 def run_user_script(lake: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     script = tmp / "user_train.py"
     script.write_text(USER_SCRIPT)
-    sets = [f"lakehouse.root={lake}", *TINY_OVERRIDES, f"train.train_start={DATES[0]}",
-            f"train.train_end={DATES[-1]}", f"train.checkpoint_dir={tmp / 'ck'}", "train.resume=false",
-            "train.register=false", "train.torch_threads=1", f"lakehouse.tables.models={tmp / 'models'}",
-            "tracking.enabled=false"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), *sets, *extra]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=300)
+    sets = [
+        f"lakehouse.root={lake}",
+        *TINY_OVERRIDES,
+        f"train.train_start={DATES[0]}",
+        f"train.train_end={DATES[-1]}",
+        f"train.checkpoint_dir={tmp / 'ck'}",
+        "train.resume=false",
+        "train.register=false",
+        "train.torch_threads=1",
+        f"lakehouse.tables.models={tmp / 'models'}",
+        "tracking.enabled=false",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        *sets,
+        *extra,
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    return subprocess.run(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
 
 
 def test_user_script_under_torchrun_exits_0_five_times_in_a_row(lake, tmp_path):

@@ -48,11 +48,11 @@ Serialised form (:meth:`CalibrationMaps.to_state`), a plain dict safe for
 
 (``x``/``y``: the knots, for Platt the two parameters ``x = [a, b]``, ``y = []``.)
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -73,8 +73,7 @@ class CalibrationError(ValueError):
 # --------------------------------------------------------------------------- isotonic (PAV)
 
 
-def pav(x: np.ndarray, y: np.ndarray, w: Optional[np.ndarray] = None
-        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pav(x: np.ndarray, y: np.ndarray, w: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weighted isotonic regression of ``y`` on ``x`` by pool-adjacent-violators.
 
     Rows of equal ``x`` are pooled first (they must get one value). Returns the
@@ -170,8 +169,10 @@ def fit_platt(p: np.ndarray, y: np.ndarray, steps: int = 50) -> tuple[float, flo
             break
     a, b = float(theta[0]), float(theta[1])
     if not (a > 0 and math.isfinite(a) and math.isfinite(b)):
-        raise CalibrationError(f"Platt scaling fitted slope {a:.4g} (must be > 0): the raw scores rank "
-                               f"inversely or not at all on the calibration day; use isotonic")
+        raise CalibrationError(
+            f"Platt scaling fitted slope {a:.4g} (must be > 0): the raw scores rank "
+            f"inversely or not at all on the calibration day; use isotonic"
+        )
     return a, b
 
 
@@ -204,8 +205,10 @@ class Map:
     def to_state(self) -> dict[str, Any]:
         import torch
 
-        return {"x": torch.from_numpy(np.ascontiguousarray(self.x, dtype=np.float64)),
-                "y": torch.from_numpy(np.ascontiguousarray(self.y, dtype=np.float64))}
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(self.x, dtype=np.float64)),
+            "y": torch.from_numpy(np.ascontiguousarray(self.y, dtype=np.float64)),
+        }
 
     @classmethod
     def from_state(cls, method: str, s: dict[str, Any]) -> "Map":
@@ -222,8 +225,7 @@ def field_keys(field_values: dict[str, np.ndarray], fields: list[str]) -> np.nda
     """
     missing = [f for f in fields if f not in field_values]
     if missing:
-        raise CalibrationError(f"calibration fields {missing} have no values here; have "
-                               f"{sorted(field_values)}")
+        raise CalibrationError(f"calibration fields {missing} have no values here; have " f"{sorted(field_values)}")
     cols = [np.asarray(field_values[f]).astype(np.int64).astype(str) for f in fields]
     out = cols[0]
     for c in cols[1:]:
@@ -256,10 +258,20 @@ class CalibrationMaps:
         return "cal-" + h.hexdigest()[:12]
 
     @classmethod
-    def fit(cls, model_id: str, pctr: np.ndarray, pctcvr: np.ndarray, click: np.ndarray,
-            conversion: np.ndarray, field_values: Optional[dict[str, np.ndarray]] = None, *,
-            method: str = "isotonic", fields: Optional[list[str]] = None, min_count: int = 100,
-            dates: Optional[list[str]] = None) -> "CalibrationMaps":
+    def fit(
+        cls,
+        model_id: str,
+        pctr: np.ndarray,
+        pctcvr: np.ndarray,
+        click: np.ndarray,
+        conversion: np.ndarray,
+        field_values: Optional[dict[str, np.ndarray]] = None,
+        *,
+        method: str = "isotonic",
+        fields: Optional[list[str]] = None,
+        min_count: int = 100,
+        dates: Optional[list[str]] = None,
+    ) -> "CalibrationMaps":
         """Fit on one calibration set: raw scores and labels [n], encoded field columns [n]."""
         if method not in METHODS:
             raise CalibrationError(f"calibration.method {method!r} is not one of {', '.join(METHODS)}")
@@ -269,12 +281,18 @@ class CalibrationMaps:
         raw = {"pctr": np.asarray(pctr, np.float64), "pctcvr": np.asarray(pctcvr, np.float64)}
         for t in TARGETS:
             if labels[t].sum() <= 0:
-                raise CalibrationError(f"calibration day(s) {dates}: no positive for {t} among "
-                                       f"{len(o):,} rows; pick a day with clicks and conversions")
+                raise CalibrationError(
+                    f"calibration day(s) {dates}: no positive for {t} among "
+                    f"{len(o):,} rows; pick a day with clicks and conversions"
+                )
         glob = {t: Map.fit(method, raw[t], labels[t]) for t in TARGETS}
         by_value: dict[str, dict[str, Map]] = {t: {} for t in TARGETS}
-        counts: dict[str, Any] = {"rows": int(len(o)), "clicks": int(labels["pctr"].sum()),
-                                  "conversions": int(labels["pctcvr"].sum()), "values": {}}
+        counts: dict[str, Any] = {
+            "rows": int(len(o)),
+            "clicks": int(labels["pctr"].sum()),
+            "conversions": int(labels["pctcvr"].sum()),
+            "values": {},
+        }
         if fields:
             keys = field_keys(field_values or {}, fields)
             uniq, inv = np.unique(keys, return_inverse=True)
@@ -283,12 +301,15 @@ class CalibrationMaps:
                 for j in np.flatnonzero(pos >= min_count):
                     rows = inv == j
                     by_value[t][str(uniq[j])] = Map.fit(method, raw[t][rows], labels[t][rows])
-                counts["values"][t] = {"own_map": len(by_value[t]), "global_fallback": int(len(uniq) - len(by_value[t]))}
+                counts["values"][t] = {
+                    "own_map": len(by_value[t]),
+                    "global_fallback": int(len(uniq) - len(by_value[t])),
+                }
         return cls(model_id, method, fields, int(min_count), list(dates or []), glob, by_value, counts)
 
-    def apply(self, pctr: np.ndarray, pctcvr: np.ndarray,
-              field_values: Optional[dict[str, np.ndarray]] = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def apply(
+        self, pctr: np.ndarray, pctcvr: np.ndarray, field_values: Optional[dict[str, np.ndarray]] = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated (pctr, pcvr, pctcvr) float64 [n] of raw pctr, pctcvr [n] (module doc)."""
         raw = {"pctr": np.asarray(pctr, np.float64), "pctcvr": np.asarray(pctcvr, np.float64)}
         out = {t: self.global_maps[t](raw[t]) for t in TARGETS}
@@ -309,48 +330,70 @@ class CalibrationMaps:
     # ---- serialisation
 
     def to_state(self) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "model_id": self.model_id, "calibration_id": self.calibration_id,
-                "method": self.method, "fields": list(self.fields), "min_count": self.min_count,
-                "dates": list(self.dates),
-                "maps": {t: {"global": self.global_maps[t].to_state(),
-                             "by_value": {k: m.to_state() for k, m in self.by_value.get(t, {}).items()}}
-                         for t in TARGETS}}
+        return {
+            "format": STATE_FORMAT,
+            "model_id": self.model_id,
+            "calibration_id": self.calibration_id,
+            "method": self.method,
+            "fields": list(self.fields),
+            "min_count": self.min_count,
+            "dates": list(self.dates),
+            "maps": {
+                t: {
+                    "global": self.global_maps[t].to_state(),
+                    "by_value": {k: m.to_state() for k, m in self.by_value.get(t, {}).items()},
+                }
+                for t in TARGETS
+            },
+        }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], model_id: str, where: str = "calibration maps"
-                   ) -> "CalibrationMaps":
+    def from_state(cls, state: dict[str, Any], model_id: str, where: str = "calibration maps") -> "CalibrationMaps":
         """Rebuild from :meth:`to_state`; refuses maps saved for another model id."""
         if state.get("format") != STATE_FORMAT:
             raise CalibrationError(f"{where}: format {state.get('format')!r}, this code reads {STATE_FORMAT}")
         if state.get("model_id") != model_id:
-            raise CalibrationError(f"{where}: the maps were fitted for model {state.get('model_id')!r}, "
-                                   f"not {model_id!r}; refit them with `esmm calibrate --model {model_id} "
-                                   f"--date D`")
+            raise CalibrationError(
+                f"{where}: the maps were fitted for model {state.get('model_id')!r}, "
+                f"not {model_id!r}; refit them with `esmm calibrate --model {model_id} "
+                f"--date D`"
+            )
         method = state["method"]
         maps = state["maps"]
-        obj = cls(model_id, method, list(state["fields"]), int(state["min_count"]), list(state["dates"]),
-                  {t: Map.from_state(method, maps[t]["global"]) for t in TARGETS},
-                  {t: {k: Map.from_state(method, s) for k, s in maps[t]["by_value"].items()} for t in TARGETS})
+        obj = cls(
+            model_id,
+            method,
+            list(state["fields"]),
+            int(state["min_count"]),
+            list(state["dates"]),
+            {t: Map.from_state(method, maps[t]["global"]) for t in TARGETS},
+            {t: {k: Map.from_state(method, s) for k, s in maps[t]["by_value"].items()} for t in TARGETS},
+        )
         if state.get("calibration_id") != obj.calibration_id:
-            raise CalibrationError(f"{where}: content does not hash to its calibration id "
-                                   f"{state.get('calibration_id')!r}; the file is corrupt")
+            raise CalibrationError(
+                f"{where}: content does not hash to its calibration id "
+                f"{state.get('calibration_id')!r}; the file is corrupt"
+            )
         return obj
 
     def save(self, artifact_dir: str | Path) -> Path:
         """Write ``<artifact_dir>/calibration.pt`` atomically."""
-        import torch
 
-        path = Path(artifact_dir) / FILE_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.to_state(), tmp)
-        os.replace(tmp, path)
-        return path
+        from esmm.util.files import atomic_torch_save
+
+        return atomic_torch_save(self.to_state(), Path(artifact_dir) / FILE_NAME)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able description for meta.json."""
-        return {"calibration_id": self.calibration_id, "method": self.method, "fields": self.fields,
-                "min_count": self.min_count, "dates": self.dates, "counts": self.counts, "file": FILE_NAME}
+        return {
+            "calibration_id": self.calibration_id,
+            "method": self.method,
+            "fields": self.fields,
+            "min_count": self.min_count,
+            "dates": self.dates,
+            "counts": self.counts,
+            "file": FILE_NAME,
+        }
 
 
 def load(artifact_dir: str | Path, model_id: str) -> Optional[CalibrationMaps]:
@@ -363,9 +406,12 @@ def load(artifact_dir: str | Path, model_id: str) -> Optional[CalibrationMaps]:
     return CalibrationMaps.from_state(torch.load(path, map_location="cpu", weights_only=True), model_id, str(path))
 
 
-def apply(maps: Optional[CalibrationMaps], pctr: np.ndarray, pctcvr: np.ndarray,
-          field_values: Optional[dict[str, np.ndarray]] = None
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def apply(
+    maps: Optional[CalibrationMaps],
+    pctr: np.ndarray,
+    pctcvr: np.ndarray,
+    field_values: Optional[dict[str, np.ndarray]] = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Calibrated (pctr, pcvr, pctcvr) [n]; without maps the raw scores with pcvr = pctcvr / pctr."""
     if maps is None:
         pctr = np.asarray(pctr, np.float64)

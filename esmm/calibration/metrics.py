@@ -28,6 +28,7 @@ quality``) and a nested per-value PCOC dict (artifact ``meta.json``)::
     {ctr,ctcvr}_pcoc_{raw,cal}            {ctr,ctcvr}_ece_{raw,cal}
     {ctr,ctcvr}_logloss_{raw,cal}         {ctr,ctcvr}_field_rce_<field>_{raw,cal}
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,10 @@ def pcoc_by_value(p: np.ndarray, y: np.ndarray, values: np.ndarray) -> dict[str,
     sp = np.bincount(inv, weights=p, minlength=len(uniq))
     sy = np.bincount(inv, weights=y, minlength=len(uniq))
     n = np.bincount(inv, minlength=len(uniq))
-    return {str(u): {"rows": int(n[j]), "positives": float(sy[j]),
-                     "pcoc": float(sp[j] / sy[j]) if sy[j] > 0 else math.nan} for j, u in enumerate(uniq)}
+    return {
+        str(u): {"rows": int(n[j]), "positives": float(sy[j]), "pcoc": float(sp[j] / sy[j]) if sy[j] > 0 else math.nan}
+        for j, u in enumerate(uniq)
+    }
 
 
 def field_rce(p: np.ndarray, y: np.ndarray, values: np.ndarray, eps: float = 1e-6) -> float:
@@ -89,10 +92,13 @@ def task_metrics(p: np.ndarray, y: np.ndarray, field_values: dict[str, np.ndarra
     return m
 
 
-def calibration_report(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
-                       field_values: dict[str, np.ndarray],
-                       calibrated: Optional[dict[str, np.ndarray]] = None
-                       ) -> tuple[dict[str, float], dict[str, Any]]:
+def calibration_report(
+    pred: dict[str, np.ndarray],
+    click: np.ndarray,
+    conversion: np.ndarray,
+    field_values: dict[str, np.ndarray],
+    calibrated: Optional[dict[str, np.ndarray]] = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """(flat metrics, per-value PCOC) of raw ``pred`` and, if given, ``calibrated`` scores.
 
     ``pred``/``calibrated``: {"pctr", "pctcvr"} [n] (calibrated: what serving/scores
@@ -101,8 +107,7 @@ def calibration_report(pred: dict[str, np.ndarray], click: np.ndarray, conversio
     """
     o = np.asarray(click, np.float64)
     labels = {"ctr": o, "ctcvr": o * np.asarray(conversion, np.float64)}
-    variants = {"raw": {"pctr": np.asarray(pred["pctr"], np.float64),
-                        "pctcvr": np.asarray(pred["pctcvr"], np.float64)}}
+    variants = {"raw": {"pctr": np.asarray(pred["pctr"], np.float64), "pctcvr": np.asarray(pred["pctcvr"], np.float64)}}
     if calibrated is not None:
         variants["cal"] = {k: np.asarray(calibrated[k], np.float64) for k in ("pctr", "pctcvr")}
     flat: dict[str, float] = {}
@@ -113,7 +118,8 @@ def calibration_report(pred: dict[str, np.ndarray], click: np.ndarray, conversio
                 flat[f"{task}_{name}_{variant}"] = v
             for f, vals in field_values.items():
                 per_value.setdefault(f, {}).setdefault(task, {})[variant] = pcoc_by_value(
-                    scores[col], labels[task], vals)
+                    scores[col], labels[task], vals
+                )
     return flat, per_value
 
 
@@ -121,8 +127,13 @@ def format_report(flat: dict[str, float]) -> str:
     """A few lines, raw vs calibrated, for the training output."""
     lines = []
     for task, _ in TASKS:
-        names = sorted({k[len(task) + 1:].rsplit("_", 1)[0] for k in flat
-                        if k.startswith(task + "_") and k.endswith(("_raw", "_cal"))})
+        names = sorted(
+            {
+                k[len(task) + 1 :].rsplit("_", 1)[0]
+                for k in flat
+                if k.startswith(task + "_") and k.endswith(("_raw", "_cal"))
+            }
+        )
         cells = []
         for n in names:
             r, c = flat.get(f"{task}_{n}_raw"), flat.get(f"{task}_{n}_cal")

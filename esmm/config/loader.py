@@ -5,6 +5,7 @@ overrides. Errors are raised as :class:`ConfigError` naming the dotted key,
 before any Spark or torch work starts: an unknown key, a value of the wrong
 type, or an impossible value (each section's ``validate``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,8 @@ from typing import Any, Optional
 
 import yaml
 
-from esmm.config.schema import REPO_ROOT, Config
 from esmm.config.errors import ConfigError
+from esmm.config.schema import REPO_ROOT, Config
 
 DEFAULT_CONF = REPO_ROOT / "conf" / "default.yaml"
 
@@ -39,8 +40,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{key}: expected one of {', '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else ConfigError(f"{key}: expected one of {', '.join(_type_name(a) for a in args)}, got {value!r}")
+        )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
@@ -143,9 +147,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(files: Optional[list[str | Path]] = None,
-                overrides: Optional[list[str]] = None,
-                use_default_file: bool = True) -> Config:
+def load_config(
+    files: Optional[list[str | Path]] = None, overrides: Optional[list[str]] = None, use_default_file: bool = True
+) -> Config:
     """Build the one :class:`Config` of a run.
 
     Order: dataclass defaults < ``conf/default.yaml`` < each of ``files`` <

@@ -11,6 +11,7 @@ Each section's ``validate(key)`` raises :class:`esmm.config.errors.ConfigError` 
 the dotted key: a value of the wrong range or an impossible combination (a
 negative window, an end date before the start date).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +79,11 @@ class SourceConfig:
     path: Optional[str] = None  # default: the lakehouse table of the same name
 
     def validate(self, key: str) -> None:
-        _require(self.format in ("delta", "json", "parquet"), f"{key}.format",
-                 f"{self.format!r} is not one of delta, json, parquet")
+        _require(
+            self.format in ("delta", "json", "parquet"),
+            f"{key}.format",
+            f"{self.format!r} is not one of delta, json, parquet",
+        )
 
 
 @dataclass
@@ -140,8 +144,7 @@ class CategoricalField:
     def validate(self, key: str) -> None:
         _require(bool(self.name), f"{key}.name", "must be a non-empty string")
         _require(self.buckets >= 2, f"{key}.buckets", f"{self.buckets} must be >= 2")
-        _require(self.pooling in POOLINGS, f"{key}.pooling",
-                 f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        _require(self.pooling in POOLINGS, f"{key}.pooling", f"{self.pooling!r} is not one of {', '.join(POOLINGS)}")
         _require(self.max_len >= 1, f"{key}.max_len", f"{self.max_len} must be >= 1")
 
     @property
@@ -167,11 +170,13 @@ class NumericField:
 
     def validate(self, key: str) -> None:
         _require(bool(self.name), f"{key}.name", "must be a non-empty string")
-        _require(self.transform in ("none", "log1p"), f"{key}.transform",
-                 f"{self.transform!r} is not one of none, log1p")
+        _require(
+            self.transform in ("none", "log1p"), f"{key}.transform", f"{self.transform!r} is not one of none, log1p"
+        )
         if self.clip_min is not None and self.clip_max is not None:
-            _require(self.clip_min <= self.clip_max, f"{key}.clip_max",
-                     f"{self.clip_max} is below clip_min {self.clip_min}")
+            _require(
+                self.clip_min <= self.clip_max, f"{key}.clip_max", f"{self.clip_max} is below clip_min {self.clip_min}"
+            )
 
 
 def _default_categorical() -> list[CategoricalField]:
@@ -243,8 +248,9 @@ class LabelConfig:
     def validate(self, key: str) -> None:
         for name in ("click_skew", "click_window", "attribution_window", "max_lateness"):
             parse_duration(getattr(self, name), f"{key}.{name}")
-        _require(0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction",
-                 f"{self.max_bad_fraction} is outside [0, 1]")
+        _require(
+            0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction", f"{self.max_bad_fraction} is outside [0, 1]"
+        )
 
     def seconds(self, name: str) -> int:
         return parse_duration(getattr(self, name), name)
@@ -277,17 +283,17 @@ class GenerateConfig:
         parse_date(self.start_date, f"{key}.start_date")
         parse_duration(self.conversion_delay_median, f"{key}.conversion_delay_median")
         _require(self.days >= 1, f"{key}.days", f"{self.days} must be >= 1")
-        _require(self.impressions_per_day >= 1, f"{key}.impressions_per_day",
-                 f"{self.impressions_per_day} must be >= 1")
-        _require(self.n_users >= 1 and self.n_items >= 1, f"{key}.n_users",
-                 "n_users and n_items must be >= 1")
+        _require(
+            self.impressions_per_day >= 1, f"{key}.impressions_per_day", f"{self.impressions_per_day} must be >= 1"
+        )
+        _require(self.n_users >= 1 and self.n_items >= 1, f"{key}.n_users", "n_users and n_items must be >= 1")
         _require(self.partitions_per_day >= 1, f"{key}.partitions_per_day", "must be >= 1")
         _require(0.0 < self.ctr < 0.5, f"{key}.ctr", f"{self.ctr} must be in (0, 0.5)")
         _require(0.0 < self.cvr < 0.5, f"{key}.cvr", f"{self.cvr} must be in (0, 0.5)")
-        _require(-1.0 <= self.selection_bias <= 1.0, f"{key}.selection_bias",
-                 f"{self.selection_bias} is outside [-1, 1]")
-        for name in ("multi_click_rate", "duplicate_rate", "late_rate", "no_click_id_rate",
-                     "malformed_rate"):
+        _require(
+            -1.0 <= self.selection_bias <= 1.0, f"{key}.selection_bias", f"{self.selection_bias} is outside [-1, 1]"
+        )
+        for name in ("multi_click_rate", "duplicate_rate", "late_rate", "no_click_id_rate", "malformed_rate"):
             v = getattr(self, name)
             _require(0.0 <= v <= 1.0, f"{key}.{name}", f"{v} is outside [0, 1]")
 
@@ -335,20 +341,32 @@ class ModelConfig:
     ips_normalization: str = "all"
 
     def validate(self, key: str) -> None:
-        _require(self.kind in MODEL_KINDS, f"{key}.kind",
-                 f"{self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        _require(self.kind in MODEL_KINDS, f"{key}.kind", f"{self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
         _require(self.embedding_dim >= 1, f"{key}.embedding_dim", f"{self.embedding_dim} must be >= 1")
-        _require(len(self.tower) >= 1 and all(h >= 1 for h in self.tower), f"{key}.tower",
-                 f"{self.tower} must be a non-empty list of positive sizes")
+        _require(
+            len(self.tower) >= 1 and all(h >= 1 for h in self.tower),
+            f"{key}.tower",
+            f"{self.tower} must be a non-empty list of positive sizes",
+        )
         _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", f"{self.dropout} is outside [0, 1)")
-        _require(self.sparse_embedding in (True, False, "auto"), f"{key}.sparse_embedding",
-                 f"{self.sparse_embedding!r} is not one of auto, true, false")
-        _require(0.0 < self.propensity_clip <= 1.0, f"{key}.propensity_clip",
-                 f"{self.propensity_clip} is outside (0, 1]")
-        _require(self.propensity_calibration in PROPENSITY_CALIBRATIONS, f"{key}.propensity_calibration",
-                 f"{self.propensity_calibration!r} is not one of {', '.join(PROPENSITY_CALIBRATIONS)}")
-        _require(self.ips_normalization in IPS_NORMALIZATIONS, f"{key}.ips_normalization",
-                 f"{self.ips_normalization!r} is not one of {', '.join(IPS_NORMALIZATIONS)}")
+        _require(
+            self.sparse_embedding in (True, False, "auto"),
+            f"{key}.sparse_embedding",
+            f"{self.sparse_embedding!r} is not one of auto, true, false",
+        )
+        _require(
+            0.0 < self.propensity_clip <= 1.0, f"{key}.propensity_clip", f"{self.propensity_clip} is outside (0, 1]"
+        )
+        _require(
+            self.propensity_calibration in PROPENSITY_CALIBRATIONS,
+            f"{key}.propensity_calibration",
+            f"{self.propensity_calibration!r} is not one of {', '.join(PROPENSITY_CALIBRATIONS)}",
+        )
+        _require(
+            self.ips_normalization in IPS_NORMALIZATIONS,
+            f"{key}.ips_normalization",
+            f"{self.ips_normalization!r} is not one of {', '.join(IPS_NORMALIZATIONS)}",
+        )
         for name in ("ctcvr_weight", "cvr_risk_weight", "imputation_weight"):
             _require(getattr(self, name) >= 0.0, f"{key}.{name}", f"{getattr(self, name)} must be >= 0")
 
@@ -404,23 +422,39 @@ class TrainConfig:
             if v is not None:
                 parse_date(v, f"{key}.{name}")
         if self.train_start and self.train_end:
-            _require(parse_date(self.train_end) >= parse_date(self.train_start), f"{key}.train_end",
-                     f"{self.train_end} is before train_start {self.train_start}")
+            _require(
+                parse_date(self.train_end) >= parse_date(self.train_start),
+                f"{key}.train_end",
+                f"{self.train_end} is before train_start {self.train_start}",
+            )
         for i, d in enumerate(self.eval_dates):
             parse_date(d, f"{key}.eval_dates[{i}]")
         _require(self.epochs >= 1, f"{key}.epochs", f"{self.epochs} must be >= 1")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
         _require(self.lr > 0 and self.embedding_lr > 0, f"{key}.lr", "lr and embedding_lr must be > 0")
-        _require(self.embedding_optimizer in ("sparse_adam", "adagrad"), f"{key}.embedding_optimizer",
-                 f"{self.embedding_optimizer!r} is not one of sparse_adam, adagrad")
-        _require(self.lr_schedule in ("constant", "linear"), f"{key}.lr_schedule",
-                 f"{self.lr_schedule!r} is not one of constant, linear")
-        _require(0.0 <= self.lr_final_fraction <= 1.0, f"{key}.lr_final_fraction",
-                 f"{self.lr_final_fraction} must be in [0, 1]")
-        _require(self.device in ("auto", "cpu", "cuda"), f"{key}.device",
-                 f"{self.device!r} is not one of auto, cpu, cuda")
-        _require(not (self.amp and self.device == "cpu"), f"{key}.amp",
-                 "true needs a GPU (bf16 autocast on CUDA) but train.device=cpu; set train.amp=false")
+        _require(
+            self.embedding_optimizer in ("sparse_adam", "adagrad"),
+            f"{key}.embedding_optimizer",
+            f"{self.embedding_optimizer!r} is not one of sparse_adam, adagrad",
+        )
+        _require(
+            self.lr_schedule in ("constant", "linear"),
+            f"{key}.lr_schedule",
+            f"{self.lr_schedule!r} is not one of constant, linear",
+        )
+        _require(
+            0.0 <= self.lr_final_fraction <= 1.0,
+            f"{key}.lr_final_fraction",
+            f"{self.lr_final_fraction} must be in [0, 1]",
+        )
+        _require(
+            self.device in ("auto", "cpu", "cuda"), f"{key}.device", f"{self.device!r} is not one of auto, cpu, cuda"
+        )
+        _require(
+            not (self.amp and self.device == "cpu"),
+            f"{key}.amp",
+            "true needs a GPU (bf16 autocast on CUDA) but train.device=cpu; set train.amp=false",
+        )
         _require(self.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "must be >= 0")
         _require(self.torch_threads >= 0, f"{key}.torch_threads", "must be >= 0")
         _require(self.reader_workers >= 1, f"{key}.reader_workers", "must be >= 1")
@@ -431,8 +465,10 @@ class TrainConfig:
     @property
     def dates(self) -> list[str]:
         if not (self.train_start and self.train_end):
-            raise ConfigError("train.train_start and train.train_end must be set "
-                              "(e.g. --train-start 2026-11-01 --train-end 2026-11-05)")
+            raise ConfigError(
+                "train.train_start and train.train_end must be set "
+                "(e.g. --train-start 2026-11-01 --train-end 2026-11-05)"
+            )
         return date_range(self.train_start, self.train_end)
 
 
@@ -451,8 +487,11 @@ class ScoreConfig:
         _require(len(self.key_columns) > 0, f"{key}.key_columns", "needs at least one column")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
         _require(self.torch_threads >= 0, f"{key}.torch_threads", f"{self.torch_threads} must be >= 0")
-        _require(self.write_mode in ("replace", "merge"), f"{key}.write_mode",
-                 f"{self.write_mode!r} is not one of replace, merge")
+        _require(
+            self.write_mode in ("replace", "merge"),
+            f"{key}.write_mode",
+            f"{self.write_mode!r} is not one of replace, merge",
+        )
 
 
 @dataclass
@@ -473,15 +512,18 @@ class GateConfig:
     # Keys of earlier versions, refused with what replaced them.
     REMOVED_KEYS: ClassVar[dict[str, str]] = {
         "max_auc_drop": "a fixed allowed AUC drop ignored the noise of the day; the gate now tests the "
-                        "AUC difference against its DeLong standard error at level nightly.gate.alpha",
+        "AUC difference against its DeLong standard error at level nightly.gate.alpha",
     }
 
     def validate(self, key: str) -> None:
         _require(0.0 < self.alpha < 0.5, f"{key}.alpha", f"{self.alpha} must be in (0, 0.5)")
         _require(self.min_conversions >= 1, f"{key}.min_conversions", f"{self.min_conversions} must be >= 1")
-        _require(0.0 < self.calibration_min <= 1.0 <= self.calibration_max, f"{key}.calibration_min",
-                 f"need 0 < calibration_min <= 1 <= calibration_max, got "
-                 f"[{self.calibration_min}, {self.calibration_max}]")
+        _require(
+            0.0 < self.calibration_min <= 1.0 <= self.calibration_max,
+            f"{key}.calibration_min",
+            f"need 0 < calibration_min <= 1 <= calibration_max, got "
+            f"[{self.calibration_min}, {self.calibration_max}]",
+        )
 
 
 @dataclass
@@ -500,10 +542,14 @@ class NightlyConfig:
     def validate(self, key: str) -> None:
         _require(self.train_days >= 1, f"{key}.train_days", f"{self.train_days} must be >= 1")
         _require(self.score_days >= 1, f"{key}.score_days", f"{self.score_days} must be >= 1")
-        _require(self.eval_day in ("mature", "latest"), f"{key}.eval_day",
-                 f"{self.eval_day!r} is not one of mature, latest")
-        _require(self.train_launcher in ("inprocess", "torchrun"), f"{key}.train_launcher",
-                 f"{self.train_launcher!r} is not one of inprocess, torchrun")
+        _require(
+            self.eval_day in ("mature", "latest"), f"{key}.eval_day", f"{self.eval_day!r} is not one of mature, latest"
+        )
+        _require(
+            self.train_launcher in ("inprocess", "torchrun"),
+            f"{key}.train_launcher",
+            f"{self.train_launcher!r} is not one of inprocess, torchrun",
+        )
         _require(self.torchrun_nproc >= 1, f"{key}.torchrun_nproc", "must be >= 1")
         parse_duration(self.lock_stale_after, f"{key}.lock_stale_after")
 
@@ -526,9 +572,12 @@ class TrackingConfig:
     def validate(self, key: str) -> None:
         _require(bool(self.experiment.strip()), f"{key}.experiment", "must be a non-empty name")
         scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", self.uri)
-        _require(not scheme or scheme.group(1).lower() in _TRACKING_SCHEMES, f"{key}.uri",
-                 f"{self.uri!r}: scheme {scheme.group(1) if scheme else ''!r} is not one of "
-                 f"{', '.join(_TRACKING_SCHEMES)} (or leave it empty for <lakehouse.root>/mlruns)")
+        _require(
+            not scheme or scheme.group(1).lower() in _TRACKING_SCHEMES,
+            f"{key}.uri",
+            f"{self.uri!r}: scheme {scheme.group(1) if scheme else ''!r} is not one of "
+            f"{', '.join(_TRACKING_SCHEMES)} (or leave it empty for <lakehouse.root>/mlruns)",
+        )
         _require(all(k.strip() for k in self.tags), f"{key}.tags", "tag names must be non-empty")
 
 
@@ -554,8 +603,9 @@ class AliccpConfig:
     def validate(self, key: str) -> None:
         dates = [parse_date(getattr(self, n), f"{key}.{n}") for n in ("train_date", "val_date", "test_date")]
         _require(len(set(dates)) == 3, key, f"train_date, val_date and test_date must differ, got {dates}")
-        _require(0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction",
-                 f"{self.max_bad_fraction} is outside [0, 1]")
+        _require(
+            0.0 <= self.max_bad_fraction <= 1.0, f"{key}.max_bad_fraction", f"{self.max_bad_fraction} is outside [0, 1]"
+        )
 
     def date_of(self, split: str) -> str:
         return getattr(self, f"{split}_date")
@@ -582,8 +632,9 @@ class CalibrationConfig:
     report_fields: list[str] = field(default_factory=lambda: ["position", "device"])
 
     def validate(self, key: str) -> None:
-        _require(self.method in ("isotonic", "platt"), f"{key}.method",
-                 f"{self.method!r} is not one of isotonic, platt")
+        _require(
+            self.method in ("isotonic", "platt"), f"{key}.method", f"{self.method!r} is not one of isotonic, platt"
+        )
         _require(self.min_count >= 1, f"{key}.min_count", f"{self.min_count} must be >= 1")
         _require(self.days >= 1, f"{key}.days", f"{self.days} must be >= 1")
         for i, d in enumerate(self.dates):

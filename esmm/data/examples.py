@@ -20,6 +20,7 @@ mask: not an embedding row). ``W`` = :func:`cat_width` (``F`` without multi fiel
 A :class:`Batch` holds ``cat`` [B, W] long, ``num`` [B, N] float, ``click`` [B]
 float and ``conversion`` [B] float, column order = spec order.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -123,8 +124,9 @@ def latest_version(table_path: str) -> int:
     try:
         return DeltaTable(table_path).version()
     except TableNotFoundError as e:
-        raise FileNotFoundError(f"no Delta table at {table_path}; run `esmm features` (the examples "
-                                f"job) first") from e
+        raise FileNotFoundError(
+            f"no Delta table at {table_path}; run `esmm features` (the examples " f"job) first"
+        ) from e
 
 
 def resolve_snapshot(table_path: str, dates: list[str], version: Optional[int] = None) -> Snapshot:
@@ -142,10 +144,13 @@ def resolve_snapshot(table_path: str, dates: list[str], version: Optional[int] =
         raise FileNotFoundError(f"{table_path}: cannot open Delta version {version}: {e}") from e
     files = table.file_uris(partition_filters=[("dt", "in", list(dates))])
     if not files:
-        raise FileNotFoundError(f"{table_path} version {version} has no files for dt in "
-                                f"{dates[0]}..{dates[-1]}; build the examples for these dates first")
-    return Snapshot(table_path, version, tuple(dates), tuple(sorted(_url(f) for f in files)),
-                    _logged_rows(table, dates))
+        raise FileNotFoundError(
+            f"{table_path} version {version} has no files for dt in "
+            f"{dates[0]}..{dates[-1]}; build the examples for these dates first"
+        )
+    return Snapshot(
+        table_path, version, tuple(dates), tuple(sorted(_url(f) for f in files)), _logged_rows(table, dates)
+    )
 
 
 def _logged_rows(table, dates: list[str]) -> Optional[int]:
@@ -164,17 +169,16 @@ def _logged_rows(table, dates: list[str]) -> Optional[int]:
 
 @dataclass
 class Batch:
-    cat: Tensor         # [B, W] long
-    num: Tensor         # [B, N] float
-    click: Tensor       # [B] float
+    cat: Tensor  # [B, W] long
+    num: Tensor  # [B, N] float
+    click: Tensor  # [B] float
     conversion: Tensor  # [B] float
 
     def __len__(self) -> int:
         return self.click.shape[0]
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.cat, self.num, self.click,
-                                                                    self.conversion)))
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.cat, self.num, self.click, self.conversion)))
 
 
 def to_batch(cols: dict[str, Tensor], spec: FeatureSpec, mature_only: bool) -> Batch:
@@ -204,10 +208,19 @@ def _columns(spec: FeatureSpec) -> list[str]:
 
 
 @contextlib.contextmanager
-def example_batches(snapshot: Snapshot, spec: FeatureSpec, batch_size: int, *,
-                    mature_only: bool = True, shuffle: bool = True, seed: int = 0,
-                    shuffle_buffer: int = 50_000, cur_shard: int = 0, shard_count: int = 1,
-                    workers: int = 2) -> Iterator[Iterator[Batch]]:
+def example_batches(
+    snapshot: Snapshot,
+    spec: FeatureSpec,
+    batch_size: int,
+    *,
+    mature_only: bool = True,
+    shuffle: bool = True,
+    seed: int = 0,
+    shuffle_buffer: int = 50_000,
+    cur_shard: int = 0,
+    shard_count: int = 1,
+    workers: int = 2,
+) -> Iterator[Iterator[Batch]]:
     """One pass over this rank's shard of ``snapshot`` as :class:`Batch` es.
 
     Petastorm's ``make_batch_reader`` reads the snapshot's files (row groups in
@@ -236,16 +249,25 @@ def example_batches(snapshot: Snapshot, spec: FeatureSpec, batch_size: int, *,
             yield iter(())
             return
     try:
-        reader = make_batch_reader(files, schema_fields=_columns(spec), num_epochs=1,
-                                   shuffle_row_groups=shuffle, seed=seed, cur_shard=cur_shard,
-                                   shard_count=shard_count, workers_count=workers,
-                                   transform_spec=_pad_transform(spec))
+        reader = make_batch_reader(
+            files,
+            schema_fields=_columns(spec),
+            num_epochs=1,
+            shuffle_row_groups=shuffle,
+            seed=seed,
+            cur_shard=cur_shard,
+            shard_count=shard_count,
+            workers_count=workers,
+            transform_spec=_pad_transform(spec),
+        )
     except Exception as e:
-        raise ValueError(f"{snapshot.table_path} v{snapshot.version}: cannot read examples "
-                         f"(columns {_columns(spec)}): {e}") from e
+        raise ValueError(
+            f"{snapshot.table_path} v{snapshot.version}: cannot read examples " f"(columns {_columns(spec)}): {e}"
+        ) from e
     with reader:
-        loader = BatchedDataLoader(reader, batch_size=batch_size,
-                                   shuffling_queue_capacity=shuffle_buffer if shuffle else 0)
+        loader = BatchedDataLoader(
+            reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer if shuffle else 0
+        )
         yield (b for b in (to_batch(cols, spec, mature_only) for cols in loader) if len(b))
 
 
@@ -263,7 +285,7 @@ def _row_group_count(files: list[str]) -> int:
 
 
 def _local_paths(snapshot: Snapshot) -> list[str]:
-    return [f[len("file://"):] if f.startswith("file://") else f for f in snapshot.files]
+    return [f[len("file://") :] if f.startswith("file://") else f for f in snapshot.files]
 
 
 def _mature(batch) -> np.ndarray:
@@ -278,8 +300,7 @@ def read_arrow(snapshot: Snapshot, columns: list[str], filter_mature: bool = Fal
     return table.filter(_mature(table)) if filter_mature else table
 
 
-def arrow_batches(snapshot: Snapshot, columns: list[str], batch_size: int,
-                  filter_mature: bool = False) -> Iterator:
+def arrow_batches(snapshot: Snapshot, columns: list[str], batch_size: int, filter_mature: bool = False) -> Iterator:
     """The snapshot's rows as pyarrow RecordBatches of at most ``batch_size`` rows (none empty).
 
     Evaluation streams a day through these, so a multi-valued field is packed into
@@ -287,8 +308,7 @@ def arrow_batches(snapshot: Snapshot, columns: list[str], batch_size: int,
     """
     import pyarrow.dataset as ds
 
-    for rb in ds.dataset(_local_paths(snapshot), format="parquet").to_batches(
-            columns=columns, batch_size=batch_size):
+    for rb in ds.dataset(_local_paths(snapshot), format="parquet").to_batches(columns=columns, batch_size=batch_size):
         if filter_mature:
             rb = rb.filter(_mature(rb))
         if rb.num_rows:

@@ -22,6 +22,7 @@ Intervals are two-sided at ``level`` (0.95 by default); the paired tests return
 ``p_worse``, the one-sided p-value of the null "the candidate is not worse": small
 only when the candidate is worse beyond the noise.
 """
+
 from __future__ import annotations
 
 import math
@@ -163,12 +164,17 @@ def logloss_test(candidate: np.ndarray, champion: np.ndarray, labels: np.ndarray
     lc, lh = row_logloss(candidate, labels), row_logloss(champion, labels)
     d = lc - lh
     if len(d) < 2:
-        return {"candidate": math.nan, "champion": math.nan, "diff": math.nan, "se": math.nan,
-                "z": math.nan, "p_worse": math.nan}
+        return {
+            "candidate": math.nan,
+            "champion": math.nan,
+            "diff": math.nan,
+            "se": math.nan,
+            "z": math.nan,
+            "p_worse": math.nan,
+        }
     diff, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
     z, p = paired_test(diff, se, higher_is_better=False)
-    return {"candidate": float(lc.mean()), "champion": float(lh.mean()), "diff": diff, "se": se,
-            "z": z, "p_worse": p}
+    return {"candidate": float(lc.mean()), "champion": float(lh.mean()), "diff": diff, "se": se, "z": z, "p_worse": p}
 
 
 def poisson_interval(count: float, level: float = 0.95) -> tuple[float, float]:
@@ -210,8 +216,9 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[
     return lo, hi
 
 
-def metric_intervals(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
-                     level: float = 0.95) -> dict[str, list[float]]:
+def metric_intervals(
+    pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray, level: float = 0.95
+) -> dict[str, list[float]]:
     """``metric -> [lo, hi]`` for the metrics of :func:`esmm.evaluation.metrics.compute_metrics`
     that are measured on labelled rows (AUCs, mean log losses, calibration ratios).
 
@@ -220,9 +227,11 @@ def metric_intervals(pred: dict[str, np.ndarray], click: np.ndarray, conversion:
     o = np.asarray(click, dtype=np.float64)
     y = o * np.asarray(conversion, dtype=np.float64)
     c = o > 0
-    tasks = {"ctr": (pred["pctr"], o, "ctr_auc", "ctr_logloss", "ctr_calibration"),
-             "cvr": (pred["pcvr"][c], y[c], "cvr_auc_clicked", "cvr_logloss_clicked", "cvr_calibration_clicked"),
-             "ctcvr": (pred["pctcvr"], y, "ctcvr_auc", "ctcvr_logloss", "ctcvr_calibration")}
+    tasks = {
+        "ctr": (pred["pctr"], o, "ctr_auc", "ctr_logloss", "ctr_calibration"),
+        "cvr": (pred["pcvr"][c], y[c], "cvr_auc_clicked", "cvr_logloss_clicked", "cvr_calibration_clicked"),
+        "ctcvr": (pred["pctcvr"], y, "ctcvr_auc", "ctcvr_logloss", "ctcvr_calibration"),
+    }
     out: dict[str, list[float]] = {}
     for p, t, auc_name, ll_name, cal_name in tasks.values():
         if len(t) == 0:
@@ -233,8 +242,13 @@ def metric_intervals(pred: dict[str, np.ndarray], click: np.ndarray, conversion:
     return out
 
 
-def paired_intervals(cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], click: np.ndarray,
-                     conversion: np.ndarray, level: float = 0.95) -> dict[str, list[float]]:
+def paired_intervals(
+    cand: dict[str, np.ndarray],
+    champ: dict[str, np.ndarray],
+    click: np.ndarray,
+    conversion: np.ndarray,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
     """``metric -> [lo, hi]`` of candidate - champion on the same rows (AUCs: DeLong;
     log losses: per-row differences)."""
     o = np.asarray(click, dtype=np.float64)
@@ -242,9 +256,11 @@ def paired_intervals(cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], 
     c = o > 0
     z = z_of(level)
     out: dict[str, list[float]] = {}
-    for key, auc_name, ll_name, rows, t in (("pctr", "ctr_auc", "ctr_logloss", slice(None), o),
-                                             ("pcvr", "cvr_auc_clicked", "cvr_logloss_clicked", c, y[c]),
-                                             ("pctcvr", "ctcvr_auc", "ctcvr_logloss", slice(None), y)):
+    for key, auc_name, ll_name, rows, t in (
+        ("pctr", "ctr_auc", "ctr_logloss", slice(None), o),
+        ("pcvr", "cvr_auc_clicked", "cvr_logloss_clicked", c, y[c]),
+        ("pctcvr", "ctcvr_auc", "ctcvr_logloss", slice(None), y),
+    ):
         a, b = cand[key][rows], champ[key][rows]
         if len(t) < 2:
             continue
@@ -255,8 +271,7 @@ def paired_intervals(cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], 
     return out
 
 
-def reliability_bins(p: np.ndarray, labels: np.ndarray, n_bins: int = 10,
-                     level: float = 0.95) -> dict[str, np.ndarray]:
+def reliability_bins(p: np.ndarray, labels: np.ndarray, n_bins: int = 10, level: float = 0.95) -> dict[str, np.ndarray]:
     """Equal-count bins of ``p`` for a reliability diagram, each with its Wilson interval.
 
     Returns arrays [b]: ``mean_pred``, ``rate`` (observed), ``n`` (rows),
@@ -268,5 +283,11 @@ def reliability_bins(p: np.ndarray, labels: np.ndarray, n_bins: int = 10,
     n = np.array([len(c) for c in chunks], dtype=np.float64)
     k = np.array([y[c].sum() for c in chunks], dtype=np.float64)
     lo, hi = wilson_interval(k, n, level)
-    return {"mean_pred": np.array([p[c].mean() for c in chunks]), "rate": k / np.maximum(n, 1), "n": n,
-            "positives": k, "lo": lo, "hi": hi}
+    return {
+        "mean_pred": np.array([p[c].mean() for c in chunks]),
+        "rate": k / np.maximum(n, 1),
+        "n": n,
+        "positives": k,
+        "lo": lo,
+        "hi": hi,
+    }

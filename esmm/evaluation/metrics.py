@@ -30,6 +30,7 @@ Bernoulli(true_cvr) draws of "would convert if clicked": the entire-space CVR
 ranking quality ESMM claims, without the noise of one draw, and it needs
 no counterfactual labels, which real logs never have.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,6 +45,7 @@ from esmm.data.examples import Snapshot, arrow_batches, pack_categorical
 
 if TYPE_CHECKING:
     from esmm.calibration.maps import CalibrationMaps
+
 
 def auc(scores: np.ndarray, labels: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
     """Rank AUC with ties counted one half; ``labels`` in [0, 1] may be soft.
@@ -84,16 +86,21 @@ def calibration(p: np.ndarray, y: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch_size: int = 16384,
-            device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+def predict(
+    model: torch.nn.Module,
+    cat: np.ndarray,
+    num: np.ndarray,
+    batch_size: int = 16384,
+    device: str | torch.device = "cpu",
+) -> dict[str, np.ndarray]:
     """cat [n, W] int (esmm.data.examples.pack_categorical), num [n, N] float -> {'pctr', 'pcvr', 'pctcvr'} float64 [n]."""
     net = getattr(model, "module", model)
     was_training = net.training
     net.eval()
     out: dict[str, list[np.ndarray]] = {"pctr": [], "pcvr": [], "pctcvr": []}
     for i in range(0, len(cat), batch_size):
-        c = torch.as_tensor(cat[i:i + batch_size], dtype=torch.long, device=device)
-        x = torch.as_tensor(num[i:i + batch_size], dtype=torch.float32, device=device)
+        c = torch.as_tensor(cat[i : i + batch_size], dtype=torch.long, device=device)
+        x = torch.as_tensor(num[i : i + batch_size], dtype=torch.float32, device=device)
         res = net(c, x)
         for k in out:
             out[k].append(res[k].double().cpu().numpy())
@@ -101,9 +108,16 @@ def predict(model: torch.nn.Module, cat: np.ndarray, num: np.ndarray, batch_size
     return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
 
 
-def predict_rows(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, keep: list[str], *,
-                 mature_only: bool = True, batch_size: int = 16384, device: str | torch.device = "cpu"
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def predict_rows(
+    model: torch.nn.Module,
+    snapshot: Snapshot,
+    spec: FeatureSpec,
+    keep: list[str],
+    *,
+    mature_only: bool = True,
+    batch_size: int = 16384,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Scores of ``snapshot``'s rows: (predictions {'pctr', 'pcvr', 'pctcvr'} float64 [n],
     {column in ``keep``: its values [n]}), rows in file order (label-mature only when ``mature_only``).
 
@@ -111,8 +125,9 @@ def predict_rows(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, 
     num [B, N]) and scored on its own: memory holds one batch's padded multi-valued ids,
     never a whole day's [n, W] matrix.
     """
-    columns = list(dict.fromkeys([*keep, "label_mature", *(f.name for f in spec.categorical),
-                                  *(f.name for f in spec.numeric)]))
+    columns = list(
+        dict.fromkeys([*keep, "label_mature", *(f.name for f in spec.categorical), *(f.name for f in spec.numeric)])
+    )
     preds: list[dict[str, np.ndarray]] = []
     kept: dict[str, list[np.ndarray]] = {c: [] for c in keep}
     for rb in arrow_batches(snapshot, columns, batch_size, mature_only):
@@ -127,16 +142,22 @@ def predict_rows(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, 
     return pred, {c: np.concatenate(v) if v else np.zeros(0) for c, v in kept.items()}
 
 
-def compute_metrics(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
-                    true_cvr: Optional[np.ndarray] = None,
-                    potential_conversion: Optional[np.ndarray] = None,
-                    true_ctr: Optional[np.ndarray] = None) -> dict[str, float]:
+def compute_metrics(
+    pred: dict[str, np.ndarray],
+    click: np.ndarray,
+    conversion: np.ndarray,
+    true_cvr: Optional[np.ndarray] = None,
+    potential_conversion: Optional[np.ndarray] = None,
+    true_ctr: Optional[np.ndarray] = None,
+) -> dict[str, float]:
     """All metrics of the module docstring from predictions and labels (arrays [n])."""
     o = np.asarray(click, dtype=np.float64)
     y = o * np.asarray(conversion, dtype=np.float64)
     c = o > 0
     m = {
-        "rows": float(len(o)), "clicks": float(o.sum()), "conversions": float(y.sum()),
+        "rows": float(len(o)),
+        "clicks": float(o.sum()),
+        "conversions": float(y.sum()),
         "ctr_auc": auc(pred["pctr"], o),
         "cvr_auc_clicked": auc(pred["pcvr"][c], y[c]),
         "ctcvr_auc": auc(pred["pctcvr"], y),
@@ -185,11 +206,19 @@ def read_truth(truth_path: str, dates: list[str]):
     return t.to_pyarrow_table(partitions=[("dt", "in", list(dates))], columns=cols).to_pandas()
 
 
-def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
-             truth_path: Optional[str] = None, mature_only: bool = True, batch_size: int = 16384,
-             out_dir: Optional[str | Path] = None, device: str | torch.device = "cpu",
-             predictions_path: Optional[str | Path] = None,
-             calibration: Optional[CalibrationMaps] = None) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    snapshot: Snapshot,
+    spec: FeatureSpec,
+    *,
+    truth_path: Optional[str] = None,
+    mature_only: bool = True,
+    batch_size: int = 16384,
+    out_dir: Optional[str | Path] = None,
+    device: str | torch.device = "cpu",
+    predictions_path: Optional[str | Path] = None,
+    calibration: Optional[CalibrationMaps] = None,
+) -> dict[str, float]:
     """Metrics of ``model`` on the rows of ``snapshot`` (the evaluation dates).
 
     Rows with immature labels are left out when ``mature_only`` (their missing
@@ -205,8 +234,9 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
     """
     fields = list(calibration.fields) if calibration is not None else []
     keep = list(dict.fromkeys(["impression_id", "click", "conversion", *fields]))
-    pred, cols = predict_rows(model, snapshot, spec, keep, mature_only=mature_only,
-                              batch_size=batch_size, device=device)
+    pred, cols = predict_rows(
+        model, snapshot, spec, keep, mature_only=mature_only, batch_size=batch_size, device=device
+    )
     if calibration is not None:
         from esmm.calibration.maps import apply
 
@@ -221,15 +251,24 @@ def evaluate(model: torch.nn.Module, snapshot: Snapshot, spec: FeatureSpec, *,
         import pandas as pd
 
         joined = pd.DataFrame({"impression_id": ids, "_row": np.arange(len(ids))}).merge(
-            truth.drop_duplicates("impression_id"), on="impression_id", how="inner")
+            truth.drop_duplicates("impression_id"), on="impression_id", how="inner"
+        )
         rows = joined["_row"].to_numpy()
         metrics["truth_coverage"] = float(len(rows) / max(len(ids), 1))
         sub = {k: v[rows] for k, v in pred.items()}
         pot = joined["potential_conversion"].to_numpy() if "potential_conversion" in joined else None
         tctr = joined["true_ctr"].to_numpy() if "true_ctr" in joined else None
         tm = compute_metrics(sub, click[rows], conv[rows], joined["true_cvr"].to_numpy(), pot, tctr)
-        for k in ("cvr_auc_all_truth", "pcvr_bias_all", "pcvr_bias_clicked", "pcvr_over_all",
-                  "pcvr_over_clicked", "cvr_auc_all_potential", "pctr_over_truth", "pctcvr_over_truth"):
+        for k in (
+            "cvr_auc_all_truth",
+            "pcvr_bias_all",
+            "pcvr_bias_clicked",
+            "pcvr_over_all",
+            "pcvr_over_clicked",
+            "cvr_auc_all_potential",
+            "pctr_over_truth",
+            "pctcvr_over_truth",
+        ):
             if k in tm:
                 metrics[k] = tm[k]
     if out_dir is not None:
@@ -250,8 +289,9 @@ def _bins(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.nda
     return (np.array([p[c].mean() for c in chunks]), np.array([y[c].mean() for c in chunks]))
 
 
-def reliability_diagram(pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray,
-                        path: Path, n_bins: int = 10) -> Path:
+def reliability_diagram(
+    pred: dict[str, np.ndarray], click: np.ndarray, conversion: np.ndarray, path: Path, n_bins: int = 10
+) -> Path:
     """PNG with one panel per task: observed rate vs mean prediction in equal-count bins."""
     import matplotlib
 
@@ -261,9 +301,11 @@ def reliability_diagram(pred: dict[str, np.ndarray], click: np.ndarray, conversi
     o = np.asarray(click, dtype=np.float64)
     y = o * np.asarray(conversion, dtype=np.float64)
     c = o > 0
-    panels = [("CTR (all impressions)", pred["pctr"], o),
-              ("CVR (clicked impressions)", pred["pcvr"][c], y[c]),
-              ("CTCVR (all impressions)", pred["pctcvr"], y)]
+    panels = [
+        ("CTR (all impressions)", pred["pctr"], o),
+        ("CVR (clicked impressions)", pred["pcvr"][c], y[c]),
+        ("CTCVR (all impressions)", pred["pctcvr"], y),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (title, p, t) in zip(axes, panels):
         mp, obs = _bins(p, t, n_bins)

@@ -4,6 +4,7 @@ The evaluation writes them (:func:`save_predictions`); the nightly gate
 (:mod:`pipelines.nightly.gate`) and the run report read them back and pair a
 candidate's rows with a champion's (:func:`align`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,15 +14,20 @@ import numpy as np
 PREDICTION_COLUMNS = ("impression_id", "click", "conversion", "pctr", "pcvr", "pctcvr")
 
 
-def save_predictions(path: str | Path, impression_id: np.ndarray, click: np.ndarray, conversion: np.ndarray,
-                     pred: dict[str, np.ndarray]) -> Path:
+def save_predictions(
+    path: str | Path, impression_id: np.ndarray, click: np.ndarray, conversion: np.ndarray, pred: dict[str, np.ndarray]
+) -> Path:
     """Write one model's per-row evaluation scores as ``.npz`` (columns :data:`PREDICTION_COLUMNS`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, impression_id=np.asarray(impression_id).astype(str), click=np.asarray(click, np.float64),
-             conversion=np.asarray(conversion, np.float64),
-             **{k: np.asarray(pred[k], np.float64) for k in ("pctr", "pcvr", "pctcvr")})
+    tmp = path.with_name(path.name + ".tmp.npz")  # np.savez appends .npz to other names
+    np.savez(
+        tmp,
+        impression_id=np.asarray(impression_id).astype(str),
+        click=np.asarray(click, np.float64),
+        conversion=np.asarray(conversion, np.float64),
+        **{k: np.asarray(pred[k], np.float64) for k in ("pctr", "pcvr", "pctcvr")},
+    )
     tmp.replace(path)
     return path
 
@@ -34,8 +40,9 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
         return {c: z[c] for c in PREDICTION_COLUMNS}
 
 
-def align(cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], names: tuple[str, str] = ("candidate", "champion")
-          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def align(
+    cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], names: tuple[str, str] = ("candidate", "champion")
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The two models' predictions in one row order (by impression_id).
 
     Raises ValueError, naming what differs, unless both cover exactly the same
@@ -46,14 +53,18 @@ def align(cand: dict[str, np.ndarray], champ: dict[str, np.ndarray], names: tupl
         ia, ib = np.argsort(a_ids, kind="mergesort"), np.argsort(b_ids, kind="mergesort")
         if len(a_ids) != len(b_ids) or not np.array_equal(a_ids[ia], b_ids[ib]):
             only = sorted(set(a_ids.tolist()) ^ set(b_ids.tolist()))[:5]
-            raise ValueError(f"gate: the {names[0]} was scored on {len(a_ids)} rows, the {names[1]} on "
-                             f"{len(b_ids)}; they differ (e.g. impression_id {only}): score both on the "
-                             f"same evaluation rows")
+            raise ValueError(
+                f"gate: the {names[0]} was scored on {len(a_ids)} rows, the {names[1]} on "
+                f"{len(b_ids)}; they differ (e.g. impression_id {only}): score both on the "
+                f"same evaluation rows"
+            )
         cand, champ = {k: v[ia] for k, v in cand.items()}, {k: v[ib] for k, v in champ.items()}
     for col in ("click", "conversion"):
         if not np.array_equal(cand[col], champ[col]):
-            raise ValueError(f"gate: the {names[0]}'s and the {names[1]}'s evaluation rows have different "
-                             f"'{col}' labels; they were read from different versions of the examples")
+            raise ValueError(
+                f"gate: the {names[0]}'s and the {names[1]}'s evaluation rows have different "
+                f"'{col}' labels; they were read from different versions of the examples"
+            )
     return cand, champ
 
 

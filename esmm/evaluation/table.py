@@ -1,23 +1,43 @@
 """The one order of evaluation metrics and the one way to print them as text.
 
-Used by ``esmm evaluate``, ``esmm bench`` (:mod:`jobs.bench_quality`) and the
+Used by ``esmm evaluate``, ``esmm bench`` (:mod:`benchmarks.quality`) and the
 nightly report (:mod:`pipelines.report.page`: its HTML table and the demo's text
 table). Metric names are those of :func:`esmm.evaluation.metrics.evaluate`.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable, Optional
 
 METRIC_ORDER = (
-    "rows", "clicks", "conversions",
-    "ctr_auc", "cvr_auc_clicked", "ctcvr_auc", "cvr_auc_all_truth", "cvr_auc_all_potential",
-    "ctr_logloss", "cvr_logloss_clicked", "ctcvr_logloss",
-    "ctr_calibration", "cvr_calibration_clicked", "ctcvr_calibration",
-    "pcvr_bias_all", "pcvr_bias_clicked", "pcvr_over_all", "pcvr_over_clicked",
+    "rows",
+    "clicks",
+    "conversions",
+    "ctr_auc",
+    "cvr_auc_clicked",
+    "ctcvr_auc",
+    "cvr_auc_all_truth",
+    "cvr_auc_all_potential",
+    "ctr_logloss",
+    "cvr_logloss_clicked",
+    "ctcvr_logloss",
+    "ctr_calibration",
+    "cvr_calibration_clicked",
+    "ctcvr_calibration",
+    "pcvr_bias_all",
+    "pcvr_bias_clicked",
+    "pcvr_over_all",
+    "pcvr_over_clicked",
     # calibration, before (_raw) and after (_cal) the artifact's maps (esmm.calibration.metrics)
-    "ctcvr_pcoc_raw", "ctcvr_pcoc_cal", "ctr_pcoc_raw", "ctr_pcoc_cal",
-    "ctcvr_field_rce_position_raw", "ctcvr_field_rce_position_cal", "ctcvr_ece_raw", "ctcvr_ece_cal",
+    "ctcvr_pcoc_raw",
+    "ctcvr_pcoc_cal",
+    "ctr_pcoc_raw",
+    "ctr_pcoc_cal",
+    "ctcvr_field_rce_position_raw",
+    "ctcvr_field_rce_position_cal",
+    "ctcvr_ece_raw",
+    "ctcvr_ece_cal",
 )
 
 
@@ -39,8 +59,7 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def format_table(rows: dict[str, dict[str, Any]], columns: Optional[list[str]] = None,
-                 corner: str = "model") -> str:
+def format_table(rows: dict[str, dict[str, Any]], columns: Optional[list[str]] = None, corner: str = "model") -> str:
     """Plain-text table: one line per key of ``rows``, one column per entry of ``columns``.
 
     ``columns`` defaults to the metrics any row holds, in :func:`ordered` order;

@@ -57,6 +57,7 @@ details and the ablation in docs/model.md):
 - ``ips_normalization=self`` and ``propensity_calibration=batch`` are not in the
   paper; they are options, measured in the ablation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,8 +97,7 @@ def esmm_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: Mo
     o, y = click.float(), (click * conversion).float()
     l_ctr = ce_logits(out["ctr_logit"], o).mean()
     l_ctcvr = ce_product(out["ctr_logit"], out["cvr_logit"], y).mean()
-    return LossParts(l_ctr + cfg.ctcvr_weight * l_ctcvr,
-                     {"ctr": l_ctr.detach(), "ctcvr": l_ctcvr.detach()})
+    return LossParts(l_ctr + cfg.ctcvr_weight * l_ctcvr, {"ctr": l_ctr.detach(), "ctcvr": l_ctcvr.detach()})
 
 
 def naive_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
@@ -136,10 +136,10 @@ def escm2_dr_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg
     o, r = click.float(), conversion.float()
     p = propensity(out, click, cfg)
     b, c = out["cvr_logit"], out["imp_logit"]
-    e = ce_logits(b, r)                                   # observed error (clicked rows matter)
-    eh = ce_logits(b, torch.sigmoid(c).detach())          # imputed error, grads to the CVR tower
+    e = ce_logits(b, r)  # observed error (clicked rows matter)
+    eh = ce_logits(b, torch.sigmoid(c).detach())  # imputed error, grads to the CVR tower
     risk = eh.mean() + ipw_mean(o, p, e - eh, cfg)
-    eh_imp = ce_logits(b.detach(), torch.sigmoid(c))      # imputed error, grads to the imputation tower
+    eh_imp = ce_logits(b.detach(), torch.sigmoid(c))  # imputed error, grads to the imputation tower
     l_imp = ipw_mean(o, p, (e.detach() - eh_imp) ** 2, cfg)
     total = base.total + cfg.cvr_risk_weight * risk + cfg.imputation_weight * l_imp
     return LossParts(total, {**base.parts, "dr": risk.detach(), "imp": l_imp.detach()})

@@ -25,6 +25,7 @@ The embedding is one ``nn.Embedding`` over all fields (row offset per field), wi
 (a dense Adam step over a 2.3M-row table is ~3x slower); dense under DDP over NCCL
 (``model.sparse_embedding``, esmm/model/parallel.py).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -47,8 +48,14 @@ class FeatureEmbedding(nn.Module):
     Without multi-valued fields this is one lookup over ``cat`` (the fast path).
     """
 
-    def __init__(self, buckets: list[int], n_numeric: int, dim: int, sparse: bool,
-                 bags: Optional[list[Optional[tuple[int, str]]]] = None) -> None:
+    def __init__(
+        self,
+        buckets: list[int],
+        n_numeric: int,
+        dim: int,
+        sparse: bool,
+        bags: Optional[list[Optional[tuple[int, str]]]] = None,
+    ) -> None:
         super().__init__()
         self.table = nn.Embedding(sum(buckets), dim, sparse=sparse)
         # Small init: F fields of N(0,1) vectors would saturate the towers at the start.
@@ -64,8 +71,9 @@ class FeatureEmbedding(nn.Module):
         # mode) of each multi-valued one.
         starts = torch.tensor([0] + [1 if b is None else b[0] for b in bags[:-1]]).cumsum(0).tolist()
         single = [i for i, b in enumerate(bags) if b is None]
-        self.register_buffer("single_cols", torch.tensor([starts[i] for i in single], dtype=torch.long),
-                             persistent=False)
+        self.register_buffer(
+            "single_cols", torch.tensor([starts[i] for i in single], dtype=torch.long), persistent=False
+        )
         self.register_buffer("offsets", offsets[single], persistent=False)
         self.bags = [(starts[i], b[0], int(offsets[i]), b[1]) for i, b in enumerate(bags) if b is not None]
 
@@ -87,7 +95,7 @@ class FeatureEmbedding(nn.Module):
             e = self.table(cat + self.offsets)  # [B, F, D]
             return torch.cat([e.flatten(1), num.float()], dim=1)
         parts = [self.table(cat[:, self.single_cols] + self.offsets).flatten(1)] if len(self.offsets) else []
-        parts += [self.pool(cat[:, s:s + w], off, mode) for s, w, off, mode in self.bags]
+        parts += [self.pool(cat[:, s : s + w], off, mode) for s, w, off, mode in self.bags]
         return torch.cat([*parts, num.float()], dim=1)
 
 
@@ -121,9 +129,12 @@ class EntireSpaceModel(nn.Module):
         super().__init__()
         self.kind = cfg.kind
         self.embedding = FeatureEmbedding(
-            [f.buckets for f in spec.categorical], len(spec.numeric), cfg.embedding_dim,
+            [f.buckets for f in spec.categorical],
+            len(spec.numeric),
+            cfg.embedding_dim,
             cfg.sparse_embedding is not False,  # auto: sparse unless train() resolved it (esmm/model/parallel.py)
-            [(f.max_len, f.pooling) if f.multi else None for f in spec.categorical])
+            [(f.max_len, f.pooling) if f.multi else None for f in spec.categorical],
+        )
         h = self.embedding.out_dim
         self.ctr_tower = Tower(h, cfg.tower, cfg.dropout)
         self.cvr_tower = Tower(h, cfg.tower, cfg.dropout)
@@ -133,8 +144,7 @@ class EntireSpaceModel(nn.Module):
         x = self.embedding(cat, num)
         ctr_logit, cvr_logit = self.ctr_tower(x), self.cvr_tower(x)
         pctr, pcvr = torch.sigmoid(ctr_logit), torch.sigmoid(cvr_logit)
-        out = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr,
-               "ctr_logit": ctr_logit, "cvr_logit": cvr_logit}
+        out = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr, "ctr_logit": ctr_logit, "cvr_logit": cvr_logit}
         if self.imputation_tower is not None:
             out["imp_logit"] = self.imputation_tower(x)
         return out

@@ -17,6 +17,7 @@ Two decisions ``train()`` takes once per run, before it builds the model:
   by the config check; ``train.device=auto`` that finds no GPU runs fp32 and says
   so in one line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,9 +55,11 @@ def embedding_gradients(model_cfg: ModelConfig, world_size: int, device: torch.d
     want = model_cfg.sparse_embedding
     if nccl and want is not False:
         how = "auto" if want == "auto" else "true cannot be honoured"
-        return False, (f"embedding gradients dense (model.sparse_embedding={how}: DDP over NCCL, "
-                       f"world size {world_size}, has no sparse all-reduce; the whole table is "
-                       f"all-reduced each step and updated by Adam)")
+        return False, (
+            f"embedding gradients dense (model.sparse_embedding={how}: DDP over NCCL, "
+            f"world size {world_size}, has no sparse all-reduce; the whole table is "
+            f"all-reduced each step and updated by Adam)"
+        )
     if want is False:
         return False, "embedding gradients dense (model.sparse_embedding=false)"
     where = f"DDP over gloo, world size {world_size}" if world_size > 1 else "single process"
@@ -75,16 +78,20 @@ def precision(train_cfg: TrainConfig, device: torch.device) -> Precision:
     if not train_cfg.amp:
         return Precision(None, "precision fp32 (train.amp=false)")
     if device.type != "cuda":
-        return Precision(None, "precision fp32: train.amp=true applies to CUDA only and "
-                               "train.device=auto found no GPU")
+        return Precision(
+            None, "precision fp32: train.amp=true applies to CUDA only and " "train.device=auto found no GPU"
+        )
     if not torch.cuda.is_bf16_supported():
-        raise RuntimeError(f"train.amp=true needs bf16 autocast, which {torch.cuda.get_device_name(device)} "
-                           f"does not support; set train.amp=false")
+        raise RuntimeError(
+            f"train.amp=true needs bf16 autocast, which {torch.cuda.get_device_name(device)} "
+            f"does not support; set train.amp=false"
+        )
     return Precision(amp_dtype(), "precision bf16 autocast (train.amp=true)")
 
 
-def allreduce_bytes_per_step(model: torch.nn.Module, sparse: bool, batch_rows: int,
-                              lookups_per_row: int, world_size: int) -> int:
+def allreduce_bytes_per_step(
+    model: torch.nn.Module, sparse: bool, batch_rows: int, lookups_per_row: int, world_size: int
+) -> int:
     """Gradient bytes one step's all-reduce carries per rank (before the collective's own
     traffic factor): the dense parameters, plus the embedding gradient: the whole table
     when dense; when sparse, ``batch_rows x lookups_per_row`` (int64 index + D values)
@@ -92,8 +99,7 @@ def allreduce_bytes_per_step(model: torch.nn.Module, sparse: bool, batch_rows: i
     if world_size <= 1:
         return 0
     table = model.embedding.table.weight
-    dense = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                if not n.startswith("embedding."))
+    dense = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("embedding."))
     if not sparse:
         return dense + table.numel() * table.element_size()
     per_lookup = 8 + table.shape[1] * table.element_size()

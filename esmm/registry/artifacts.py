@@ -40,22 +40,24 @@ of a torchrun job can register its model; Spark reads it like any Delta table.
 Every change is one Delta commit (``promote`` retires the old champion and
 crowns the new one in the same commit), so readers never see two champions or none.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from esmm.config.schema import REPO_ROOT, FeatureSpec, ModelConfig
 from esmm.config.loader import section_from_dict
+from esmm.config.schema import REPO_ROOT, FeatureSpec, ModelConfig
 from esmm.model.network import EntireSpaceModel, build_model
+from esmm.util.files import atomic_torch_save, atomic_write_bytes
+from esmm.util.timeutil import utc_now
 
 META_FORMAT = 1
 STATUSES = ("candidate", "champion", "retired")
@@ -66,21 +68,24 @@ LOSSES_FILE = "losses.json"
 def code_version() -> str:
     """Git commit of the code (with ``-dirty`` for uncommitted changes), else 'unknown'."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def save_artifact(artifact_dir: str | Path, model: torch.nn.Module, meta: dict[str, Any],
-                  losses: Optional[list[dict[str, float]]] = None) -> Path:
+def save_artifact(
+    artifact_dir: str | Path,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    losses: Optional[list[dict[str, float]]] = None,
+) -> Path:
     """Write ``model.pt`` (state dict of the unwrapped model), ``losses.json`` (when
     given) and ``meta.json``.
 
@@ -90,21 +95,19 @@ def save_artifact(artifact_dir: str | Path, model: torch.nn.Module, meta: dict[s
     d = Path(artifact_dir)
     d.mkdir(parents=True, exist_ok=True)
     net = getattr(model, "module", model)  # unwrap DDP
-    tmp = d / f".model.pt.tmp-{os.getpid()}"
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, d / "model.pt")
+    atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, d / "model.pt")
     if losses is not None:
-        _atomic_write_bytes(d / LOSSES_FILE, json.dumps(losses).encode())
+        atomic_write_bytes(d / LOSSES_FILE, json.dumps(losses).encode())
     meta = {"format": META_FORMAT, **meta}
-    _atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True,
-                                                    default=_json_default).encode())
+    atomic_write_bytes(d / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=_json_default).encode())
     return d
 
 
 def rewrite_meta(artifact_dir: str | Path, meta: dict[str, Any]) -> None:
     """Replace an artifact's ``meta.json`` atomically (e.g. after fitting its calibration)."""
-    _atomic_write_bytes(Path(artifact_dir) / "meta.json", json.dumps(
-        meta, indent=2, sort_keys=True, default=_json_default).encode())
+    atomic_write_bytes(
+        Path(artifact_dir) / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=_json_default).encode()
+    )
 
 
 def _json_default(o: Any) -> Any:
@@ -122,8 +125,10 @@ def read_meta(artifact_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: no model artifact here (meta.json missing); "
-                                f"list models with `esmm models` or check the model id") from e
+        raise FileNotFoundError(
+            f"{path}: no model artifact here (meta.json missing); "
+            f"list models with `esmm models` or check the model id"
+        ) from e
     if meta.get("format") != META_FORMAT:
         raise ValueError(f"{path}: artifact format {meta.get('format')!r}, this code reads {META_FORMAT}")
     return meta
@@ -141,8 +146,9 @@ def read_losses(artifact_dir: str | Path) -> list[dict[str, float]]:
         raise ValueError(f"{path}: not a JSON list of loss records: {e}") from e
 
 
-def load_model(artifact_dir: str | Path, map_location: str | torch.device = "cpu"
-               ) -> tuple[EntireSpaceModel, dict[str, Any]]:
+def load_model(
+    artifact_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[EntireSpaceModel, dict[str, Any]]:
     """Rebuild the network of an artifact and load its weights (``weights_only=True``).
 
     Returns ``(model in eval mode, meta dict)``. The feature spec to encode inputs
@@ -153,8 +159,10 @@ def load_model(artifact_dir: str | Path, map_location: str | torch.device = "cpu
     model_cfg = section_from_dict(ModelConfig, meta["model"], "meta.model")
     spec = spec_of(meta)
     if spec.mapping_id != meta["feature_mapping_id"]:
-        raise ValueError(f"{artifact_dir}/meta.json: features hash to {spec.mapping_id} but the "
-                         f"artifact says {meta['feature_mapping_id']}; the artifact is corrupt")
+        raise ValueError(
+            f"{artifact_dir}/meta.json: features hash to {spec.mapping_id} but the "
+            f"artifact says {meta['feature_mapping_id']}; the artifact is corrupt"
+        )
     model = build_model(model_cfg, spec)
     path = Path(artifact_dir) / "model.pt"
     state = torch.load(path, map_location=map_location, weights_only=True)
@@ -175,19 +183,28 @@ def _schema():
     import pyarrow as pa
 
     ts = pa.timestamp("us", tz="UTC")
-    return pa.schema([
-        ("model_id", pa.string()), ("kind", pa.string()), ("status", pa.string()),
-        ("created_at", ts), ("updated_at", ts), ("artifact_dir", pa.string()),
-        ("feature_mapping_id", pa.string()), ("examples_version", pa.int64()),
-        ("train_start", pa.string()), ("train_end", pa.string()), ("eval_dates", pa.string()),
-        *[(m, pa.float64()) for m in HEADLINE_METRICS],
-        ("metrics_json", pa.string()), ("code_version", pa.string()),
-        ("mlflow_run_id", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("model_id", pa.string()),
+            ("kind", pa.string()),
+            ("status", pa.string()),
+            ("created_at", ts),
+            ("updated_at", ts),
+            ("artifact_dir", pa.string()),
+            ("feature_mapping_id", pa.string()),
+            ("examples_version", pa.int64()),
+            ("train_start", pa.string()),
+            ("train_end", pa.string()),
+            ("eval_dates", pa.string()),
+            *[(m, pa.float64()) for m in HEADLINE_METRICS],
+            ("metrics_json", pa.string()),
+            ("code_version", pa.string()),
+            ("mlflow_run_id", pa.string()),
+        ]
+    )
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+_now = utc_now
 
 
 def _quote(s: str) -> str:
@@ -215,14 +232,20 @@ def register(registry_path: str, artifact_dir: str | Path, status: str = "candid
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
     row = {
-        "model_id": meta["model_id"], "kind": meta["kind"], "status": status,
-        "created_at": now, "updated_at": now, "artifact_dir": str(Path(artifact_dir).resolve()),
+        "model_id": meta["model_id"],
+        "kind": meta["kind"],
+        "status": status,
+        "created_at": now,
+        "updated_at": now,
+        "artifact_dir": str(Path(artifact_dir).resolve()),
         "feature_mapping_id": meta["feature_mapping_id"],
         "examples_version": meta["examples"]["version"],
-        "train_start": meta["window"]["train_start"], "train_end": meta["window"]["train_end"],
+        "train_start": meta["window"]["train_start"],
+        "train_end": meta["window"]["train_end"],
         "eval_dates": ",".join(meta["window"].get("eval_dates") or []),
         **{m: num(m) for m in HEADLINE_METRICS},
-        "metrics_json": json.dumps(metrics, sort_keys=True), "code_version": meta.get("code_version"),
+        "metrics_json": json.dumps(metrics, sort_keys=True),
+        "code_version": meta.get("code_version"),
         "mlflow_run_id": meta.get("mlflow_run_id"),
     }
     table = pa.Table.from_pylist([row], schema=_schema())
@@ -272,8 +295,9 @@ def promote(registry_path: str, model_id: str) -> None:
     from deltalake import DeltaTable
 
     if not any(r["model_id"] == model_id for r in list_models(registry_path)):
-        raise ValueError(f"{registry_path}: no model {model_id!r} in the registry; "
-                         f"see list_models() / `esmm models`")
+        raise ValueError(
+            f"{registry_path}: no model {model_id!r} in the registry; " f"see list_models() / `esmm models`"
+        )
     q = _quote(model_id)
     DeltaTable(registry_path).update(
         predicate=f"status = 'champion' OR model_id = {q}",

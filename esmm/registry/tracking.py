@@ -27,6 +27,7 @@ packages, and a fresh SQLite store costs seconds of migrations); a team points
 ``tracking.uri`` at its tracking server. Read it with ``MlflowClient(tracking_uri=...)``
 or any MLflow UI started on that folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,8 +103,10 @@ class Tracker:
         try:
             getattr(self.client, method)(self.run_id, *args, **kwargs)
         except Exception as e:  # any store error: tracking is best effort
-            _say_once(f"esmm: MLflow tracking at {self.uri} failed to {what} for run {self.run_id} "
-                      f"({_first_line(e)}); continuing without it")
+            _say_once(
+                f"esmm: MLflow tracking at {self.uri} failed to {what} for run {self.run_id} "
+                f"({_first_line(e)}); continuing without it"
+            )
             self.run_id = None
 
     def log_params(self, params: dict[str, str]) -> None:
@@ -113,10 +116,11 @@ class Tracker:
 
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
-            self._call("log params", "log_batch", params=items[i:i + 100])
+            self._call("log params", "log_batch", params=items[i : i + 100])
 
-    def log_metrics(self, metrics: dict[str, Any], step: int = 0,
-                    history: Optional[list[dict[str, Any]]] = None) -> None:
+    def log_metrics(
+        self, metrics: dict[str, Any], step: int = 0, history: Optional[list[dict[str, Any]]] = None
+    ) -> None:
         """``metrics`` at ``step`` (non-numeric and non-finite values are left out), and
         each record of ``history`` (``{"step", "time", <loss part>: float, ...}``) as
         ``loss/<part>`` at its step."""
@@ -128,10 +132,13 @@ class Tracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
         for rec in history or []:
             ts = int(rec.get("time", now / 1000) * 1000)
-            items += [Metric(f"loss/{k}", float(v), ts, int(rec["step"]))
-                      for k, v in rec.items() if k not in LOSS_RECORD_KEYS and _finite(v)]
+            items += [
+                Metric(f"loss/{k}", float(v), ts, int(rec["step"]))
+                for k, v in rec.items()
+                if k not in LOSS_RECORD_KEYS and _finite(v)
+            ]
         for i in range(0, len(items), _BATCH):
-            self._call("log metrics", "log_batch", metrics=items[i:i + _BATCH])
+            self._call("log metrics", "log_batch", metrics=items[i : i + _BATCH])
 
     def log_artifacts(self, folder: str | Path, path: str) -> None:
         self._call("log artifacts", "log_artifacts", str(folder), path)
@@ -139,19 +146,28 @@ class Tracker:
     def log_text(self, text: str, name: str) -> None:
         self._call("log a text artifact", "log_text", text, name)
 
-    def log_training(self, cfg: Config, meta: dict[str, Any], history: list[dict[str, Any]],
-                     artifact_dir: str | Path) -> None:
+    def log_training(
+        self, cfg: Config, meta: dict[str, Any], history: list[dict[str, Any]], artifact_dir: str | Path
+    ) -> None:
         """Params, per-step losses, evaluation metrics and the artifact folder of a model."""
         if self.run_id is None:
             return
         training = meta.get("training") or {}
-        self.log_params({**flatten("model", meta.get("model") or {}),
-                         **flatten("train", meta.get("train") or {}),
-                         "feature_mapping_id": meta.get("feature_mapping_id", "")})
-        summary = {"train/seconds": training.get("seconds"), "train/samples": training.get("samples"),
-                   "train/samples_per_s": training.get("samples_per_s")}
-        self.log_metrics({**(meta.get("metrics") or {}), **summary}, step=int(training.get("steps") or 0),
-                         history=history)
+        self.log_params(
+            {
+                **flatten("model", meta.get("model") or {}),
+                **flatten("train", meta.get("train") or {}),
+                "feature_mapping_id": meta.get("feature_mapping_id", ""),
+            }
+        )
+        summary = {
+            "train/seconds": training.get("seconds"),
+            "train/samples": training.get("samples"),
+            "train/samples_per_s": training.get("samples_per_s"),
+        }
+        self.log_metrics(
+            {**(meta.get("metrics") or {}), **summary}, step=int(training.get("steps") or 0), history=history
+        )
         self.log_artifacts(artifact_dir, "model")
 
     def end(self, status: str = "FINISHED") -> None:
@@ -195,32 +211,50 @@ def start_run(cfg: Config, name: str, tags: Optional[dict[str, Any]] = None) -> 
         return Tracker()
     uri = resolve_uri(cfg)
     if uri is None:
-        _say_once(f"esmm: tracking.uri is empty and lakehouse.root {cfg.lakehouse.root} is not a "
-                  f"local folder; set tracking.uri to log to MLflow. Continuing without it")
+        _say_once(
+            f"esmm: tracking.uri is empty and lakehouse.root {cfg.lakehouse.root} is not a "
+            f"local folder; set tracking.uri to log to MLflow. Continuing without it"
+        )
         return Tracker()
     try:
         client = _client(uri)
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.tracking.experiment)
-        all_tags = {**cfg.tracking.tags, **{k: str(v) for k, v in (tags or {}).items() if v is not None},
-                    "mlflow.runName": name}
+        all_tags = {
+            **cfg.tracking.tags,
+            **{k: str(v) for k, v in (tags or {}).items() if v is not None},
+            "mlflow.runName": name,
+        }
         run = client.create_run(exp_id, tags=all_tags, run_name=name)
     except Exception as e:  # ImportError, unreachable server, bad store: never fatal
-        _say_once(f"esmm: MLflow tracking at {uri} is unavailable ({_first_line(e)}); "
-                  f"continuing without it")
+        _say_once(f"esmm: MLflow tracking at {uri} is unavailable ({_first_line(e)}); " f"continuing without it")
         return Tracker()
     return Tracker(client, run.info.run_id, uri)
 
 
-def training_tags(cfg: Config, model_id: str, examples_table: str, examples_version: int,
-                  dates: list[str], world_size: int, code_version: str) -> dict[str, Any]:
+def training_tags(
+    cfg: Config,
+    model_id: str,
+    examples_table: str,
+    examples_version: int,
+    dates: list[str],
+    world_size: int,
+    code_version: str,
+) -> dict[str, Any]:
     """The tags of a training run (see the module docstring)."""
     t = cfg.train
-    return {"model_id": model_id, "model_kind": cfg.model.kind, "seed": t.seed,
-            "examples_table": examples_table, "examples_version": examples_version,
-            "train_dates": f"{dates[0]}..{dates[-1]}" if dates else "",
-            "eval_dates": ",".join(t.eval_dates), "feature_mapping_id": cfg.features.mapping_id,
-            "world_size": world_size, "code_version": code_version}
+    return {
+        "model_id": model_id,
+        "model_kind": cfg.model.kind,
+        "seed": t.seed,
+        "examples_table": examples_table,
+        "examples_version": examples_version,
+        "train_dates": f"{dates[0]}..{dates[-1]}" if dates else "",
+        "eval_dates": ",".join(t.eval_dates),
+        "feature_mapping_id": cfg.features.mapping_id,
+        "world_size": world_size,
+        "code_version": code_version,
+    }
 
 
 def run_data(uri: str, run_id: str) -> dict[str, Any]:
@@ -228,8 +262,11 @@ def run_data(uri: str, run_id: str) -> dict[str, Any]:
     values), "history": {loss metric: [(step, value), ...]}, "artifacts": [paths]}``."""
     client = _client(uri)
     run = client.get_run(run_id)
-    history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
-               for k in run.data.metrics if k.startswith("loss/")}
+    history = {
+        k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+        for k in run.data.metrics
+        if k.startswith("loss/")
+    }
 
     def walk(path: Optional[str]) -> list[str]:
         out = []
@@ -237,6 +274,11 @@ def run_data(uri: str, run_id: str) -> dict[str, Any]:
             out += walk(f.path) if f.is_dir else [f.path]
         return out
 
-    return {"tags": dict(run.data.tags), "params": dict(run.data.params),
-            "metrics": dict(run.data.metrics), "history": history, "artifacts": walk(None),
-            "status": run.info.status}
+    return {
+        "tags": dict(run.data.tags),
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "history": history,
+        "artifacts": walk(None),
+        "status": run.info.status,
+    }

@@ -31,6 +31,7 @@ Resuming inside an epoch skips the number of batches already done; with a
 shuffle buffer fed by parallel readers the skipped rows are the same number,
 not exactly the same rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,38 +66,26 @@ from esmm.data.examples import Batch, Snapshot, cat_width, example_batches, late
 from esmm.model.losses import compute_loss
 from esmm.model.network import EntireSpaceModel, build_model
 from esmm.model.parallel import embedding_gradients, note, precision
+from esmm.training.result import TrainResult
+from esmm.util.files import atomic_torch_save
+from esmm.util.timeutil import utc_now
 
 # Fields that change how a run is observed, not what it computes: they do not
 # enter the checkpoint key, so a crashed run can be resumed with them changed.
-_OPERATIONAL = {"progress", "log_every", "fail_after_steps", "checkpoint_every", "checkpoint_dir",
-                "resume", "register", "reader_workers", "eval_batch_size", "eval_dates", "device", "torch_threads"}
-
-
-@dataclass
-class TrainResult:
-    """What a run did. Ranks other than 0 return their own counts and no model id."""
-
-    rank: int
-    world_size: int
-    model_id: Optional[str]
-    artifact_dir: Optional[str]
-    examples_version: int
-    steps: int
-    samples: int  # rows this rank trained on (over all epochs, including before a resume)
-    seconds: float
-    samples_per_s: float
-    resumed_from_step: int
-    losses: dict[str, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    checkpoint: Optional[str] = None
-    total_samples: int = 0  # rows trained on by all ranks together
-    # Rank 0: one record per ``log_every`` steps (and the last step), the mean loss parts of
-    # rank 0's batches since the previous record: {"step", "epoch", "samples", "time",
-    # "total", <part>: float ...}; also in the artifact's losses.json.
-    history: list[dict[str, float]] = field(default_factory=list)
-    mlflow_run_id: Optional[str] = None
-    # sha256 of this rank's final parameters: equal on every rank while the replicas stay in sync.
-    param_digest: str = ""
+_OPERATIONAL = {
+    "progress",
+    "log_every",
+    "fail_after_steps",
+    "checkpoint_every",
+    "checkpoint_dir",
+    "resume",
+    "register",
+    "reader_workers",
+    "eval_batch_size",
+    "eval_dates",
+    "device",
+    "torch_threads",
+}
 
 
 @dataclass
@@ -143,17 +132,27 @@ def _init_group(backend: str, rank: int, world: int, timeout: dt.timedelta) -> N
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
         return
     hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=hosts_store, timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore(f"esmm/restart_{restart}", store),
-                            rank=rank, world_size=world, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=hosts_store, timeout=timeout
+    )
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(f"esmm/restart_{restart}", store), rank=rank, world_size=world, timeout=timeout
+    )
 
 
 def _run_key(cfg: Config, table: str, version: int, world: int) -> str:
     train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in _OPERATIONAL}
-    payload = json.dumps({"model": dataclasses.asdict(cfg.model), "train": train,
-                          "features": cfg.features.mapping_id, "table": table, "version": version,
-                          "world": world}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "model": dataclasses.asdict(cfg.model),
+            "train": train,
+            "features": cfg.features.mapping_id,
+            "table": table,
+            "version": version,
+            "world": world,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -206,13 +205,6 @@ def _set_lr(opts: tuple[torch.optim.Optimizer, ...], bases: tuple[float, ...], f
             g["lr"] = base * factor
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # readers see the old or the new checkpoint, never half of one
-
-
 def _any_has_batch(have: bool, d: _Dist) -> bool:
     if d.world_size == 1:
         return have
@@ -232,8 +224,12 @@ def _gather_counts(n: int, d: _Dist) -> list[int]:
 
 def _dummy_batch(cfg: Config) -> Batch:
     """One all-zero row: a dry rank's stand-in so it joins the gradient all-reduce."""
-    return Batch(torch.zeros(1, cat_width(cfg.features), dtype=torch.long),
-                 torch.zeros(1, len(cfg.features.numeric)), torch.zeros(1), torch.zeros(1))
+    return Batch(
+        torch.zeros(1, cat_width(cfg.features), dtype=torch.long),
+        torch.zeros(1, len(cfg.features.numeric)),
+        torch.zeros(1),
+        torch.zeros(1),
+    )
 
 
 class _Running:
@@ -264,8 +260,15 @@ class _History:
 
     def record(self, step: int, samples: int) -> None:
         if self._n:
-            self.records.append({"step": step, "epoch": self._epoch, "samples": samples, "time": time.time(),
-                                 **{k: float(v) / self._n for k, v in self._sums.items()}})
+            self.records.append(
+                {
+                    "step": step,
+                    "epoch": self._epoch,
+                    "samples": samples,
+                    "time": time.time(),
+                    **{k: float(v) / self._n for k, v in self._sums.items()},
+                }
+            )
             self._sums, self._n = {}, 0
 
 
@@ -302,8 +305,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
     note(f"{why}; {prec.note}", d.is_main)
     table = cfg.lakehouse.path("examples")
     # All ranks must read the same version: rank 0 picks it, the others receive it.
-    version = t.examples_version if t.examples_version is not None else (
-        latest_version(table) if d.is_main else -1)
+    version = t.examples_version if t.examples_version is not None else (latest_version(table) if d.is_main else -1)
     if d.world_size > 1:
         box = [version]
         dist.broadcast_object_list(box, src=0)
@@ -327,8 +329,10 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         resume = box[0]
     if resume:
         if not ckpt_path.exists():
-            raise FileNotFoundError(f"rank {d.rank}: rank 0 resumes from {ckpt_path} but this rank "
-                                    f"cannot see it; put train.checkpoint_dir on a shared filesystem")
+            raise FileNotFoundError(
+                f"rank {d.rank}: rank 0 resumes from {ckpt_path} but this rank "
+                f"cannot see it; put train.checkpoint_dir on a shared filesystem"
+            )
         state = torch.load(ckpt_path, map_location=d.device, weights_only=True)
         model.load_state_dict(state["model"])
         dense_opt.load_state_dict(state["dense_opt"])
@@ -341,8 +345,11 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
 
     total_steps = planned_steps(snapshot.rows, cfg, d.world_size)
     if t.lr_schedule != "constant" and total_steps is None:
-        print(f"esmm train: {table} has no row counts in its Delta log; train.lr_schedule="
-              f"{t.lr_schedule} falls back to a constant learning rate", file=sys.stderr)
+        print(
+            f"esmm train: {table} has no row counts in its Delta log; train.lr_schedule="
+            f"{t.lr_schedule} falls back to a constant learning rate",
+            file=sys.stderr,
+        )
     lr_bases = (t.lr, t.embedding_lr)
 
     net: nn.Module = model
@@ -354,27 +361,51 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
     def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
         rank_samples = _gather_counts(samples, d)  # every rank calls this at the same step
         if d.is_main:
-            _atomic_save({"model": model.state_dict(), "dense_opt": dense_opt.state_dict(),
-                          "emb_opt": emb_opt.state_dict(), "step": step, "epoch": epoch,
-                          "batches_in_epoch": batches_in_epoch, "samples": samples,
-                          "rank_samples": rank_samples,
-                          "history": history.records,
-                          "config": cfg.to_dict(), "examples_version": version, "run_key": key},
-                         ckpt_path)
+            atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "dense_opt": dense_opt.state_dict(),
+                    "emb_opt": emb_opt.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "batches_in_epoch": batches_in_epoch,
+                    "samples": samples,
+                    "rank_samples": rank_samples,
+                    "history": history.records,
+                    "config": cfg.to_dict(),
+                    "examples_version": version,
+                    "run_key": key,
+                },
+                ckpt_path,
+            )
 
     from tqdm import tqdm
 
-    bar = tqdm(disable=not (t.progress and d.is_main), unit="row", unit_scale=True,
-               desc=f"train {cfg.model.kind}", initial=samples, mininterval=1.0)
+    bar = tqdm(
+        disable=not (t.progress and d.is_main),
+        unit="row",
+        unit_scale=True,
+        desc=f"train {cfg.model.kind}",
+        initial=samples,
+        mininterval=1.0,
+    )
     running = _Running()
     t0, samples0 = time.perf_counter(), samples
     net.train()
     stop = False
     for epoch in range(epoch0, t.epochs):
-        with example_batches(snapshot, cfg.features, t.batch_size, mature_only=t.mature_only,
-                             shuffle=True, seed=t.seed + 1000 * epoch + d.rank,
-                             shuffle_buffer=t.shuffle_buffer, cur_shard=d.rank,
-                             shard_count=d.world_size, workers=t.reader_workers) as batches:
+        with example_batches(
+            snapshot,
+            cfg.features,
+            t.batch_size,
+            mature_only=t.mature_only,
+            shuffle=True,
+            seed=t.seed + 1000 * epoch + d.rank,
+            shuffle_buffer=t.shuffle_buffer,
+            cur_shard=d.rank,
+            shard_count=d.world_size,
+            workers=t.reader_workers,
+        ) as batches:
             it = iter(batches)
             done_in_epoch = 0
             while True:
@@ -405,13 +436,19 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                     history.record(step, samples)
                     running.update(loss.parts)
                     secs = time.perf_counter() - t0
-                    bar.set_postfix({"rows/s": f"{(samples - samples0) / max(secs, 1e-9):,.0f}",
-                                     **{k: f"{v:.4f}" for k, v in running.values.items()}}, refresh=False)
+                    bar.set_postfix(
+                        {
+                            "rows/s": f"{(samples - samples0) / max(secs, 1e-9):,.0f}",
+                            **{k: f"{v:.4f}" for k, v in running.values.items()},
+                        },
+                        refresh=False,
+                    )
                 if step % t.checkpoint_every == 0:
                     save_checkpoint(epoch, done_in_epoch)
                 if t.fail_after_steps and step >= t.fail_after_steps:
-                    raise RuntimeError(f"train.fail_after_steps={t.fail_after_steps}: simulated crash "
-                                       f"at step {step}")
+                    raise RuntimeError(
+                        f"train.fail_after_steps={t.fail_after_steps}: simulated crash " f"at step {step}"
+                    )
                 if t.max_steps and step >= t.max_steps:
                     # Every rank counts the same steps, so all stop here together.
                     stop = True
@@ -427,12 +464,23 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         box = torch.tensor([samples], dtype=torch.long, device=d.device)
         dist.all_reduce(box)
         total = int(box.item())
-    result = TrainResult(rank=d.rank, world_size=d.world_size, model_id=None, artifact_dir=None,
-                         examples_version=version, steps=step, samples=samples, seconds=seconds,
-                         samples_per_s=(samples - samples0) / max(seconds, 1e-9),
-                         resumed_from_step=resumed, losses=dict(running.values),
-                         checkpoint=str(ckpt_path), total_samples=total, history=history.records,
-                         param_digest=_digest(model))
+    result = TrainResult(
+        rank=d.rank,
+        world_size=d.world_size,
+        model_id=None,
+        artifact_dir=None,
+        examples_version=version,
+        steps=step,
+        samples=samples,
+        seconds=seconds,
+        samples_per_s=(samples - samples0) / max(seconds, 1e-9),
+        resumed_from_step=resumed,
+        losses=dict(running.values),
+        checkpoint=str(ckpt_path),
+        total_samples=total,
+        history=history.records,
+        param_digest=_digest(model),
+    )
     if d.is_main:
         _finish(cfg, model, snapshot, result, key, d)
     return result
@@ -446,45 +494,70 @@ def _digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult,
-            key: str, d: _Dist) -> None:
+def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult, key: str, d: _Dist) -> None:
     """Rank 0: evaluate on ``eval_dates``, save the artifact, log it to MLflow, register it."""
+    from esmm.evaluation.metrics import evaluate
     from esmm.registry import artifacts as registry
     from esmm.registry import tracking
-    from esmm.evaluation.metrics import evaluate
 
     t = cfg.train
-    now = dt.datetime.now(dt.timezone.utc)
+    now = utc_now()
     model_id = f"{cfg.model.kind}-{now.strftime('%Y%m%dT%H%M%S')}-{key[:8]}"
     artifact_dir = Path(cfg.lakehouse.path("models")) / model_id
     metrics: dict[str, float] = {}
     if t.eval_dates:
         eval_snap = resolve_snapshot(snapshot.table_path, list(t.eval_dates), snapshot.version)
-        metrics = evaluate(model, eval_snap, cfg.features, truth_path=cfg.lakehouse.path("truth"),
-                           mature_only=t.mature_only, batch_size=t.eval_batch_size,
-                           out_dir=artifact_dir, device=d.device)
+        metrics = evaluate(
+            model,
+            eval_snap,
+            cfg.features,
+            truth_path=cfg.lakehouse.path("truth"),
+            mature_only=t.mature_only,
+            batch_size=t.eval_batch_size,
+            out_dir=artifact_dir,
+            device=d.device,
+        )
     from esmm.calibration.fit import after_training
 
     cal_metrics, calibration = after_training(cfg, model, model_id, snapshot, artifact_dir, d.device)
     metrics.update(cal_metrics)
     meta = {
-        "model_id": model_id, "kind": cfg.model.kind, "created_at": now.isoformat(),
-        "model": dataclasses.asdict(cfg.model), "features": dataclasses.asdict(cfg.features),
+        "model_id": model_id,
+        "kind": cfg.model.kind,
+        "created_at": now.isoformat(),
+        "model": dataclasses.asdict(cfg.model),
+        "features": dataclasses.asdict(cfg.features),
         "feature_mapping_id": cfg.features.mapping_id,
-        "examples": {"path": snapshot.table_path, "version": snapshot.version,
-                     "dates": list(snapshot.dates)},
-        "window": {"train_start": t.train_start, "train_end": t.train_end,
-                   "eval_dates": list(t.eval_dates)},
+        "examples": {"path": snapshot.table_path, "version": snapshot.version, "dates": list(snapshot.dates)},
+        "window": {"train_start": t.train_start, "train_end": t.train_end, "eval_dates": list(t.eval_dates)},
         "train": dataclasses.asdict(t),
-        "training": {"steps": result.steps, "samples": result.samples, "seconds": result.seconds,
-                     "samples_per_s": result.samples_per_s, "world_size": d.world_size,
-                     "embedding_gradients": "sparse" if model.embedding.table.sparse else "dense",
-                     "losses": result.losses, "resumed_from_step": result.resumed_from_step},
-        "metrics": metrics, "calibration": calibration, "code_version": registry.code_version(),
+        "training": {
+            "steps": result.steps,
+            "samples": result.samples,
+            "seconds": result.seconds,
+            "samples_per_s": result.samples_per_s,
+            "world_size": d.world_size,
+            "embedding_gradients": "sparse" if model.embedding.table.sparse else "dense",
+            "losses": result.losses,
+            "resumed_from_step": result.resumed_from_step,
+        },
+        "metrics": metrics,
+        "calibration": calibration,
+        "code_version": registry.code_version(),
     }
-    tracker = tracking.start_run(cfg, model_id, tracking.training_tags(
-        cfg, model_id, snapshot.table_path, snapshot.version, list(snapshot.dates), d.world_size,
-        meta["code_version"]))
+    tracker = tracking.start_run(
+        cfg,
+        model_id,
+        tracking.training_tags(
+            cfg,
+            model_id,
+            snapshot.table_path,
+            snapshot.version,
+            list(snapshot.dates),
+            d.world_size,
+            meta["code_version"],
+        ),
+    )
     meta["mlflow_run_id"] = tracker.run_id
     with tracker:
         registry.save_artifact(artifact_dir, model, meta, losses=result.history)

@@ -5,6 +5,7 @@ Days are ``yyyy-MM-dd`` strings (UTC); durations are strings such as ``"90s"``,
 record counts when ``ts <= as_of``). Bad values raise :class:`ConfigError`
 naming the key or option they came from.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -62,8 +63,9 @@ def parse_as_of(value: str) -> dt.datetime:
             return default_as_of(s)
         t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
     except (ValueError, ConfigError) as e:
-        raise ConfigError(f"--as-of: {value!r} is not a date (yyyy-MM-dd) or an ISO time "
-                          f"(yyyy-MM-ddTHH:MM:SS[Z])") from e
+        raise ConfigError(
+            f"--as-of: {value!r} is not a date (yyyy-MM-dd) or an ISO time " f"(yyyy-MM-ddTHH:MM:SS[Z])"
+        ) from e
     return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
 
 
@@ -86,3 +88,8 @@ def new_run_id(prefix: str) -> str:
     in the same second.
     """
     return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def utc_now() -> dt.datetime:
+    """Now, timezone-aware in UTC: the one clock of registry rows, locks, runs and quarantine stamps."""
+    return dt.datetime.now(dt.timezone.utc)

@@ -21,6 +21,7 @@ No statistics are fitted, so nothing can leak from evaluation data.
 ``hash_version`` and everything above enter :attr:`FeatureSpec.mapping_id`,
 which every examples row and every model artifact carries.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
@@ -76,8 +77,7 @@ def encode_features(df: DataFrame, spec: FeatureSpec) -> DataFrame:
     encoded = {f.name: categorical_index(f).alias(f.name) for f in spec.categorical}
     encoded.update({f.name: numeric_value(f).alias(f.name) for f in spec.numeric})
     keep = [F.col(c) for c in df.columns if c not in encoded and c != "feature_mapping_id"]
-    return df.select(*keep, *encoded.values(),
-                     F.lit(spec.mapping_id).alias("feature_mapping_id"))
+    return df.select(*keep, *encoded.values(), F.lit(spec.mapping_id).alias("feature_mapping_id"))
 
 
 def feature_names(spec: FeatureSpec) -> tuple[list[str], list[str]]:
@@ -102,12 +102,13 @@ def build_examples(labels: DataFrame, spec: FeatureSpec) -> DataFrame:
     sources = list(dict.fromkeys(f.source for f in [*spec.categorical, *spec.numeric]))
     missing = [c for c in [*EXAMPLE_LABELS, *sources] if c not in labels.columns]
     if missing:
-        raise ValueError(f"curated/labels lacks columns {missing} needed by the feature spec "
-                         f"(features.categorical / features.numeric); present: {sorted(labels.columns)}")
+        raise ValueError(
+            f"curated/labels lacks columns {missing} needed by the feature spec "
+            f"(features.categorical / features.numeric); present: {sorted(labels.columns)}"
+        )
     base = labels.select(*EXAMPLE_LABELS, *[c for c in sources if c not in EXAMPLE_LABELS])
     cat, num = feature_names(spec)
-    return encode_features(base, spec).select(
-        *EXAMPLE_LABELS, *cat, *num, "feature_mapping_id")
+    return encode_features(base, spec).select(*EXAMPLE_LABELS, *cat, *num, "feature_mapping_id")
 
 
 def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
@@ -124,8 +125,9 @@ def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
     present = {r["dt"] for r in labels.select("dt").distinct().collect()}
     absent = [d for d in dates if d not in present]
     if absent:
-        raise FileNotFoundError(f"{labels_path} has no rows for dt {absent}; run "
-                                f"`esmm labels --date D` for them first")
+        raise FileNotFoundError(
+            f"{labels_path} has no rows for dt {absent}; run " f"`esmm labels --date D` for them first"
+        )
     examples = build_examples(labels, cfg.features)
     in_dates = ", ".join(f"'{d}'" for d in dates)
     path = cfg.lakehouse.path("examples")
@@ -139,8 +141,13 @@ def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
     counts = {d: r["count"] for d, r in rows.items()}
     for d in dates:
         r = rows.get(d)
-        cut = [f"{f.name} {r[f'over:{f.name}']:,} (> {f.max_len} values)" for f in multi
-               if r is not None and r[f"over:{f.name}"]]
-        log(f"curated/examples dt={d}: {counts.get(d, 0):,} rows (feature mapping {cfg.features.mapping_id})"
-            + (f"; rows whose bag the model cuts to max_len: {', '.join(cut)}" if cut else ""))
+        cut = [
+            f"{f.name} {r[f'over:{f.name}']:,} (> {f.max_len} values)"
+            for f in multi
+            if r is not None and r[f"over:{f.name}"]
+        ]
+        log(
+            f"curated/examples dt={d}: {counts.get(d, 0):,} rows (feature mapping {cfg.features.mapping_id})"
+            + (f"; rows whose bag the model cuts to max_len: {', '.join(cut)}" if cut else "")
+        )
     return counts

@@ -55,6 +55,7 @@ Quarantine reasons (source ``aliccp_skeleton`` or ``aliccp_common``; the record 
 Everything is a linear Spark plan over ``spark.read.text`` (no driver collect); the
 join is a shuffle join, so memory stays flat as the files grow.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -78,8 +79,10 @@ def field_id(f: CategoricalField) -> str:
     """Ali-CCP field id of a spec field: its column ``f<id>`` (e.g. ``f109_14`` -> ``109_14``)."""
     m = FIELD_COLUMN.match(f.source)
     if not m:
-        raise ValueError(f"features.categorical {f.name!r}: Ali-CCP columns are named f<field id> "
-                         f"(e.g. f109_14), got column {f.source!r}; use conf/aliccp.yaml")
+        raise ValueError(
+            f"features.categorical {f.name!r}: Ali-CCP columns are named f<field id> "
+            f"(e.g. f109_14), got column {f.source!r}; use conf/aliccp.yaml"
+        )
     return m.group(1)
 
 
@@ -89,8 +92,12 @@ def field_id(f: CategoricalField) -> str:
 def _features(list_col: Column) -> Column:
     """feature_list STRING -> ARRAY<STRUCT<field STRING, id STRING>> ('' -> empty array)."""
     parts = F.when(list_col == "", F.array().cast("array<string>")).otherwise(F.split(list_col, "\x01"))
-    return F.transform(parts, lambda x: F.struct(F.regexp_extract(x, _FEATURE, 1).alias("field"),
-                                                 F.regexp_extract(x, _FEATURE, 2).alias("id")))
+    return F.transform(
+        parts,
+        lambda x: F.struct(
+            F.regexp_extract(x, _FEATURE, 1).alias("field"), F.regexp_extract(x, _FEATURE, 2).alias("id")
+        ),
+    )
 
 
 def _bad_features(list_col: Column) -> Column:
@@ -126,9 +133,14 @@ def parse_skeleton(lines: DataFrame) -> DataFrame:
         ((c.getItem(2) == "1") & (c.getItem(1) == "0"), "conversion_without_click"),
     )
     return lines.select(
-        F.when(n_cols == 6, c.getItem(0)).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
-        c.getItem(2).cast("int").alias("conversion"), c.getItem(3).alias("common_index"),
-        _features(lst).alias("features"), line.alias("line"), reason.alias("reason"))
+        F.when(n_cols == 6, c.getItem(0)).alias("sample_id"),
+        c.getItem(1).cast("int").alias("click"),
+        c.getItem(2).cast("int").alias("conversion"),
+        c.getItem(3).alias("common_index"),
+        _features(lst).alias("features"),
+        line.alias("line"),
+        reason.alias("reason"),
+    )
 
 
 def parse_common(lines: DataFrame) -> DataFrame:
@@ -145,14 +157,26 @@ def parse_common(lines: DataFrame) -> DataFrame:
         (_bad_features(lst), "bad_feature"),
         (c.getItem(1).cast("int").isNull() | (c.getItem(1).cast("int") != _count(lst)), "feature_num_mismatch"),
     )
-    parsed = lines.select(F.when(F.size(c) == 3, c.getItem(0)).alias("common_index"), _features(lst).alias("common_features"),
-                          line.alias("line"), reason.alias("reason"))
-    copies = (parsed.where(F.col("reason").isNull()).groupBy("common_index")
-              .agg(F.count(F.lit(1)).alias("copies")).where("copies > 1"))
-    return (parsed.join(copies, "common_index", "left")
-            .select("common_index", "common_features", "line",
-                    F.when(F.col("reason").isNull() & F.col("copies").isNotNull(),
-                           F.lit("duplicate_common_index")).otherwise(F.col("reason")).alias("reason")))
+    parsed = lines.select(
+        F.when(F.size(c) == 3, c.getItem(0)).alias("common_index"),
+        _features(lst).alias("common_features"),
+        line.alias("line"),
+        reason.alias("reason"),
+    )
+    copies = (
+        parsed.where(F.col("reason").isNull())
+        .groupBy("common_index")
+        .agg(F.count(F.lit(1)).alias("copies"))
+        .where("copies > 1")
+    )
+    return parsed.join(copies, "common_index", "left").select(
+        "common_index",
+        "common_features",
+        "line",
+        F.when(F.col("reason").isNull() & F.col("copies").isNotNull(), F.lit("duplicate_common_index"))
+        .otherwise(F.col("reason"))
+        .alias("reason"),
+    )
 
 
 def join_common(skeleton: DataFrame, common: DataFrame) -> DataFrame:
@@ -164,10 +188,16 @@ def join_common(skeleton: DataFrame, common: DataFrame) -> DataFrame:
     good = common.where(F.col("reason").isNull()).select("common_index", "common_features")
     j = skeleton.where(F.col("reason").isNull()).join(good, "common_index", "left")
     missing = F.col("common_features").isNull()
-    return j.select("sample_id", "click", "conversion", "common_index", "features",
-                    F.coalesce("common_features", F.array().cast(j.schema["features"].dataType))
-                    .alias("common_features"), "line",
-                    F.when(missing, F.lit("common_index_not_found")).alias("reason"))
+    return j.select(
+        "sample_id",
+        "click",
+        "conversion",
+        "common_index",
+        "features",
+        F.coalesce("common_features", F.array().cast(j.schema["features"].dataType)).alias("common_features"),
+        "line",
+        F.when(missing, F.lit("common_index_not_found")).alias("reason"),
+    )
 
 
 def _ids(features: Column, fid: str) -> Column:
@@ -183,24 +213,41 @@ def to_labels(joined: DataFrame, spec: FeatureSpec, split: str, day: str) -> Dat
     # Each field's ids once, in a projection of their own: the next one reads them twice
     # (value and check), and Spark does not inline a non-trivial expression twice.
     ids = joined.select(
-        "sample_id", "click", "conversion", "line", "reason",
-        *[F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid)).alias(f"__{c}")
-          for c, fid in fids.items()])
+        "sample_id",
+        "click",
+        "conversion",
+        "line",
+        "reason",
+        *[
+            F.concat(_ids(F.col("features"), fid), _ids(F.col("common_features"), fid)).alias(f"__{c}")
+            for c, fid in fids.items()
+        ],
+    )
     singles = [f for f in spec.categorical if not f.multi]
-    reason = F.coalesce(F.col("reason"), _first_reason(
-        *[(F.size(f"__{f.source}") > 1, f"multiple_values:{f.source}") for f in singles]))
+    reason = F.coalesce(
+        F.col("reason"), _first_reason(*[(F.size(f"__{f.source}") > 1, f"multiple_values:{f.source}") for f in singles])
+    )
     midnight = F.to_timestamp(F.lit(day))
     return ids.select(
         F.concat(F.lit(f"{split}-"), F.col("sample_id")).alias("impression_id"),
         midnight.alias("ts"),
-        F.col("__f101").getItem(0).alias("user_id"), F.col("__f205").getItem(0).alias("item_id"),
-        *[(F.col(f"__{f.source}") if f.multi else F.col(f"__{f.source}").getItem(0)).alias(f.source)
-          for f in spec.categorical],
-        F.col("click").cast("int").alias("click"), F.lit(None).cast("timestamp").alias("first_click_ts"),
+        F.col("__f101").getItem(0).alias("user_id"),
+        F.col("__f205").getItem(0).alias("item_id"),
+        *[
+            (F.col(f"__{f.source}") if f.multi else F.col(f"__{f.source}").getItem(0)).alias(f.source)
+            for f in spec.categorical
+        ],
+        F.col("click").cast("int").alias("click"),
+        F.lit(None).cast("timestamp").alias("first_click_ts"),
         F.col("conversion").cast("int").alias("conversion"),
-        F.lit(None).cast("timestamp").alias("conversion_ts"), F.lit(True).alias("label_mature"),
+        F.lit(None).cast("timestamp").alias("conversion_ts"),
+        F.lit(True).alias("label_mature"),
         (midnight + F.expr("INTERVAL 1 DAY") - F.expr("INTERVAL 1 MICROSECOND")).alias("as_of"),
-        F.lit(day).alias("dt"), "sample_id", "line", reason.alias("reason"))
+        F.lit(day).alias("dt"),
+        "sample_id",
+        "line",
+        reason.alias("reason"),
+    )
 
 
 def quarantine(rows: DataFrame, source: str, key: str, day: str) -> DataFrame:
@@ -212,12 +259,17 @@ def quarantine(rows: DataFrame, source: str, key: str, day: str) -> DataFrame:
     blank = F.col(key).isNull() | (F.trim(F.col(key)) == "")
     rid = F.when(blank, F.concat(F.lit("sha256:"), F.sha2(F.col("line"), 256))).otherwise(F.col(key))
     return rows.where(F.col("reason").isNotNull()).select(
-        F.lit(source).alias("source"), rid.alias("record_id"), "reason", F.col("line").alias("record"),
-        F.lit(day).alias("dt"))
+        F.lit(source).alias("source"),
+        rid.alias("record_id"),
+        "reason",
+        F.col("line").alias("record"),
+        F.lit(day).alias("dt"),
+    )
 
 
-def build(skeleton_lines: DataFrame, common_lines: DataFrame, spec: FeatureSpec, split: str,
-          day: str) -> tuple[DataFrame, DataFrame]:
+def build(
+    skeleton_lines: DataFrame, common_lines: DataFrame, spec: FeatureSpec, split: str, day: str
+) -> tuple[DataFrame, DataFrame]:
     """Two text DataFrames (``value``) -> (labels, quarantine) of one split, lazily.
 
     labels: the ``curated/labels`` rows (module docstring); quarantine: source, record_id,
@@ -227,9 +279,11 @@ def build(skeleton_lines: DataFrame, common_lines: DataFrame, spec: FeatureSpec,
     common = parse_common(common_lines)
     rows = to_labels(join_common(skel, common), spec, split, day)
     labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
-    bad = (quarantine(skel, SOURCES[0], "sample_id", day)
-           .unionByName(quarantine(rows, SOURCES[0], "sample_id", day))
-           .unionByName(quarantine(common, SOURCES[1], "common_index", day)))
+    bad = (
+        quarantine(skel, SOURCES[0], "sample_id", day)
+        .unionByName(quarantine(rows, SOURCES[0], "sample_id", day))
+        .unionByName(quarantine(common, SOURCES[1], "common_index", day))
+    )
     return labels, bad
 
 
@@ -247,8 +301,10 @@ def split_of(path: str) -> str:
     """:func:`split_of_or_none`, raising ValueError naming the file when the name does not tell."""
     found = split_of_or_none(path)
     if found is None:
-        raise ValueError(f"{path}: cannot tell the split from the file name (want exactly one of "
-                         f"{', '.join(SPLITS)} in it); pass --split")
+        raise ValueError(
+            f"{path}: cannot tell the split from the file name (want exactly one of "
+            f"{', '.join(SPLITS)} in it); pass --split"
+        )
     return found
 
 
@@ -261,8 +317,9 @@ def parse_csv(rows: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataF
     """
     missing = [field_id(f) for f in spec.categorical if field_id(f) not in rows.columns]
     if missing:
-        raise ValueError(f"Ali-CCP CSV lacks the columns {missing} of the feature spec; "
-                         f"present: {sorted(rows.columns)}")
+        raise ValueError(
+            f"Ali-CCP CSV lacks the columns {missing} of the feature spec; " f"present: {sorted(rows.columns)}"
+        )
     raw = [c for c in rows.columns if c not in ("_corrupt_record", "_row")]
     line = F.coalesce(F.col("_corrupt_record"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in raw])))
     click, conv = F.col("click"), F.col("purchase")
@@ -277,19 +334,31 @@ def parse_csv(rows: DataFrame, spec: FeatureSpec, split: str, day: str) -> DataF
         v = F.col(f"`{fid}`")
         return F.when(F.trim(v) == "", F.lit(None)).otherwise(v)
 
-    feats = [(F.when(value(field_id(f)).isNull(), F.array().cast("array<string>"))
-              .otherwise(F.array(value(field_id(f)))) if f.multi else value(field_id(f))).alias(f.source)
-             for f in spec.categorical]
+    feats = [
+        (
+            F.when(value(field_id(f)).isNull(), F.array().cast("array<string>")).otherwise(F.array(value(field_id(f))))
+            if f.multi
+            else value(field_id(f))
+        ).alias(f.source)
+        for f in spec.categorical
+    ]
     return rows.select(
         F.concat(F.lit(f"{split}-"), F.col("_row").cast("string")).alias("impression_id"),
-        midnight.alias("ts"), _maybe(rows, "101").alias("user_id"), _maybe(rows, "205").alias("item_id"),
+        midnight.alias("ts"),
+        _maybe(rows, "101").alias("user_id"),
+        _maybe(rows, "205").alias("item_id"),
         *feats,
-        click.cast("int").alias("click"), F.lit(None).cast("timestamp").alias("first_click_ts"),
-        conv.cast("int").alias("conversion"), F.lit(None).cast("timestamp").alias("conversion_ts"),
+        click.cast("int").alias("click"),
+        F.lit(None).cast("timestamp").alias("first_click_ts"),
+        conv.cast("int").alias("conversion"),
+        F.lit(None).cast("timestamp").alias("conversion_ts"),
         F.lit(True).alias("label_mature"),
         (midnight + F.expr("INTERVAL 1 DAY") - F.expr("INTERVAL 1 MICROSECOND")).alias("as_of"),
-        F.lit(day).alias("dt"), F.col("_row").cast("string").alias("sample_id"), line.alias("line"),
-        reason.alias("reason"))
+        F.lit(day).alias("dt"),
+        F.col("_row").cast("string").alias("sample_id"),
+        line.alias("line"),
+        reason.alias("reason"),
+    )
 
 
 def _maybe(rows: DataFrame, fid: str) -> Column:
@@ -308,12 +377,20 @@ def read_csv(spark: SparkSession, paths: list[str]) -> DataFrame:
     for p in paths[1:]:
         other = spark.read.option("header", True).csv(p).columns
         if other != header:
-            raise ValueError(f"{p}: its CSV header {other} differs from {paths[0]}'s {header}; "
-                             f"files ingested together must share one header")
-    schema = T.StructType([T.StructField(c, T.StringType()) for c in header]
-                          + [T.StructField("_corrupt_record", T.StringType())])
-    df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
-          .option("columnNameOfCorruptRecord", "_corrupt_record").csv(paths))
+            raise ValueError(
+                f"{p}: its CSV header {other} differs from {paths[0]}'s {header}; "
+                f"files ingested together must share one header"
+            )
+    schema = T.StructType(
+        [T.StructField(c, T.StringType()) for c in header] + [T.StructField("_corrupt_record", T.StringType())]
+    )
+    df = (
+        spark.read.schema(schema)
+        .option("header", True)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", "_corrupt_record")
+        .csv(paths)
+    )
     # Row ids: stable for one file read the same way (ids are only unique, not dense).
     return df.withColumn("_row", F.monotonically_increasing_id())
 
@@ -340,19 +417,34 @@ def parse_paddle(lines: DataFrame) -> DataFrame:
         (F.exists(items, lambda x: ~x.rlike(_PADDLE_FEATURE)), "bad_feature"),
         ((c.getItem(2) == "1") & (c.getItem(1) == "0"), "conversion_without_click"),
     )
-    feats = F.transform(items, lambda x: F.struct(F.substring_index(x, ":", 1).alias("field"),
-                                                  F.substring_index(x, ":", -1).alias("id")))
+    feats = F.transform(
+        items,
+        lambda x: F.struct(F.substring_index(x, ":", 1).alias("field"), F.substring_index(x, ":", -1).alias("id")),
+    )
     return lines.select(
-        F.when(F.size(c) >= 3, c.getItem(0)).alias("sample_id"), c.getItem(1).cast("int").alias("click"),
-        c.getItem(2).cast("int").alias("conversion"), F.lit(None).cast("string").alias("common_index"),
-        feats.alias("features"), F.array().cast("array<struct<field:string,id:string>>").alias("common_features"), line.alias("line"), reason.alias("reason"))
+        F.when(F.size(c) >= 3, c.getItem(0)).alias("sample_id"),
+        c.getItem(1).cast("int").alias("click"),
+        c.getItem(2).cast("int").alias("conversion"),
+        F.lit(None).cast("string").alias("common_index"),
+        feats.alias("features"),
+        F.array().cast("array<struct<field:string,id:string>>").alias("common_features"),
+        line.alias("line"),
+        reason.alias("reason"),
+    )
 
 
 # --------------------------------------------------------------------------- jobs
 
 
-def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, day: str,
-           read: dict[str, tuple[int, str]], log=print) -> dict[str, int]:
+def _write(
+    spark: SparkSession,
+    cfg: Config,
+    labels: DataFrame,
+    bad: DataFrame,
+    day: str,
+    read: dict[str, tuple[int, str]],
+    log=print,
+) -> dict[str, int]:
     """Replace this job's quarantine rows of ``day``, gate on the quarantined share
     (:func:`check_bad_fraction`, ``read`` = source -> (records read, file names)),
     then replace ``dt = day`` of curated/labels; report."""
@@ -367,8 +459,13 @@ def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, 
     # Written first: the gate reads its counts back instead of parsing the input once more.
     write_quarantine(q, q_path, [day], SOURCES)
     by_source: dict[str, dict[str, int]] = {}
-    for row in (read_delta(spark, q_path).where((F.col("dt") == day) & F.col("source").isin(*SOURCES))
-                .groupBy("source", "reason").agg(F.count(F.lit(1)).alias("n")).collect()):
+    for row in (
+        read_delta(spark, q_path)
+        .where((F.col("dt") == day) & F.col("source").isin(*SOURCES))
+        .groupBy("source", "reason")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .collect()
+    ):
         by_source.setdefault(row["source"], {})[row["reason"]] = int(row["n"])
     reasons: dict[str, int] = {}
     for per in by_source.values():
@@ -376,15 +473,19 @@ def _write(spark: SparkSession, cfg: Config, labels: DataFrame, bad: DataFrame, 
             reasons[k] = reasons.get(k, 0) + v
     check_bad_fraction(by_source, read, day, cfg.aliccp.max_bad_fraction)
     write_delta(labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
-    r = (read_delta(spark, labels_path).where(F.col("dt") == day)
-         .agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"),
-              F.sum("conversion").alias("conversions")).first())
-    counts = {"rows": int(r["rows"]), "clicks": int(r["clicks"] or 0),
-              "conversions": int(r["conversions"] or 0)}
+    r = (
+        read_delta(spark, labels_path)
+        .where(F.col("dt") == day)
+        .agg(F.count(F.lit(1)).alias("rows"), F.sum("click").alias("clicks"), F.sum("conversion").alias("conversions"))
+        .first()
+    )
+    counts = {"rows": int(r["rows"]), "clicks": int(r["clicks"] or 0), "conversions": int(r["conversions"] or 0)}
     counts.update({f"quarantined:{k}": v for k, v in sorted(reasons.items())})
-    log(f"curated/labels dt={day}: {counts['rows']:,} impressions, {counts['clicks']:,} clicks, "
+    log(
+        f"curated/labels dt={day}: {counts['rows']:,} impressions, {counts['clicks']:,} clicks, "
         f"{counts['conversions']:,} conversions; quarantined: "
-        + (", ".join(f"{k}={v:,}" for k, v in sorted(reasons.items())) or "none"))
+        + (", ".join(f"{k}={v:,}" for k, v in sorted(reasons.items())) or "none")
+    )
     return counts
 
 
@@ -398,13 +499,16 @@ def day_of(cfg: Config, split: str, day: Optional[str] = None) -> str:
         return cfg.aliccp.date_of(split)
     other = [s for s in SPLITS if s != split and cfg.aliccp.date_of(s) == day]
     if other:
-        raise ValueError(f"--date {day} is aliccp.{other[0]}_date: a {split} slice there would replace "
-                         f"the {other[0]} split's rows; pick a date no other split uses")
+        raise ValueError(
+            f"--date {day} is aliccp.{other[0]}_date: a {split} slice there would replace "
+            f"the {other[0]} split's rows; pick a date no other split uses"
+        )
     return day
 
 
-def run(spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str,
-        day: Optional[str] = None, log=print) -> dict[str, int]:
+def run(
+    spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str, day: Optional[str] = None, log=print
+) -> dict[str, int]:
     """Ingest one split of the raw release into ``dt = day`` (default: ``aliccp.<split>_date``).
 
     Re-running replaces that date (labels) and this job's quarantine rows of it. Raises
@@ -419,21 +523,27 @@ def run(spark: SparkSession, cfg: Config, skeleton: str, common: str, split: str
     return _write(spark, cfg, labels, bad, day, read, log)
 
 
-def run_paddle(spark: SparkSession, cfg: Config, paths: list[str], split: str, day: Optional[str] = None,
-               log=print) -> dict[str, int]:
+def run_paddle(
+    spark: SparkSession, cfg: Config, paths: list[str], split: str, day: Optional[str] = None, log=print
+) -> dict[str, int]:
     """Ingest PaddleRec text files (all of one split) into ``dt = day`` (default ``aliccp.<split>_date``)."""
     day = day_of(cfg, split, day)
     lines = spark.read.text(paths)
     parsed = parse_paddle(lines)
     rows = to_labels(parsed.where(F.col("reason").isNull()), cfg.features, split, day)
     labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
-    bad = (quarantine(parsed, SOURCES[0], "sample_id", day)
-           .unionByName(quarantine(rows, SOURCES[0], "sample_id", day)))
+    bad = quarantine(parsed, SOURCES[0], "sample_id", day).unionByName(quarantine(rows, SOURCES[0], "sample_id", day))
     return _write(spark, cfg, labels, bad, day, {SOURCES[0]: (lines.count(), ", ".join(paths))}, log)
 
 
-def run_csv(spark: SparkSession, cfg: Config, paths: list[str], split: Optional[str] = None,
-            day: Optional[str] = None, log=print) -> dict[str, dict[str, int]]:
+def run_csv(
+    spark: SparkSession,
+    cfg: Config,
+    paths: list[str],
+    split: Optional[str] = None,
+    day: Optional[str] = None,
+    log=print,
+) -> dict[str, dict[str, int]]:
     """Ingest processed CSV files, all files of one split together into that split's date.
 
     The split comes from each file name (or ``split`` for all); the date is
@@ -444,14 +554,23 @@ def run_csv(spark: SparkSession, cfg: Config, paths: list[str], split: Optional[
     for path in paths:
         groups.setdefault(split or split_of(path), []).append(path)
     if day is not None and len(groups) > 1:
-        raise ValueError(f"--date {day} with files of several splits ({', '.join(groups)}): one date "
-                         f"holds one split; ingest each split's files on their own")
+        raise ValueError(
+            f"--date {day} with files of several splits ({', '.join(groups)}): one date "
+            f"holds one split; ingest each split's files on their own"
+        )
     out = {}
     for s, files in groups.items():
         d = day_of(cfg, s, day)
         raw = read_csv(spark, files)
         rows = parse_csv(raw, cfg.features, s, d)
         labels = rows.where(F.col("reason").isNull()).drop("sample_id", "line", "reason")
-        out[s] = _write(spark, cfg, labels, quarantine(rows, SOURCES[0], "sample_id", d), d,
-                        {SOURCES[0]: (raw.count(), ", ".join(files))}, log)
+        out[s] = _write(
+            spark,
+            cfg,
+            labels,
+            quarantine(rows, SOURCES[0], "sample_id", d),
+            d,
+            {SOURCES[0]: (raw.count(), ", ".join(files))},
+            log,
+        )
     return out

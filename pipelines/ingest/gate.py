@@ -6,6 +6,7 @@ rows would train a model on a biased remainder. The caller writes the quarantine
 first (so the bad records can be inspected), calls :func:`check_bad_fraction`,
 and writes its output table only when it returns.
 """
+
 from __future__ import annotations
 
 
@@ -13,8 +14,13 @@ class IngestGateError(RuntimeError):
     """A source's quarantined share exceeds the limit; the output table was not written."""
 
 
-def check_bad_fraction(reasons: dict[str, dict[str, int]], read: dict[str, tuple[int, str]], day: str,
-                       max_bad_fraction: float, key: str = "aliccp.max_bad_fraction") -> None:
+def check_bad_fraction(
+    reasons: dict[str, dict[str, int]],
+    read: dict[str, tuple[int, str]],
+    day: str,
+    max_bad_fraction: float,
+    key: str = "aliccp.max_bad_fraction",
+) -> None:
     """Raise :class:`IngestGateError` for the first source whose quarantined share is above
     ``max_bad_fraction`` (the config ``key``).
 
@@ -31,4 +37,5 @@ def check_bad_fraction(reasons: dict[str, dict[str, int]], read: dict[str, tuple
                 + ", ".join(f"{r} {n:,}" for r, n in top)
                 + f". curated/labels dt={day} was not written (an earlier ingest of that date, if any, "
                 f"is untouched); this run's quarantine rows of dt={day} were written, to inspect. "
-                f"Fix the file, or raise {key} if this is expected.")
+                f"Fix the file, or raise {key} if this is expected."
+            )

@@ -16,6 +16,7 @@ Each record's id column is :data:`ID_COLUMN`; a JSON source's unparseable line
 lands in :data:`CORRUPT_COLUMN`. Extra columns are allowed; a missing required column, or one of an incompatible
 type, is a :class:`ContractError` naming the table and column.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
@@ -92,8 +93,7 @@ def check_raw(df: DataFrame, source: str, spec: FeatureSpec, where: str) -> Data
         if name not in fields:
             problems.append(f"missing required column {name!r} ({tp.simpleString()})")
         elif not _compatible(fields[name], tp):
-            problems.append(f"column {name!r} is {fields[name].simpleString()}, "
-                            f"expected {tp.simpleString()}")
+            problems.append(f"column {name!r} is {fields[name].simpleString()}, " f"expected {tp.simpleString()}")
     if source == "impressions":
         for col, kind in feature_columns(spec):
             if col in ("user_id", "item_id"):
@@ -101,12 +101,13 @@ def check_raw(df: DataFrame, source: str, spec: FeatureSpec, where: str) -> Data
             if col not in fields:
                 problems.append(f"missing feature column {col!r} ({kind}) declared in the feature spec")
             elif kind == "categorical" and not isinstance(fields[col], (T.StringType,) + _INTEGRAL):
-                problems.append(f"categorical column {col!r} is {fields[col].simpleString()}, "
-                                f"expected string or integer")
+                problems.append(
+                    f"categorical column {col!r} is {fields[col].simpleString()}, " f"expected string or integer"
+                )
             elif kind == "numeric" and not isinstance(fields[col], _NUMERIC):
-                problems.append(f"numeric column {col!r} is {fields[col].simpleString()}, "
-                                f"expected double")
+                problems.append(f"numeric column {col!r} is {fields[col].simpleString()}, " f"expected double")
     if problems:
-        raise ContractError(f"raw {source} table {where}: " + "; ".join(problems)
-                            + f". Present columns: {sorted(fields)}")
+        raise ContractError(
+            f"raw {source} table {where}: " + "; ".join(problems) + f". Present columns: {sorted(fields)}"
+        )
     return df

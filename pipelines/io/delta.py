@@ -2,6 +2,7 @@
 
 Transforms never read or write; jobs call these at their start and end.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
@@ -13,8 +14,9 @@ from pipelines.io.contract import CORRUPT_COLUMN, RAW_REQUIRED, check_raw, featu
 from pipelines.io.errors import reading, reading_log, writing
 
 
-def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: bool = False,
-               name: str = "Delta") -> DataFrame:
+def read_delta(
+    spark: SparkSession, path: str, version: int | None = None, pin: bool = False, name: str = "Delta"
+) -> DataFrame:
     """Read a Delta table, with a clear error when the location holds none.
 
     ``pin``: read the newest version *now* (see :func:`read_raw`) rather than whatever
@@ -24,8 +26,9 @@ def read_delta(spark: SparkSession, path: str, version: int | None = None, pin: 
     """
     with reading_log(name, path):
         if not is_delta(spark, path):
-            raise FileNotFoundError(f"no Delta table at {path}; run the job that writes it first "
-                                    f"(see README: pipeline order)")
+            raise FileNotFoundError(
+                f"no Delta table at {path}; run the job that writes it first " f"(see README: pipeline order)"
+            )
         if pin and version is None:
             version = latest_version(spark, path)
         reader = spark.read.format("delta")
@@ -63,10 +66,12 @@ def read_raw(spark: SparkSession, cfg: Config, source: str, pin: bool = False) -
             df = df.withColumn("dt", F.date_format(F.col("dt"), "yyyy-MM-dd"))
     else:
         schema = raw_json_schema(source, cfg.features)
-        df = (spark.read.schema(schema)
-              .option("mode", "PERMISSIVE")
-              .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
-              .json(path))
+        df = (
+            spark.read.schema(schema)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT_COLUMN)
+            .json(path)
+        )
     return check_raw(df, source, cfg.features, path)
 
 
@@ -79,6 +84,7 @@ def reading_raw(spark: SparkSession, cfg: Config, sources: tuple[str, ...]):
     """A context in which a failure to read one of the raw ``sources`` (a corrupt or
     truncated Parquet file) becomes a :class:`pipelines.io.errors.TableReadError`
     naming the table and the file."""
+
     def lister(source: str):
         def files() -> list[str]:
             src = getattr(cfg.sources, source)
@@ -86,6 +92,7 @@ def reading_raw(spark: SparkSession, cfg: Config, sources: tuple[str, ...]):
                 return []  # corrupt lines are quarantined, not failures
             reader = spark.read.format(src.format)
             return list(reader.load(raw_path(cfg, source)).inputFiles())
+
         return files
 
     return reading({f"raw {s}": (raw_path(cfg, s), lister(s)) for s in sources})
@@ -98,16 +105,20 @@ def raw_json_schema(source: str, spec: FeatureSpec) -> T.StructType:
         have = {n for n, _ in RAW_REQUIRED[source]}
         for col, kind in feature_columns(spec):
             if col not in have:
-                fields.append(T.StructField(col, T.StringType() if kind == "categorical"
-                                            else T.DoubleType(), True))
+                fields.append(T.StructField(col, T.StringType() if kind == "categorical" else T.DoubleType(), True))
                 have.add(col)
     fields.append(T.StructField(CORRUPT_COLUMN, T.StringType(), True))
     return T.StructType(fields)
 
 
-def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
-                replace_where: str | None = None, user_metadata: str | None = None,
-                merge_schema: bool = False) -> None:
+def write_delta(
+    df: DataFrame,
+    path: str,
+    partition_by: list[str] | None = None,
+    replace_where: str | None = None,
+    user_metadata: str | None = None,
+    merge_schema: bool = False,
+) -> None:
     """Atomically write ``df`` as a Delta table (a storage fault: :class:`pipelines.io.errors.TableWriteError`).
 
     With ``replace_where`` only the matching rows are replaced (one Delta commit:
@@ -134,8 +145,9 @@ def write_delta(df: DataFrame, path: str, partition_by: list[str] | None = None,
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
-def merge_delta(df: DataFrame, path: str, on: str, delete_unmatched_where: str | None = None,
-                user_metadata: str | None = None) -> None:
+def merge_delta(
+    df: DataFrame, path: str, on: str, delete_unmatched_where: str | None = None, user_metadata: str | None = None
+) -> None:
     """Upsert ``df`` (alias ``s``) into the Delta table at ``path`` (alias ``t``) in one commit.
 
     Rows matching ``on`` are updated, the others inserted; with
@@ -146,8 +158,13 @@ def merge_delta(df: DataFrame, path: str, on: str, delete_unmatched_where: str |
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
-    merge = (DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), on)
-             .whenMatchedUpdateAll().whenNotMatchedInsertAll())
+    merge = (
+        DeltaTable.forPath(spark, path)
+        .alias("t")
+        .merge(df.alias("s"), on)
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+    )
     if delete_unmatched_where is not None:
         merge = merge.whenNotMatchedBySourceDelete(condition=delete_unmatched_where)
     prev = spark.conf.get(_USER_METADATA, None)

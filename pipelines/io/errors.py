@@ -16,6 +16,7 @@ them here, at the edge where they read or write, into:
 :data:`jobs.cli.EXIT_WRITE_FAILED` for them; the nightly records the message
 as the failed step's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,16 @@ import re
 from typing import Callable, Iterator, Optional
 
 # Exception text that means "the storage refused the write" (POSIX, Hadoop, object stores).
-_WRITE_FAULTS = ("No space left on device", "Read-only file system", "Permission denied",
-                 "AccessDenied", "Mkdirs failed", "Not a directory", "ParentNotDirectory",
-                 "Disk quota exceeded")
+_WRITE_FAULTS = (
+    "No space left on device",
+    "Read-only file system",
+    "Permission denied",
+    "AccessDenied",
+    "Mkdirs failed",
+    "Not a directory",
+    "ParentNotDirectory",
+    "Disk quota exceeded",
+)
 # Exception text of a data file that does not decode (worth checking the footers for).
 _FILE_FAULT = re.compile(r"(?i)parquet|thrift|checksum|EOFException|magic number|BlockMissing")
 _CAUSE = re.compile(r"(?:^|Caused by: |: )((?:[a-z_$][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): [^\n]{1,300})")
@@ -142,6 +150,7 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> contextli
     by one (only after such a failure; no data is read).
     Failures that are not about an input (a write fault, a bug) pass through unchanged.
     """
+
     def translate(e: BaseException) -> Optional[Exception]:
         text = str(e)
         if any(s in text for s in _WRITE_FAULTS) and not any(_named_file(text, p) for p, _ in tables.values()):
@@ -155,9 +164,13 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> contextli
                     file = None
             if file is not None:
                 return TableReadError(
-                    name, path, f"{name} table {path}: file {file} cannot be read ({root_cause(e)}). "
+                    name,
+                    path,
+                    f"{name} table {path}: file {file} cannot be read ({root_cause(e)}). "
                     f"Restore or remove that file (a Delta table: restore an earlier version or "
-                    f"re-land the partition), then re-run", file)
+                    f"re-land the partition), then re-run",
+                    file,
+                )
         return None
 
     return _translating(translate)
@@ -166,14 +179,22 @@ def reading(tables: dict[str, tuple[str, Callable[[], list[str]]]]) -> contextli
 def reading_log(name: str, path: str) -> contextlib.AbstractContextManager:
     """Translate a failure to load the Delta table at ``path`` (its log) into
     :class:`TableReadError` naming the commit file that does not parse, when one does not."""
+
     def translate(e: BaseException) -> Exception:
         bad = unreadable_log_entries(path)
-        where = (f"Delta log entry {bad[0]} is not valid JSON (truncated or overwritten)" if bad
-                 else f"its Delta log {path.rstrip('/')}/_delta_log cannot be read")
-        return TableReadError(name, path, f"{name} table {path}: {where} ({root_cause(e)}). Restore that "
-                              f"commit file from a backup or have its producer rewrite it; do not "
-                              f"delete it, the table's later versions depend on it",
-                              bad[0] if bad else None)
+        where = (
+            f"Delta log entry {bad[0]} is not valid JSON (truncated or overwritten)"
+            if bad
+            else f"its Delta log {path.rstrip('/')}/_delta_log cannot be read"
+        )
+        return TableReadError(
+            name,
+            path,
+            f"{name} table {path}: {where} ({root_cause(e)}). Restore that "
+            f"commit file from a backup or have its producer rewrite it; do not "
+            f"delete it, the table's later versions depend on it",
+            bad[0] if bad else None,
+        )
 
     return _translating(translate)
 
@@ -183,11 +204,15 @@ def writing(path: str) -> contextlib.AbstractContextManager:
 
     Other failures (a corrupt input read while the plan runs, a bug) pass through.
     """
+
     def translate(e: BaseException) -> Optional[Exception]:
         if not any(s in str(e) for s in _WRITE_FAULTS):
             return None
-        return TableWriteError(path, f"cannot write table {path} ({root_cause(e)}); nothing was committed, "
-                                     f"the table is at its previous version. Make the path writable or "
-                                     f"free space, then re-run")
+        return TableWriteError(
+            path,
+            f"cannot write table {path} ({root_cause(e)}); nothing was committed, "
+            f"the table is at its previous version. Make the path writable or "
+            f"free space, then re-run",
+        )
 
     return _translating(translate)

@@ -23,6 +23,7 @@ empty or only ASCII spaces, the characters SQL's ``trim`` removes. So ``NULL``,
 newline (a key holding one is a real, if odd, value; the SQL oracle of the
 tests, ``trim(c) <> ''``, agrees).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -36,15 +37,17 @@ from esmm.util.timeutil import utc_micros
 
 UNKNOWN_DT = "unknown"  # owner date of a record whose own dt is missing or malformed
 
-QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("source", T.StringType()),
-    T.StructField("record_id", T.StringType()),
-    T.StructField("reason", T.StringType()),
-    T.StructField("record", T.StringType()),
-    T.StructField("run_id", T.StringType()),
-    T.StructField("quarantined_at", T.TimestampType()),
-    T.StructField("dt", T.StringType()),
-])
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType()),
+        T.StructField("record_id", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("record", T.StringType()),
+        T.StructField("run_id", T.StringType()),
+        T.StructField("quarantined_at", T.TimestampType()),
+        T.StructField("dt", T.StringType()),
+    ]
+)
 
 
 def is_blank(c: str) -> Column:
@@ -80,16 +83,21 @@ def stamp(rows: DataFrame, run_id: str, now: dt.datetime) -> DataFrame:
     """``rows`` (source, record_id, reason, record, dt) with ``run_id`` and
     ``quarantined_at`` = ``now`` (naive = UTC), in :data:`QUARANTINE_SCHEMA`'s order and types."""
     extra = {"run_id": F.lit(run_id), "quarantined_at": F.timestamp_micros(F.lit(utc_micros(now)))}
-    return rows.select(*[(extra[f.name] if f.name in extra else F.col(f.name)).cast(f.dataType).alias(f.name)
-                         for f in QUARANTINE_SCHEMA.fields])
+    return rows.select(
+        *[
+            (extra[f.name] if f.name in extra else F.col(f.name)).cast(f.dataType).alias(f.name)
+            for f in QUARANTINE_SCHEMA.fields
+        ]
+    )
 
 
 def _in(values: Sequence[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-def write_quarantine(rows: DataFrame, path: str, days: Sequence[str], sources: Sequence[str],
-                     empty: bool = False) -> None:
+def write_quarantine(
+    rows: DataFrame, path: str, days: Sequence[str], sources: Sequence[str], empty: bool = False
+) -> None:
     """Replace the quarantine rows of ``sources`` on the dates ``days`` with ``rows``, in one commit.
 
     ``replaceWhere dt IN (days) AND source IN (sources)``: each job replaces only

@@ -8,6 +8,7 @@ back to ``configure_spark_with_delta_pip``, which resolves them through Ivy.
 Under spark-submit the cluster provides the jars (``--packages`` or an image),
 its master and its settings; we only add Delta's SQL extension and catalog.
 """
+
 from __future__ import annotations
 
 import os

@@ -73,6 +73,7 @@ Tables
 sources impressions, clicks and conversions, record_id the record's id (or
 'sha256:<hex>' of the record when the id is blank), dt the owner date or 'unknown'.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -85,12 +86,29 @@ from pyspark.sql import functions as F
 from esmm.config.schema import Config
 from esmm.util.timeutil import US, default_as_of, micros_date, new_run_id
 from pipelines.io.contract import SOURCES
-from pipelines.labels.report import DayReport, count_fates
-from pipelines.labels.rules import (DATE_RE, IMP_ORDER, REASONS, Windows, arrived_between,
-                                    attribute_conversions, between, candidate_conditions, check_records,
-                                    click_status, day_candidates, fold_copies, kept_impressions, label_rows,
-                                    quarantine_rows, rank_copies, record_json, scope_of, winners)
 from pipelines.io.quarantine import UNKNOWN_DT, stamp, write_quarantine
+from pipelines.labels.report import DayReport, count_fates
+from pipelines.labels.rules import (
+    DATE_RE,
+    IMP_ORDER,
+    REASONS,
+    Windows,
+    arrived_between,
+    attribute_conversions,
+    between,
+    candidate_conditions,
+    check_records,
+    click_status,
+    day_candidates,
+    fold_copies,
+    kept_impressions,
+    label_rows,
+    quarantine_rows,
+    rank_copies,
+    record_json,
+    scope_of,
+    winners,
+)
 
 # A cached side up to this many rows is broadcast where the planner's static estimate
 # would shuffle the large side first (AQE switches to a broadcast only after that shuffle).
@@ -116,8 +134,15 @@ class LabelResult:
             df.unpersist()
 
 
-def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame,
-                 day: str, as_of: dt.datetime, w: Windows, persist: bool = False) -> LabelResult:
+def build_labels(
+    impressions: DataFrame,
+    clicks: DataFrame,
+    conversions: DataFrame,
+    day: str,
+    as_of: dt.datetime,
+    w: Windows,
+    persist: bool = False,
+) -> LabelResult:
     """Labels, quarantine rows and per-row fates of one day (no table is written).
 
     Inputs: the raw sources (contract of :mod:`pipelines.io.contract`; JSON sources may
@@ -142,8 +167,16 @@ def build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFra
         raise
 
 
-def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFrame, day: str,
-                  as_of: dt.datetime, w: Windows, persist: bool, persisted: list[DataFrame]) -> LabelResult:
+def _build_labels(
+    impressions: DataFrame,
+    clicks: DataFrame,
+    conversions: DataFrame,
+    day: str,
+    as_of: dt.datetime,
+    w: Windows,
+    persist: bool,
+    persisted: list[DataFrame],
+) -> LabelResult:
     sc = scope_of(day, as_of, w)
     a = F.lit(sc.as_of_us)
 
@@ -172,9 +205,12 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
     imp = check_records(impressions, "impressions", w, with_hash=False)
     imps_ok = imp.where(reason.isNull() & (us <= a) & between(us, sc.imp_lo, sc.hi))
     # Owned bad records and the day's arrivals after as_of: few, kept with their JSON.
-    imp_odd = keep(imp.where((own_dt | day_arrivals) & (owned_bad | after_as_of)).select(
-        *[c for c in imp.columns if c.startswith("__") or c in ("impression_id", "dt")],
-        F.when(reason.isNotNull(), record_json(imp)).alias("__record")))
+    imp_odd = keep(
+        imp.where((own_dt | day_arrivals) & (owned_bad | after_as_of)).select(
+            *[c for c in imp.columns if c.startswith("__") or c in ("impression_id", "dt")],
+            F.when(reason.isNotNull(), record_json(imp)).alias("__record"),
+        )
+    )
     chk = {s: keep(check_records(df, s, w)) for s, df in (("clicks", clicks), ("conversions", conversions))}
     ok = {s: df.where(reason.isNull() & (us <= a)) for s, df in chk.items()}
     clicks_ranked = keep(rank_copies(ok["clicks"].where(between(us, sc.click_lo, sc.hi)), "click_id"))
@@ -185,24 +221,29 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
     dup_ids = copies.where(F.col("impression_id").isNotNull())
     # One narrow pass over the scope picks out every impression a later step looks at:
     # the clicked ones (click validity) and the day's duplicated ones (their winner).
-    lookup = (clicks_kept.where(between(us, sc.valid_lo, sc.hi)).select("impression_id")
-              .unionByName(dup_ids.select("impression_id")).distinct())
+    lookup = (
+        clicks_kept.where(between(us, sc.valid_lo, sc.hi))
+        .select("impression_id")
+        .unionByName(dup_ids.select("impression_id"))
+        .distinct()
+    )
     if n_lookup <= BROADCAST_MAX_ROWS:  # known small: broadcast, rather than shuffle the scope first
         lookup = F.broadcast(lookup)
     on_day, earlier = candidate_conditions(sc, w)
-    few = keep(imps_ok.select("impression_id", *IMP_ORDER, "__date", (on_day | earlier).alias("__cand"),
-                              on_day.cast("long").alias("__d"))
-               .join(lookup, "impression_id", "left_semi"))
+    few = keep(
+        imps_ok.select(
+            "impression_id", *IMP_ORDER, "__date", (on_day | earlier).alias("__cand"), on_day.cast("long").alias("__d")
+        ).join(lookup, "impression_id", "left_semi")
+    )
     multi = keep(winners(few.where(F.col("__cand")), dup_ids))
     status = keep(click_status(clicks_kept, few, sc, w))
-    convs_ranked = keep(rank_copies(ok["conversions"].where(between(us, sc.conv_lo, sc.hi)),
-                                    "conversion_id"))
-    attributed = keep(attribute_conversions(convs_ranked.where(F.col("__rank") == 1), clicks_kept,
-                                            status, sc, w))
+    convs_ranked = keep(rank_copies(ok["conversions"].where(between(us, sc.conv_lo, sc.hi)), "conversion_id"))
+    attributed = keep(attribute_conversions(convs_ranked.where(F.col("__rank") == 1), clicks_kept, status, sc, w))
 
     # The only full-width read: the day's arrivals, checked again (cheap, no shuffle).
     full_day = check_records(impressions.where(day_arrivals), "impressions", w, with_hash=False).where(
-        reason.isNull() & is_day & (us <= a))
+        reason.isNull() & is_day & (us <= a)
+    )
     if counts.get(id(multi), BROADCAST_MAX_ROWS + 1) <= BROADCAST_MAX_ROWS:
         multi = F.broadcast(multi)  # the full-width day streams past it, never shuffled
     labels = label_rows(kept_impressions(full_day, multi, day), status, attributed, sc, w)
@@ -215,27 +256,33 @@ def _build_labels(impressions: DataFrame, clicks: DataFrame, conversions: DataFr
     quarantine = quarantine.select("source", "record_id", "reason", "record", "dt")
 
     def fate(df: DataFrame, source: str, f: Column, why: Column, n: Column = F.lit(1)) -> DataFrame:
-        return df.select(F.lit(source).alias("source"), f.alias("fate"), why.alias("reason"),
-                         n.cast("long").alias("n"))
+        return df.select(F.lit(source).alias("source"), f.alias("fate"), why.alias("reason"), n.cast("long").alias("n"))
 
     none = F.lit(None).cast("string")
     checked = {"impressions": imp_odd, **chk}
     rows = [fate(checked[s].where(owned_bad), s, F.lit("quarantined"), reason) for s in SOURCES]
     rows += [fate(checked[s].where(after_as_of), s, F.lit("after_as_of"), none) for s in SOURCES]
     won = F.col("__w_date") == day
-    rows.append(fate(copies.where(F.col("impression_id").isNull()), "impressions", F.lit("labelled"), none,
-                     F.col("__ids")))  # the ids with a single copy
+    rows.append(
+        fate(copies.where(F.col("impression_id").isNull()), "impressions", F.lit("labelled"), none, F.col("__ids"))
+    )  # the ids with a single copy
     rows.append(fate(multi.where(won), "impressions", F.lit("labelled"), none))
     rows.append(fate(multi, "impressions", F.lit("duplicate"), none, F.col("__n_day") - won.cast("long")))
-    for source, ranked, decided, ok_fate in (("clicks", clicks_ranked, status, "valid"),
-                                             ("conversions", convs_ranked, attributed, "attributed")):
+    for source, ranked, decided, ok_fate in (
+        ("clicks", clicks_ranked, status, "valid"),
+        ("conversions", convs_ranked, attributed, "attributed"),
+    ):
         rows.append(fate(ranked.where(is_day & (F.col("__rank") > 1)), source, F.lit("duplicate"), none))
         detail = F.col("__via") if source == "conversions" else none
-        rows.append(fate(decided.where(is_day), source,
-                         F.when(reason.isNull(), ok_fate).otherwise("quarantined"),
-                         F.coalesce(reason, detail)))
-    fates = (_union(rows).groupBy("source", "fate", "reason").agg(F.sum("n").alias("n"))
-             .where(F.col("n") > 0))
+        rows.append(
+            fate(
+                decided.where(is_day),
+                source,
+                F.when(reason.isNull(), ok_fate).otherwise("quarantined"),
+                F.coalesce(reason, detail),
+            )
+        )
+    fates = _union(rows).groupBy("source", "fate", "reason").agg(F.sum("n").alias("n")).where(F.col("n") > 0)
     return LabelResult(labels, quarantine, fates, persisted)
 
 
@@ -251,15 +298,15 @@ def check_gate(report: DayReport, max_bad_fraction: float) -> None:
     for s in SOURCES:
         c = report.sources[s]
         if c.bad_fraction > max_bad_fraction:
-            top = sorted(((n, r) for r, n in c.quarantined.items() if REASONS.get(r, (True,))[0]),
-                         reverse=True)
+            top = sorted(((n, r) for r, n in c.quarantined.items() if REASONS.get(r, (True,))[0]), reverse=True)
             raise LabelGateError(
                 f"labels {report.day}: {s}: {c.bad_fraction:.2%} of {c.rows_in - c.duplicates:,} "
                 f"distinct records quarantined for integrity reasons ("
                 + ", ".join(f"{r} {n:,}" for n, r in top)
                 + f"), above labels.max_bad_fraction={max_bad_fraction:.2%}; nothing was written "
                 f"for {report.day}. Fix the {s} source, or raise labels.max_bad_fraction "
-                f"if this is expected.")
+                f"if this is expected."
+            )
 
 
 # --------------------------------------------------------------------------- job edge
@@ -277,8 +324,9 @@ def read_scope(spark: SparkSession, cfg: Config, source: str, first_dt: str, las
     return df.where(((dt_ >= first_dt) & (dt_ <= last_dt)) | dt_.isNull() | ~dt_.rlike(DATE_RE))
 
 
-def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | None = None,
-            run_id: str | None = None, log=print) -> DayReport:
+def run_day(
+    spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | None = None, run_id: str | None = None, log=print
+) -> DayReport:
     """Label one day: read the scope, compute, report, gate, then write.
 
     Writes ``curated/quarantine`` (replaceWhere dt IN (day, 'unknown')) and then
@@ -307,8 +355,12 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
         check_gate(report, cfg.labels.max_bad_fraction)
         # Every run re-derives the whole 'unknown' set (rows without a valid dt are always
         # read), so replacing it with the day's never loses or doubles a record.
-        write_quarantine(stamp(res.quarantine, run_id, dt.datetime.now(dt.timezone.utc)),
-                         cfg.lakehouse.path("quarantine"), [day, UNKNOWN_DT], SOURCES)
+        write_quarantine(
+            stamp(res.quarantine, run_id, dt.datetime.now(dt.timezone.utc)),
+            cfg.lakehouse.path("quarantine"),
+            [day, UNKNOWN_DT],
+            SOURCES,
+        )
         lap("quarantine")
         # Written straight from the plan (caching a full-width day costs more than one
         # more read); the summary is read back from the committed partition.
@@ -316,9 +368,12 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
         write_delta(res.labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
         report.written = True
         lap("labels")
-        summary = read_delta(spark, labels_path).where(F.col("dt") == day).agg(
-            F.count(F.lit(1)), F.sum("click"), F.sum("conversion"),
-            F.sum(F.col("label_mature").cast("int"))).first()
+        summary = (
+            read_delta(spark, labels_path)
+            .where(F.col("dt") == day)
+            .agg(F.count(F.lit(1)), F.sum("click"), F.sum("conversion"), F.sum(F.col("label_mature").cast("int")))
+            .first()
+        )
         report.label_rows, report.clicks, report.conversions, report.mature = (int(x or 0) for x in summary)
         lap("summary")
         report.seconds = time.time() - t0
@@ -333,8 +388,14 @@ def run_day(spark: SparkSession, cfg: Config, day: str, as_of: dt.datetime | Non
         res.unpersist()
 
 
-def run(spark: SparkSession, cfg: Config, dates: list[str], as_of: dt.datetime | None = None,
-        run_id: str | None = None, log=print) -> list[DayReport]:
+def run(
+    spark: SparkSession,
+    cfg: Config,
+    dates: list[str],
+    as_of: dt.datetime | None = None,
+    run_id: str | None = None,
+    log=print,
+) -> list[DayReport]:
     """Label each of ``dates`` in order (each day one atomic unit, as if run alone).
 
     ``as_of`` applies to every date; by default each date uses its own end of day.

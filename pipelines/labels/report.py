@@ -4,6 +4,7 @@
 (source, fate, reason, n) into one :class:`SourceCounts` per source;
 :class:`DayReport` adds the written partition's totals and prints them.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -51,24 +52,32 @@ class DayReport:
         out = [f"labels {self.day} as of {self.as_of.isoformat()} (run {self.run_id})"]
         for s in SOURCES:
             c = self.sources[s]
-            out.append(f"  {s:<12} in {c.rows_in:>11,}  duplicates removed {c.duplicates:>9,}  "
-                       f"out {c.out:>11,}  quarantined {sum(c.quarantined.values()):>8,}  "
-                       f"gated {c.bad_fraction:7.3%}"
-                       + (f"  (after as-of, not counted: {c.after_as_of:,})" if c.after_as_of else "")
-                       + ("  [" + ", ".join(f"{k} {v:,}" for k, v in sorted(c.detail.items())) + "]"
-                          if c.detail else ""))
+            out.append(
+                f"  {s:<12} in {c.rows_in:>11,}  duplicates removed {c.duplicates:>9,}  "
+                f"out {c.out:>11,}  quarantined {sum(c.quarantined.values()):>8,}  "
+                f"gated {c.bad_fraction:7.3%}"
+                + (f"  (after as-of, not counted: {c.after_as_of:,})" if c.after_as_of else "")
+                + ("  [" + ", ".join(f"{k} {v:,}" for k, v in sorted(c.detail.items())) + "]" if c.detail else "")
+            )
         reasons = [(s, r, n) for s in SOURCES for r, n in sorted(self.sources[s].quarantined.items())]
         if reasons:
-            out.append("  quarantined by reason: " + ", ".join(
-                f"{s}/{r} {n:,}{'' if REASONS.get(r, (True,))[0] else ' (not gated)'}" for s, r, n in reasons))
+            out.append(
+                "  quarantined by reason: "
+                + ", ".join(
+                    f"{s}/{r} {n:,}{'' if REASONS.get(r, (True,))[0] else ' (not gated)'}" for s, r, n in reasons
+                )
+            )
         if not self.written:
-            out.append(f"  curated/labels dt={self.day}: not written "
-                       f"({self.sources['impressions'].out:,} impressions would have been labelled)")
+            out.append(
+                f"  curated/labels dt={self.day}: not written "
+                f"({self.sources['impressions'].out:,} impressions would have been labelled)"
+            )
             return out
-        out.append(f"  curated/labels dt={self.day}: {self.label_rows:,} rows, click {self.clicks:,}, "
-                   f"conversion {self.conversions:,}, mature {self.mature:,}"
-                   + (f"; {self.seconds:.1f}s, {self.label_rows / self.seconds:,.0f} rows/s"
-                      if self.seconds > 0 else ""))
+        out.append(
+            f"  curated/labels dt={self.day}: {self.label_rows:,} rows, click {self.clicks:,}, "
+            f"conversion {self.conversions:,}, mature {self.mature:,}"
+            + (f"; {self.seconds:.1f}s, {self.label_rows / self.seconds:,.0f} rows/s" if self.seconds > 0 else "")
+        )
         if self.timings:
             out.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
         return out

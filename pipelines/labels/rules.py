@@ -7,6 +7,7 @@ implement. Working columns carry a ``__`` prefix: ``__us`` (ts in epoch
 microseconds), ``__date`` (UTC date of ts), ``__reason`` (NULL: the record
 passes), ``__owner`` (the date whose run accounts for the record).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,8 +44,10 @@ REASONS: dict[str, tuple[bool, str]] = {
     "conversion_before_click": (True, "conversion ts earlier than its click's ts"),
     "conversion_after_window": (False, "conversion ts later than click ts + attribution_window"),
     "click_not_valid": (False, "its click is quarantined (counted under clicks)"),
-    "no_click_in_window": (False, "no click_id and no valid click of the same user_id and "
-                                  "item_id within attribution_window before it"),
+    "no_click_in_window": (
+        False,
+        "no click_id and no valid click of the same user_id and " "item_id within attribution_window before it",
+    ),
 }
 
 
@@ -62,8 +65,12 @@ class Windows:
 
     @classmethod
     def from_config(cls, c: LabelConfig) -> "Windows":
-        return cls(c.seconds("click_skew"), c.seconds("click_window"),
-                   c.seconds("attribution_window"), c.seconds("max_lateness"))
+        return cls(
+            c.seconds("click_skew"),
+            c.seconds("click_window"),
+            c.seconds("attribution_window"),
+            c.seconds("max_lateness"),
+        )
 
     @property
     def dedupe_days(self) -> int:
@@ -104,7 +111,11 @@ def scope_of(day: str, as_of: dt.datetime, w: Windows) -> Scope:
     hi = min(a, day_hi + W + Tw + S)
     valid_lo = day_lo - Tw - S
     return Scope(
-        day=day, as_of_us=a, day_lo=day_lo, day_hi=day_hi, hi=hi,
+        day=day,
+        as_of_us=a,
+        day_lo=day_lo,
+        day_hi=day_hi,
+        hi=hi,
         click_lo=day_lo - CLICK_LOOKUP_WINDOWS * Tw - S,
         valid_lo=valid_lo,
         imp_lo=min(valid_lo - W, day_lo - w.dedupe_days * DAY_US),
@@ -165,17 +176,21 @@ def check_records(df: DataFrame, source: str, w: Windows, with_hash: bool = True
     checks.append((F.col("ts").isNull(), "missing_ts"))
     if source == "conversions":
         no_click = is_blank("click_id")
-        checks += [(no_click & is_blank("user_id"), "missing_user_id"),
-                   (no_click & is_blank("item_id"), "missing_item_id")]
+        checks += [
+            (no_click & is_blank("user_id"), "missing_user_id"),
+            (no_click & is_blank("item_id"), "missing_item_id"),
+        ]
     checks.append((F.col("dt") < ev, "ts_after_arrival"))
     checks.append((F.col("dt") > date_of_us(us + F.lit(w.max_lateness * US)), "arrived_too_late"))
     reason = F.when(checks[0][0], F.lit(checks[0][1]))
     for cond, name in checks[1:]:
         reason = reason.when(cond, F.lit(name))
     out = df.select("*", us.alias("__us"), ev.alias("__date"), reason.alias("__reason"))
-    owner = (F.when(F.col("__reason").isNull(), F.col("__date"))
-             .when(F.col("__reason") == "missing_dt", F.lit(UNKNOWN_DT))
-             .otherwise(F.col("dt")))
+    owner = (
+        F.when(F.col("__reason").isNull(), F.col("__date"))
+        .when(F.col("__reason") == "missing_dt", F.lit(UNKNOWN_DT))
+        .otherwise(F.col("dt"))
+    )
     out = out.select("*", owner.alias("__owner"))
     return out.select("*", record_hash(cols).alias("__h")) if with_hash else out
 
@@ -206,8 +221,9 @@ def day_candidates(imps_ok: DataFrame, sc: Scope, w: Windows) -> DataFrame:
     a copy of the day).
     """
     on_day, earlier = candidate_conditions(sc, w)
-    return imps_ok.where(on_day | earlier).select("impression_id", *IMP_ORDER, "__date",
-                                                  on_day.cast("long").alias("__d"))
+    return imps_ok.where(on_day | earlier).select(
+        "impression_id", *IMP_ORDER, "__date", on_day.cast("long").alias("__d")
+    )
 
 
 def candidate_conditions(sc: Scope, w: Windows) -> tuple[Column, Column]:
@@ -216,8 +232,7 @@ def candidate_conditions(sc: Scope, w: Windows) -> tuple[Column, Column]:
     first = micros_date(sc.day_lo - w.dedupe_days * DAY_US)
     date = F.col("__date")
     on_day = arrived_between(sc.day, micros_date(sc.day_hi + L_us)) & (date == sc.day)
-    earlier = (arrived_between(first, micros_date(sc.day_lo - 1 + L_us))
-               & (date >= first) & (date < sc.day))
+    earlier = arrived_between(first, micros_date(sc.day_lo - 1 + L_us)) & (date >= first) & (date < sc.day)
     return on_day, earlier
 
 
@@ -230,11 +245,15 @@ def fold_copies(cand: DataFrame) -> DataFrame:
     labelled as it is). Both aggregates keep fixed-width buffers, so Spark runs them as
     hash aggregates, and the second collapses the singles before its shuffle.
     """
-    ids = (cand.groupBy("impression_id").agg(F.count(F.lit(1)).alias("__n"), F.sum("__d").alias("__n_day"))
-           .where(F.col("__n_day") > 0))
+    ids = (
+        cand.groupBy("impression_id")
+        .agg(F.count(F.lit(1)).alias("__n"), F.sum("__d").alias("__n_day"))
+        .where(F.col("__n_day") > 0)
+    )
     dup_id = F.when(F.col("__n") > 1, F.col("impression_id"))
     return ids.groupBy(dup_id.alias("impression_id")).agg(
-        F.count(F.lit(1)).alias("__ids"), F.max("__n").alias("__n"), F.max("__n_day").alias("__n_day"))
+        F.count(F.lit(1)).alias("__ids"), F.max("__n").alias("__n"), F.max("__n_day").alias("__n_day")
+    )
 
 
 def winners(cand: DataFrame, multi: DataFrame) -> DataFrame:
@@ -245,8 +264,13 @@ def winners(cand: DataFrame, multi: DataFrame) -> DataFrame:
     """
     mine = cand.join(multi.select("impression_id"), "impression_id", "left_semi")
     best = rank_copies(mine, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
-    best = best.select("impression_id", *[F.col(c).alias(a) for c, a in zip(
-        (*IMP_ORDER, "__date"), ("__w_us", "__w_dt", "__w_user", "__w_item", "__w_date"))])
+    best = best.select(
+        "impression_id",
+        *[
+            F.col(c).alias(a)
+            for c, a in zip((*IMP_ORDER, "__date"), ("__w_us", "__w_dt", "__w_user", "__w_item", "__w_date"))
+        ],
+    )
     return multi.join(best, "impression_id")
 
 
@@ -262,21 +286,30 @@ def click_status(clicks_kept: DataFrame, imps_ok: DataFrame, sc: Scope, w: Windo
     """
     clicks = clicks_kept.where(between(F.col("__us"), sc.valid_lo, sc.hi)).drop("__reason")
     wanted = clicks.select("impression_id").distinct()
-    imp = (imps_ok.select("impression_id", "__us", "dt", "user_id", "item_id")
-           .join(wanted, "impression_id", "left_semi"))
-    imp = (rank_copies(imp, "impression_id", IMP_ORDER).where(F.col("__rank") == 1)
-           .select("impression_id", F.col("__us").alias("__imp_us"),
-                   F.col("user_id").alias("__imp_user"), F.col("item_id").alias("__imp_item")))
+    imp = imps_ok.select("impression_id", "__us", "dt", "user_id", "item_id").join(wanted, "impression_id", "left_semi")
+    imp = (
+        rank_copies(imp, "impression_id", IMP_ORDER)
+        .where(F.col("__rank") == 1)
+        .select(
+            "impression_id",
+            F.col("__us").alias("__imp_us"),
+            F.col("user_id").alias("__imp_user"),
+            F.col("item_id").alias("__imp_item"),
+        )
+    )
     j = clicks.drop("__rank").join(imp, "impression_id", "left")
     cus, ius = F.col("__us"), F.col("__imp_us")
-    reason = (F.when(ius.isNull(), F.lit("orphan_click"))
-              .when(cus < ius - F.lit(w.click_skew * US), F.lit("click_before_impression"))
-              .when(cus > ius + F.lit(w.click_window * US), F.lit("click_after_window")))
+    reason = (
+        F.when(ius.isNull(), F.lit("orphan_click"))
+        .when(cus < ius - F.lit(w.click_skew * US), F.lit("click_before_impression"))
+        .when(cus > ius + F.lit(w.click_window * US), F.lit("click_after_window"))
+    )
     return j.withColumn("__reason", reason)
 
 
-def attribute_conversions(convs_kept: DataFrame, clicks_kept: DataFrame, status: DataFrame,
-                          sc: Scope, w: Windows) -> DataFrame:
+def attribute_conversions(
+    convs_kept: DataFrame, clicks_kept: DataFrame, status: DataFrame, sc: Scope, w: Windows
+) -> DataFrame:
     """Attribute each conversion of the scope to one click, or give the reason why not.
 
     Output: the kept conversions with ts in [conv_lo, hi], their raw columns plus
@@ -290,34 +323,56 @@ def attribute_conversions(convs_kept: DataFrame, clicks_kept: DataFrame, status:
 
     with_id = convs.where(~is_blank("click_id"))
     known = clicks_kept.select("click_id", F.col("__us").alias("__k_us"))
-    st = status.select("click_id", F.col("__reason").alias("__k_reason"),
-                       F.col("impression_id").alias("__k_imp"), F.lit(True).alias("__k_has"))
+    st = status.select(
+        "click_id",
+        F.col("__reason").alias("__k_reason"),
+        F.col("impression_id").alias("__k_imp"),
+        F.lit(True).alias("__k_has"),
+    )
     j = with_id.join(known, "click_id", "left").join(st, "click_id", "left")
     cu, ku = F.col("__us"), F.col("__k_us")
-    r1 = (F.when(ku.isNull(), F.lit("unknown_click"))
-          .when(cu < ku, F.lit("conversion_before_click"))
-          .when(cu > ku + Tw, F.lit("conversion_after_window"))
-          .when(F.col("__k_has").isNull() | F.col("__k_reason").isNotNull(), F.lit("click_not_valid")))
-    by_id = j.select(*cols, r1.alias("__reason"),
-                     F.when(r1.isNull(), F.col("click_id")).alias("__click"),
-                     F.when(r1.isNull(), F.col("__k_imp")).alias("__imp"),
-                     F.lit("click_id").alias("__via"))
+    r1 = (
+        F.when(ku.isNull(), F.lit("unknown_click"))
+        .when(cu < ku, F.lit("conversion_before_click"))
+        .when(cu > ku + Tw, F.lit("conversion_after_window"))
+        .when(F.col("__k_has").isNull() | F.col("__k_reason").isNotNull(), F.lit("click_not_valid"))
+    )
+    by_id = j.select(
+        *cols,
+        r1.alias("__reason"),
+        F.when(r1.isNull(), F.col("click_id")).alias("__click"),
+        F.when(r1.isNull(), F.col("__k_imp")).alias("__imp"),
+        F.lit("click_id").alias("__via"),
+    )
 
     without = convs.where(is_blank("click_id"))
     valid = status.where(F.col("__reason").isNull()).select(
-        F.col("click_id").alias("__c_id"), F.col("__us").alias("__c_us"),
+        F.col("click_id").alias("__c_id"),
+        F.col("__us").alias("__c_us"),
         F.col("impression_id").alias("__c_imp"),
-        F.col("__imp_user").alias("user_id"), F.col("__imp_item").alias("item_id"))
-    cand = (without.select("conversion_id", "user_id", "item_id", "__us")
-            .join(valid, ["user_id", "item_id"])
-            .where((F.col("__c_us") <= F.col("__us")) & (F.col("__us") <= F.col("__c_us") + Tw)))
+        F.col("__imp_user").alias("user_id"),
+        F.col("__imp_item").alias("item_id"),
+    )
+    cand = (
+        without.select("conversion_id", "user_id", "item_id", "__us")
+        .join(valid, ["user_id", "item_id"])
+        .where((F.col("__c_us") <= F.col("__us")) & (F.col("__us") <= F.col("__c_us") + Tw))
+    )
     latest = Window.partitionBy("conversion_id").orderBy(F.col("__c_us").desc(), F.col("__c_id").desc())
-    best = (cand.withColumn("__n", F.row_number().over(latest)).where(F.col("__n") == 1)
-            .select("conversion_id", "__c_id", "__c_imp"))
+    best = (
+        cand.withColumn("__n", F.row_number().over(latest))
+        .where(F.col("__n") == 1)
+        .select("conversion_id", "__c_id", "__c_imp")
+    )
     lt = without.join(best, "conversion_id", "left")
     r2 = F.when(F.col("__c_id").isNull(), F.lit("no_click_in_window"))
-    by_touch = lt.select(*cols, r2.alias("__reason"), F.col("__c_id").alias("__click"),
-                         F.col("__c_imp").alias("__imp"), F.lit("last_touch").alias("__via"))
+    by_touch = lt.select(
+        *cols,
+        r2.alias("__reason"),
+        F.col("__c_id").alias("__click"),
+        F.col("__c_imp").alias("__imp"),
+        F.lit("last_touch").alias("__via"),
+    )
     return by_id.unionByName(by_touch)
 
 
@@ -333,8 +388,8 @@ def kept_impressions(full_day: DataFrame, multi: DataFrame, day: str) -> DataFra
     """
     single = full_day.join(multi.select("impression_id"), "impression_id", "left_anti")
     winners = multi.where(F.col("__w_date") == day).select(
-        "impression_id", *[F.col(a).alias(c) for a, c in zip(
-            ("__w_us", "__w_dt", "__w_user", "__w_item"), IMP_ORDER)])
+        "impression_id", *[F.col(a).alias(c) for a, c in zip(("__w_us", "__w_dt", "__w_user", "__w_item"), IMP_ORDER)]
+    )
     tied = full_day.join(winners, ["impression_id", *IMP_ORDER], "left_semi")
     tied = tied.withColumn("__h", record_hash(raw_columns(full_day)))
     first = Window.partitionBy("impression_id").orderBy("__h")
@@ -342,19 +397,19 @@ def kept_impressions(full_day: DataFrame, multi: DataFrame, day: str) -> DataFra
     return single.unionByName(chosen)
 
 
-def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame,
-               sc: Scope, w: Windows) -> DataFrame:
+def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame, sc: Scope, w: Windows) -> DataFrame:
     """The ``curated/labels`` rows of the day (schema in the module docstring).
 
     ``kept``: :func:`kept_impressions`; ``status``: :func:`click_status`;
     ``conversions``: :func:`attribute_conversions`.
     """
     raw = [c for c in raw_columns(kept) if c != "dt"]
-    clicks = (status.where(F.col("__reason").isNull()).groupBy("impression_id")
-              .agg(F.min("ts").alias("first_click_ts")))
-    convs = (conversions.where(F.col("__reason").isNull())
-             .groupBy(F.col("__imp").alias("impression_id"))
-             .agg(F.min("ts").alias("conversion_ts")))
+    clicks = status.where(F.col("__reason").isNull()).groupBy("impression_id").agg(F.min("ts").alias("first_click_ts"))
+    convs = (
+        conversions.where(F.col("__reason").isNull())
+        .groupBy(F.col("__imp").alias("impression_id"))
+        .agg(F.min("ts").alias("conversion_ts"))
+    )
     j = kept.join(clicks, "impression_id", "left").join(convs, "impression_id", "left")
     mature = F.lit(sc.as_of_us) >= F.col("__us") + F.lit((w.click_window + w.attribution_window) * US)
     return j.select(
@@ -384,5 +439,10 @@ def quarantine_rows(df: DataFrame, source: str, owner: Column) -> DataFrame:
     """
     record = F.col("__record") if "__record" in df.columns else record_json(df)
     rid = record_id([ID_COLUMN[source]], record)
-    return df.select(F.lit(source).alias("source"), rid.alias("record_id"),
-                     F.col("__reason").alias("reason"), record.alias("record"), owner.alias("dt"))
+    return df.select(
+        F.lit(source).alias("source"),
+        rid.alias("record_id"),
+        F.col("__reason").alias("reason"),
+        record.alias("record"),
+        owner.alias("dt"),
+    )

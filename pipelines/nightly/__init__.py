@@ -9,6 +9,7 @@
 Importing this package imports none of them (the CLI's parser stays light);
 :func:`run` is the entry the CLI calls.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable

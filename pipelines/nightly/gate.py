@@ -24,6 +24,7 @@ entire-space label ``click * conversion``). The rule, in order:
 
 The statistics are in :mod:`esmm.evaluation.intervals`.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,10 @@ class GateDecision:
 def _scores(x: np.ndarray, name: str, n: int) -> np.ndarray:
     s = np.asarray(x, dtype=np.float64)
     if s.shape != (n,):
-        raise ValueError(f"gate: {name} scores have shape {s.shape}, the labels ({n},); both models "
-                         f"must be scored on the same evaluation rows")
+        raise ValueError(
+            f"gate: {name} scores have shape {s.shape}, the labels ({n},); both models "
+            f"must be scored on the same evaluation rows"
+        )
     if not np.isfinite(s).all() or s.min(initial=0.0) < 0.0 or s.max(initial=0.0) > 1.0:
         raise ValueError(f"gate: {name} scores must be probabilities in [0, 1] (found values outside, or NaN)")
     return s
@@ -67,24 +70,34 @@ def calibration_check(p: np.ndarray, y: np.ndarray, cfg: GateConfig) -> dict[str
     """The calibration ratio, its ``1 - alpha`` interval, and whether all of it is outside the bounds."""
     ratio, lo, hi = calibration_interval(p, y, level=1.0 - cfg.alpha)
     outside = hi < cfg.calibration_min or lo > cfg.calibration_max
-    return {"ratio": ratio, "lo": lo, "hi": hi, "level": 1.0 - cfg.alpha, "min": cfg.calibration_min,
-            "max": cfg.calibration_max, "outside": bool(outside)}
+    return {
+        "ratio": ratio,
+        "lo": lo,
+        "hi": hi,
+        "level": 1.0 - cfg.alpha,
+        "min": cfg.calibration_min,
+        "max": cfg.calibration_max,
+        "outside": bool(outside),
+    }
 
 
 def _cal_text(c: dict[str, Any]) -> str:
     where = "wholly OUTSIDE" if c["outside"] else "overlaps"
-    return (f"calibration (mean pCTCVR / observed) {c['ratio']:.3f}, {c['level']:.0%} interval "
-            f"[{c['lo']:.3f}, {c['hi']:.3f}] {where} [{c['min']}, {c['max']}]")
+    return (
+        f"calibration (mean pCTCVR / observed) {c['ratio']:.3f}, {c['level']:.0%} interval "
+        f"[{c['lo']:.3f}, {c['hi']:.3f}] {where} [{c['min']}, {c['max']}]"
+    )
 
 
 def _test_text(name: str, t: dict[str, Any]) -> str:
     verdict = "WORSE beyond the noise" if t["worse"] else "not worse beyond the noise"
-    return (f"{name} {t['candidate']:.4f} vs champion {t['champion']:.4f} (diff {t['diff']:+.4f}, "
-            f"SE {t['se']:.4f}, one-sided p {t['p_worse']:.3g} vs {t['level']:.3g}: {verdict})")
+    return (
+        f"{name} {t['candidate']:.4f} vs champion {t['champion']:.4f} (diff {t['diff']:+.4f}, "
+        f"SE {t['se']:.4f}, one-sided p {t['p_worse']:.3g} vs {t['level']:.3g}: {verdict})"
+    )
 
 
-def decide(candidate: np.ndarray, champion: Optional[np.ndarray], labels: np.ndarray,
-           cfg: GateConfig) -> GateDecision:
+def decide(candidate: np.ndarray, champion: Optional[np.ndarray], labels: np.ndarray, cfg: GateConfig) -> GateDecision:
     """Promote the candidate or keep the champion (rule in the module docstring).
 
     ``candidate``, ``champion``: pCTCVR [n] of each model on the same rows, in the
@@ -105,9 +118,14 @@ def decide(candidate: np.ndarray, champion: Optional[np.ndarray], labels: np.nda
         _, cov = delong(cand, y)
         se = math.sqrt(cov[0, 0]) if conv > 0 and conv < n else math.nan
         return GateDecision(
-            False, f"kept the champion: {conv} conversions on the evaluation day, below "
-                   f"{KEY}.min_conversions = {cfg.min_conversions}; the CTCVR AUC's standard error on "
-                   f"them is {se:.3f}, so the models were not compared", tests, n, conv)
+            False,
+            f"kept the champion: {conv} conversions on the evaluation day, below "
+            f"{KEY}.min_conversions = {cfg.min_conversions}; the CTCVR AUC's standard error on "
+            f"them is {se:.3f}, so the models were not compared",
+            tests,
+            n,
+            conv,
+        )
     level = cfg.alpha / 2.0  # two tests share alpha
     for name, fn in (("ctcvr_auc", delong_test), ("ctcvr_logloss", logloss_test)):
         t = fn(cand, champ, y)
@@ -115,16 +133,22 @@ def decide(candidate: np.ndarray, champion: Optional[np.ndarray], labels: np.nda
         t["worse"] = bool(t["p_worse"] < level)  # False for NaN: no evidence
         tests[name] = t
     if any(math.isnan(tests[k]["p_worse"]) for k in ("ctcvr_auc", "ctcvr_logloss")):
-        return GateDecision(False, "kept the champion: the paired tests are undefined on this day "
-                                   "(a single class of label)", tests, n, conv)
+        return GateDecision(
+            False,
+            "kept the champion: the paired tests are undefined on this day " "(a single class of label)",
+            tests,
+            n,
+            conv,
+        )
     texts = [_test_text("CTCVR AUC", tests["ctcvr_auc"]), _test_text("CTCVR log loss", tests["ctcvr_logloss"]), cal]
     reject = tests["ctcvr_auc"]["worse"] or tests["ctcvr_logloss"]["worse"] or tests["calibration"]["outside"]
     head = "kept the champion" if reject else "promoted"
     return GateDecision(not reject, f"{head} on {conv} conversions: " + "; ".join(texts), tests, n, conv)
 
 
-def promotion(predictions: dict[str, str], champion_exists: bool, champion_note: Optional[str],
-              cfg: GateConfig) -> GateDecision:
+def promotion(
+    predictions: dict[str, str], champion_exists: bool, champion_note: Optional[str], cfg: GateConfig
+) -> GateDecision:
     """The gate step's decision from the evaluate step's outputs.
 
     ``predictions``: ``{"candidate": path[, "champion": path]}`` of per-row scores
@@ -133,8 +157,10 @@ def promotion(predictions: dict[str, str], champion_exists: bool, champion_note:
     the registry has a champion. ``champion_note``: why it was not compared.
     """
     if "candidate" not in predictions:
-        raise RuntimeError("the evaluate step recorded no per-row predictions (an older run?); "
-                           "re-run the evaluate step of this date")
+        raise RuntimeError(
+            "the evaluate step recorded no per-row predictions (an older run?); "
+            "re-run the evaluate step of this date"
+        )
     cand = load_predictions(predictions["candidate"])
     champ = None
     if "champion" in predictions:
@@ -142,6 +168,11 @@ def promotion(predictions: dict[str, str], champion_exists: bool, champion_note:
     d = decide(cand["pctcvr"], None if champ is None else champ["pctcvr"], ctcvr_label(cand), cfg)
     if champ is None and champion_exists:
         # A champion exists but could not be compared (different feature mapping): it stays.
-        d = GateDecision(False, f"kept the champion: {champion_note or 'champion not comparable'}",
-                         d.tests, d.n_rows, d.n_conversions)
+        d = GateDecision(
+            False,
+            f"kept the champion: {champion_note or 'champion not comparable'}",
+            d.tests,
+            d.n_rows,
+            d.n_conversions,
+        )
     return d

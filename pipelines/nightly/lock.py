@@ -22,9 +22,9 @@ Take-over is itself serialised by a short-lived ``<lock>.takeover`` file
 created with O_EXCL, so two waiters cannot both remove the stale lock and each
 believe they hold the new one.
 """
+
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
@@ -32,6 +32,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from esmm.util.files import atomic_write_json
+from esmm.util.timeutil import utc_now
 
 
 class LockHeld(RuntimeError):
@@ -43,11 +46,12 @@ class LockHeld(RuntimeError):
             f"lock {path} is held by run {holder.get('run_id')} (pid {holder.get('pid')} on "
             f"{holder.get('host')}, started {holder.get('started_at')}, last heartbeat "
             f"{holder.get('heartbeat_at')}); wait for it to finish, or delete the file if you "
-            f"are sure that run is dead")
+            f"are sure that run is dead"
+        )
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return utc_now().isoformat(timespec="seconds")
 
 
 def pid_alive(pid: int) -> bool:
@@ -107,8 +111,13 @@ class FileLock:
         except FileExistsError:
             return False
         now = _now()
-        body = {"run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": now, "heartbeat_at": now}
+        body = {
+            "run_id": self.run_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": now,
+            "heartbeat_at": now,
+        }
         with os.fdopen(fd, "w") as f:
             json.dump(body, f)
             f.flush()
@@ -147,8 +156,7 @@ class FileLock:
         try:
             current = self.read_holder()
             # Re-check under the guard: the holder we judged stale must still be the one there.
-            if current is not None and (current.get("run_id") != seen.get("run_id")
-                                        or not self.is_stale(current)):
+            if current is not None and (current.get("run_id") != seen.get("run_id") or not self.is_stale(current)):
                 raise LockHeld(self.path, current)
             self.path.unlink(missing_ok=True)
             if not self._create():
@@ -164,13 +172,13 @@ class FileLock:
             return
         holder = self.read_holder()
         if holder is None or holder.get("run_id") != self.run_id:
-            raise RuntimeError(f"lock {self.path} was taken from run {self.run_id} by "
-                               f"{(holder or {}).get('run_id')}: stopping, another run owns the date now")
+            raise RuntimeError(
+                f"lock {self.path} was taken from run {self.run_id} by "
+                f"{(holder or {}).get('run_id')}: stopping, another run owns the date now"
+            )
         holder = {k: v for k, v in holder.items() if not k.startswith("_")}
         holder["heartbeat_at"] = _now()
-        tmp = self.path.with_name(f"{self.path.name}.{self.run_id}.tmp")
-        tmp.write_text(json.dumps(holder))
-        os.replace(tmp, self.path)  # atomic: readers never see a half-written lock
+        atomic_write_json(self.path, holder, default=None)  # readers never see a half-written lock
 
     def release(self) -> None:
         """Remove the lock if this run still holds it (never someone else's)."""

@@ -15,6 +15,7 @@ conversions fixes it only to about +-1/sqrt(N) (100 conversions: +-10%). ``night
 ``D`` itself with whatever labels exist: only for demos on short logs, and the
 report says the labels are immature.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,8 +34,7 @@ def _days(d: str, n: int) -> str:
 
 def label_horizon_days(labels: LabelConfig) -> int:
     """Days after which an impression day's labels can no longer change (``H``)."""
-    secs = sum(parse_duration(getattr(labels, k), k)
-               for k in ("click_window", "attribution_window", "max_lateness"))
+    secs = sum(parse_duration(getattr(labels, k), k) for k in ("click_window", "attribution_window", "max_lateness"))
     return math.ceil(secs / 86400)
 
 
@@ -54,8 +54,14 @@ class NightlyPlan:
         return dict(self.__dict__)
 
 
-def plan_dates(run_date: str, available: list[str], labels: LabelConfig,
-               nightly: NightlyConfig, calibrate: bool = False, calibration_days: int = 1) -> NightlyPlan:
+def plan_dates(
+    run_date: str,
+    available: list[str],
+    labels: LabelConfig,
+    nightly: NightlyConfig,
+    calibrate: bool = False,
+    calibration_days: int = 1,
+) -> NightlyPlan:
     """Pure date arithmetic (see the module docstring). ``available``: days with impressions;
     ``calibrate``: hold out up to ``calibration_days`` calibration days (``calibration.enabled``),
     always leaving at least one day to train on."""
@@ -73,7 +79,7 @@ def plan_dates(run_date: str, available: list[str], labels: LabelConfig,
         before = [d for d in avail if d < eval_date]
         # Every day before a mature day is mature; keep at least one day to train on.
         if calibrate and mature and len(before) >= 2:
-            cal_dates = tuple(before[-min(calibration_days, len(before) - 1):])
+            cal_dates = tuple(before[-min(calibration_days, len(before) - 1) :])
         end = cal_dates[0] if cal_dates else eval_date
         train = [d for d in avail if _days(end, -nightly.train_days) <= d < end]
     score = [_days(run_date, -i) for i in range(nightly.score_days - 1, -1, -1)]

@@ -16,6 +16,7 @@ Exit codes (:data:`EXIT_CODES`): 0 ok, 2 configuration error, 3 a step failed
 (named on stderr and in the runs table), 75 the lock is held by another live
 run (EX_TEMPFAIL: retry later).
 """
+
 from __future__ import annotations
 
 import time
@@ -82,17 +83,24 @@ def lock_path(cfg: Config) -> Path:
     if "://" in runs:
         from esmm.config.errors import ConfigError
 
-        raise ConfigError(f"nightly.lock_path: the runs table {runs} is on an object store, where an "
-                          f"O_EXCL lock file cannot be created; set nightly.lock_path to a path on a "
-                          f"filesystem every scheduler host shares")
+        raise ConfigError(
+            f"nightly.lock_path: the runs table {runs} is on an object store, where an "
+            f"O_EXCL lock file cannot be created; set nightly.lock_path to a path on a "
+            f"filesystem every scheduler host shares"
+        )
     return Path(runs + ".lock")
 
 
-def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
-                steps: list[Step], run_id: Optional[str] = None,
-                options: Optional[dict[str, dict[str, Any]]] = None,
-                available: Optional[list[str]] = None,
-                log: Callable[[str], None] = print) -> NightlyResult:
+def run_nightly(
+    cfg: Config,
+    run_date: str,
+    get_spark: Callable[[], Any],
+    steps: list[Step],
+    run_id: Optional[str] = None,
+    options: Optional[dict[str, dict[str, Any]]] = None,
+    available: Optional[list[str]] = None,
+    log: Callable[[str], None] = print,
+) -> NightlyResult:
     """Run (or resume) the nightly pipeline for ``run_date``; never raises for a step failure.
 
     ``get_spark`` is called only once the lock is held. ``steps``: the steps in
@@ -111,8 +119,10 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
         log(f"nightly {run_date}: {e}")
         return NightlyResult(run_date, run_id, EXIT_LOCK_HELD, message=str(e))
     if lock.took_over:
-        log(f"nightly {run_date}: took over the stale lock of run {lock.took_over.get('run_id')} "
-            f"(pid {lock.took_over.get('pid')} on {lock.took_over.get('host')})")
+        log(
+            f"nightly {run_date}: took over the stale lock of run {lock.took_over.get('run_id')} "
+            f"(pid {lock.took_over.get('pid')} on {lock.took_over.get('host')})"
+        )
     result = NightlyResult(run_date, run_id, EXIT_OK)
     try:
         runs = RunsTable(cfg.lakehouse.path("runs"))
@@ -130,8 +140,7 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
         spark = get_spark()
         if available is None:
             available = available_dates(spark, cfg)
-        plan = plan_dates(run_date, available, cfg.labels, cfg.nightly, cfg.calibration.enabled,
-                          cfg.calibration.days)
+        plan = plan_dates(run_date, available, cfg.labels, cfg.nightly, cfg.calibration.enabled, cfg.calibration.days)
         ctx = NightlyContext(spark, cfg, run_date, run_id, plan, options=dict(options or {}), log=log)
         log(f"nightly {run_date} (run {run_id}): plan {plan.as_dict()}")
         for step in steps:
@@ -139,8 +148,10 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
             if prev is not None and prev["status"] in DONE:
                 ctx.outputs[step.name] = prev["outputs"]
                 result.reused.append(step.name)
-                log(f"  {step.name:<9} {prev['status']} earlier (attempt {prev['attempt']}, "
-                    f"run {prev['run_id']}): not re-run")
+                log(
+                    f"  {step.name:<9} {prev['status']} earlier (attempt {prev['attempt']}, "
+                    f"run {prev['run_id']}): not re-run"
+                )
                 continue
             lock.heartbeat()
             attempt = (prev["attempt"] + 1) if prev is not None else 1
@@ -171,4 +182,3 @@ def run_nightly(cfg: Config, run_date: str, get_spark: Callable[[], Any],
     finally:
         lock.release()
     return result
-

@@ -22,6 +22,7 @@ millisecond commit instead of a multi-second Spark MERGE, and the runner can
 see that a date is already complete without starting a JVM. Spark, DuckDB and
 any other Delta reader read the table as usual.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,24 +33,28 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from esmm.util.timeutil import utc_now
+
 _TS = pa.timestamp("us", tz="UTC")
-RUNS_SCHEMA = pa.schema([
-    pa.field("run_date", pa.string()),
-    pa.field("step", pa.string()),
-    pa.field("status", pa.string()),
-    pa.field("started_at", _TS),
-    pa.field("finished_at", _TS),
-    pa.field("attempt", pa.int32()),
-    pa.field("message", pa.string()),
-    pa.field("run_id", pa.string()),
-    pa.field("outputs", pa.string()),
-])
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_date", pa.string()),
+        pa.field("step", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("started_at", _TS),
+        pa.field("finished_at", _TS),
+        pa.field("attempt", pa.int32()),
+        pa.field("message", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("outputs", pa.string()),
+    ]
+)
 
 DONE = ("succeeded", "skipped")
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return utc_now().replace(microsecond=0)
 
 
 def latest_attempts(runs: DataFrame) -> DataFrame:
@@ -72,8 +77,7 @@ class RunsTable:
     def ensure(self) -> None:
         from deltalake import DeltaTable
 
-        DeltaTable.create(self.path, RUNS_SCHEMA, mode="ignore", name="runs",
-                          storage_options=self.storage_options)
+        DeltaTable.create(self.path, RUNS_SCHEMA, mode="ignore", name="runs", storage_options=self.storage_options)
 
     def rows(self, run_date: Optional[str] = None) -> list[dict[str, Any]]:
         """All rows (of ``run_date``), as dicts, ordered by run_date, step, attempt."""
@@ -91,28 +95,60 @@ class RunsTable:
 
     def _upsert(self, row: dict[str, Any]) -> None:
         src = pa.Table.from_pylist([row], schema=RUNS_SCHEMA)
-        (self._table().merge(src, "t.run_date = s.run_date AND t.step = s.step AND t.attempt = s.attempt",
-                             source_alias="s", target_alias="t", large_dtypes=False)
-         .when_matched_update_all().when_not_matched_insert_all().execute())
+        (
+            self._table()
+            .merge(
+                src,
+                "t.run_date = s.run_date AND t.step = s.step AND t.attempt = s.attempt",
+                source_alias="s",
+                target_alias="t",
+                large_dtypes=False,
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
 
     def start(self, run_date: str, step: str, attempt: int, run_id: str) -> dict[str, Any]:
-        row = {"run_date": run_date, "step": step, "status": "running", "started_at": utcnow(),
-               "finished_at": None, "attempt": attempt, "message": None, "run_id": run_id,
-               "outputs": None}
+        row = {
+            "run_date": run_date,
+            "step": step,
+            "status": "running",
+            "started_at": utcnow(),
+            "finished_at": None,
+            "attempt": attempt,
+            "message": None,
+            "run_id": run_id,
+            "outputs": None,
+        }
         self._upsert(row)
         return row
 
-    def finish(self, started: dict[str, Any], status: str, message: Optional[str] = None,
-               outputs: Optional[dict[str, Any]] = None) -> None:
+    def finish(
+        self,
+        started: dict[str, Any],
+        status: str,
+        message: Optional[str] = None,
+        outputs: Optional[dict[str, Any]] = None,
+    ) -> None:
         assert status in ("succeeded", "failed", "skipped"), status
-        row = dict(started, status=status, finished_at=utcnow(), message=message,
-                   outputs=json.dumps(outputs or {}, sort_keys=True, default=str))
+        row = dict(
+            started,
+            status=status,
+            finished_at=utcnow(),
+            message=message,
+            outputs=json.dumps(outputs or {}, sort_keys=True, default=str),
+        )
         self._upsert(row)
 
     def abandon_running(self, run_date: str, by_run_id: str) -> int:
         """Mark ``running`` rows of ``run_date`` failed: their run died (we hold the lock)."""
         stuck = [r for r in self.rows(run_date) if r["status"] == "running"]
         for r in stuck:
-            self.finish(r, "failed", message=f"abandoned: its run {r['run_id']} ended without "
-                                             f"finishing the step (found by run {by_run_id})")
+            self.finish(
+                r,
+                "failed",
+                message=f"abandoned: its run {r['run_id']} ended without "
+                f"finishing the step (found by run {by_run_id})",
+            )
         return len(stuck)

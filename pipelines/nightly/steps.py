@@ -16,10 +16,10 @@ JSON-able dict (kept in the runs table's ``outputs``, so a re-run that skips a
 step still hands its outputs to the later ones), or raises
 :class:`pipelines.nightly.runner.SkipStep` with the reason it has nothing to do.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import subprocess
 import sys
@@ -61,8 +61,13 @@ def labels(ctx: NightlyContext) -> dict[str, Any]:
     as_of = default_as_of(ctx.run_date)
     reports = label_job.run(ctx.spark, ctx.cfg, dates, as_of=as_of, run_id=ctx.run_id, log=ctx.log)
     rows = {r.day: r.label_rows for r in reports}
-    return {"dates": dates, "as_of": as_of.isoformat(), "rows": rows, "plan": ctx.plan.as_dict(),
-            "summary": f"{len(dates)} day(s), {sum(rows.values()):,} label rows as of {as_of:%Y-%m-%d %H:%M}Z"}
+    return {
+        "dates": dates,
+        "as_of": as_of.isoformat(),
+        "rows": rows,
+        "plan": ctx.plan.as_dict(),
+        "summary": f"{len(dates)} day(s), {sum(rows.values()):,} label rows as of {as_of:%Y-%m-%d %H:%M}Z",
+    }
 
 
 def features(ctx: NightlyContext) -> dict[str, Any]:
@@ -73,26 +78,30 @@ def features(ctx: NightlyContext) -> dict[str, Any]:
     if not dates:
         raise SkipStep("the labels step refreshed no day")
     counts = feature_job.run(ctx.spark, ctx.cfg, dates, log=ctx.log)
-    return {"dates": dates, "rows": counts,
-            "summary": f"{len(dates)} day(s), {sum(counts.values()):,} examples"}
+    return {"dates": dates, "rows": counts, "summary": f"{len(dates)} day(s), {sum(counts.values()):,} examples"}
 
 
 def train_config(ctx: NightlyContext):
     """The run's Config with the training window, evaluation and calibration days of the
     plan, and the run date and run id as tracking tags."""
     p, cfg = ctx.plan, ctx.cfg
-    t = dataclasses.replace(cfg.train, train_start=p.train_dates[0], train_end=p.train_dates[-1],
-                            eval_dates=[p.eval_date], mature_only=p.eval_mature,
-                            register=True, progress=False)
+    t = dataclasses.replace(
+        cfg.train,
+        train_start=p.train_dates[0],
+        train_end=p.train_dates[-1],
+        eval_dates=[p.eval_date],
+        mature_only=p.eval_mature,
+        register=True,
+        progress=False,
+    )
     cal = dataclasses.replace(cfg.calibration, dates=list(p.calibration_dates))
     # The MLflow run of the training is tagged with the nightly run it belongs to.
     tags = {**cfg.tracking.tags, "pipeline": "nightly", "run_date": ctx.run_date, "run_id": ctx.run_id}
-    return dataclasses.replace(cfg, train=t, calibration=cal,
-                               tracking=dataclasses.replace(cfg.tracking, tags=tags))
+    return dataclasses.replace(cfg, train=t, calibration=cal, tracking=dataclasses.replace(cfg.tracking, tags=tags))
 
 
 def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
-    """``torchrun --nproc_per_node N -m jobs.cli train --conf <this run's config>
+    """``torchrun --nproc_per_node N -m esmm.training --conf <this run's config>
     --result-json <file>``; rank 0 writes the id of the model it registered and
     its metrics to that file."""
     import yaml
@@ -100,18 +109,30 @@ def _train_torchrun(ctx: NightlyContext, cfg) -> tuple[str, dict[str, float]]:
     work = Path(tempfile.mkdtemp(prefix=f"esmm-train-{ctx.run_date}-"))
     conf, result = work / "config.yaml", work / "result.json"
     conf.write_text(yaml.safe_dump(cfg.to_dict()))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={cfg.nightly.torchrun_nproc}",
-           "-m", "jobs.cli", "train", "--conf", str(conf), "--result-json", str(result)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={cfg.nightly.torchrun_nproc}",
+        "-m",
+        "esmm.training",
+        "--conf",
+        str(conf),
+        "--result-json",
+        str(result),
+    ]
     ctx.log("  train: " + " ".join(cmd))
     subprocess.run(cmd, check=True)
+    from esmm.training.result import TrainResult
+
     try:
-        out = json.loads(result.read_text())
+        out = TrainResult.read_json(result)
     except FileNotFoundError:
         raise RuntimeError(f"torchrun training exited 0 but wrote no result file {result}") from None
-    if not out.get("model_id"):
+    if not out.model_id:
         raise RuntimeError(f"torchrun training registered no model (result file {result}: {out})")
-    return out["model_id"], out.get("metrics") or {}
+    return out.model_id, out.metrics
 
 
 def train(ctx: NightlyContext) -> dict[str, Any]:
@@ -120,8 +141,10 @@ def train(ctx: NightlyContext) -> dict[str, Any]:
 
     p = ctx.plan
     if p.eval_date is None:
-        raise SkipStep(f"no label-mature day up to {ctx.run_date} to evaluate on (labels mature after "
-                       f"click_window + attribution_window + max_lateness); nothing to train yet")
+        raise SkipStep(
+            f"no label-mature day up to {ctx.run_date} to evaluate on (labels mature after "
+            f"click_window + attribution_window + max_lateness); nothing to train yet"
+        )
     if not p.train_dates:
         raise SkipStep(f"no day before the evaluation day {p.eval_date} to train on")
     cfg = train_config(ctx)
@@ -131,10 +154,16 @@ def train(ctx: NightlyContext) -> dict[str, Any]:
     else:
         r = train_fn(cfg)
         model_id, metrics = r.model_id, r.metrics
-    return {"model_id": model_id, "train_dates": p.train_dates, "eval_date": p.eval_date,
-            "calibration_dates": list(p.calibration_dates), "metrics": metrics, "seconds": round(time.time() - t0, 1),
-            "summary": f"{model_id} on {p.train_dates[0]}..{p.train_dates[-1]}, "
-                       f"CTCVR AUC {metrics.get('ctcvr_auc', float('nan')):.4f} on {p.eval_date}"}
+    return {
+        "model_id": model_id,
+        "train_dates": p.train_dates,
+        "eval_date": p.eval_date,
+        "calibration_dates": list(p.calibration_dates),
+        "metrics": metrics,
+        "seconds": round(time.time() - t0, 1),
+        "summary": f"{model_id} on {p.train_dates[0]}..{p.train_dates[-1]}, "
+        f"CTCVR AUC {metrics.get('ctcvr_auc', float('nan')):.4f} on {p.eval_date}",
+    }
 
 
 def evaluate(ctx: NightlyContext) -> dict[str, Any]:
@@ -146,9 +175,9 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
     the trainer wrote into its artifact.
     """
     from esmm.calibration import maps as calibration
-    from esmm.registry import artifacts as registry
     from esmm.data.examples import resolve_snapshot
     from esmm.evaluation.metrics import evaluate as eval_fn
+    from esmm.registry import artifacts as registry
 
     tr = ctx.outputs.get("train") or {}
     if not tr.get("model_id"):
@@ -156,8 +185,7 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
     cfg, reg = ctx.cfg, ctx.cfg.lakehouse.path("registry")
     cand_dir = Path(cfg.lakehouse.path("models")) / tr["model_id"]
     cand_meta = registry.read_meta(cand_dir)
-    snap = resolve_snapshot(cfg.lakehouse.path("examples"), [tr["eval_date"]],
-                            cand_meta["examples"]["version"])
+    snap = resolve_snapshot(cfg.lakehouse.path("examples"), [tr["eval_date"]], cand_meta["examples"]["version"])
     work = Path(cfg.lakehouse.path("reports")) / "_evaluations" / ctx.run_date
 
     def scored(artifact_dir, model_id: str, out_dir=None) -> tuple[dict[str, float], str]:
@@ -165,28 +193,42 @@ def evaluate(ctx: NightlyContext) -> dict[str, Any]:
         # gate judges calibration on this evaluation day, never on the day the maps were fitted.
         model, meta = registry.load_model(artifact_dir)
         preds = work / model_id / "predictions.npz"
-        metrics = eval_fn(model, snap, registry.spec_of(meta), truth_path=cfg.lakehouse.path("truth"),
-                          mature_only=ctx.plan.eval_mature, batch_size=cfg.train.eval_batch_size,
-                          out_dir=out_dir, predictions_path=preds,
-                          calibration=calibration.load(artifact_dir, model_id))
+        metrics = eval_fn(
+            model,
+            snap,
+            registry.spec_of(meta),
+            truth_path=cfg.lakehouse.path("truth"),
+            mature_only=ctx.plan.eval_mature,
+            batch_size=cfg.train.eval_batch_size,
+            out_dir=out_dir,
+            predictions_path=preds,
+            calibration=calibration.load(artifact_dir, model_id),
+        )
         return metrics, str(preds)
 
     cand_metrics, cand_preds = scored(cand_dir, tr["model_id"])
-    out = {"model_ids": {"candidate": tr["model_id"]}, "metrics": {"candidate": cand_metrics},
-           "eval_date": tr["eval_date"], "reliability": {"candidate": str(cand_dir / "reliability.png")},
-           "predictions": {"candidate": cand_preds}}
+    out = {
+        "model_ids": {"candidate": tr["model_id"]},
+        "metrics": {"candidate": cand_metrics},
+        "eval_date": tr["eval_date"],
+        "reliability": {"candidate": str(cand_dir / "reliability.png")},
+        "predictions": {"candidate": cand_preds},
+    }
     champ = registry.champion(reg)
     if champ is None:
         out["summary"] = "no champion yet: the candidate stands alone"
         return out
     meta = registry.read_meta(champ["artifact_dir"])
     if meta["feature_mapping_id"] != cand_meta["feature_mapping_id"]:
-        out["champion_note"] = (f"champion {champ['model_id']} uses feature mapping {meta['feature_mapping_id']}, "
-                                f"the examples {cand_meta['feature_mapping_id']}: not comparable on them")
+        out["champion_note"] = (
+            f"champion {champ['model_id']} uses feature mapping {meta['feature_mapping_id']}, "
+            f"the examples {cand_meta['feature_mapping_id']}: not comparable on them"
+        )
         out["summary"] = out["champion_note"]
         return out
-    metrics, out["predictions"]["champion"] = scored(champ["artifact_dir"], champ["model_id"],
-                                                     out_dir=work / champ["model_id"])
+    metrics, out["predictions"]["champion"] = scored(
+        champ["artifact_dir"], champ["model_id"], out_dir=work / champ["model_id"]
+    )
     out["model_ids"]["champion"] = champ["model_id"]
     out["metrics"]["champion"] = metrics
     out["reliability"]["champion"] = str(work / champ["model_id"] / "reliability.png")
@@ -217,9 +259,16 @@ def gate(ctx: NightlyContext) -> dict[str, Any]:
     if d.promote:
         registry.promote(reg, cand_id)
     champion = registry.champion(reg)
-    return {"promoted": d.promote, "candidate": cand_id, "decision": d.reason, "tests": d.tests,
-            "n_rows": d.n_rows, "n_conversions": d.n_conversions,
-            "champion": champion["model_id"] if champion else None, "summary": d.reason}
+    return {
+        "promoted": d.promote,
+        "candidate": cand_id,
+        "decision": d.reason,
+        "tests": d.tests,
+        "n_rows": d.n_rows,
+        "n_conversions": d.n_conversions,
+        "champion": champion["model_id"] if champion else None,
+        "summary": d.reason,
+    }
 
 
 def score(ctx: NightlyContext) -> dict[str, Any]:
@@ -232,22 +281,25 @@ def score(ctx: NightlyContext) -> dict[str, Any]:
         raise SkipStep(str(e)) from e
     done = {}
     for day in ctx.plan.score_dates:
-        rep = score_job.run(ctx.spark, ctx.cfg, day, model=model, run_id=ctx.run_id, log=ctx.log,
-                            **ctx.options.get("score", {}))
+        rep = score_job.run(
+            ctx.spark, ctx.cfg, day, model=model, run_id=ctx.run_id, log=ctx.log, **ctx.options.get("score", {})
+        )
         done[day] = {"scored": rep.scored, "quarantined": rep.quarantined}
     n = sum(v["scored"] for v in done.values())
-    return {"model_id": model.model_id, "days": done,
-            "summary": f"{n:,} rows over {len(done)} day(s) by {model.model_id}"}
+    return {
+        "model_id": model.model_id,
+        "days": done,
+        "summary": f"{n:,} rows over {len(done)} day(s) by {model.model_id}",
+    }
 
 
 def report(ctx: NightlyContext) -> dict[str, Any]:
     """Write reports/<run date>/index.html."""
-    from pipelines.report import page as report_job
     from pipelines.nightly.runs import RunsTable
+    from pipelines.report import page as report_job
 
     steps = [s for s in RunsTable(ctx.cfg.lakehouse.path("runs")).rows(ctx.run_date) if s["step"] != "report"]
-    data = report_job.collect(ctx.spark, ctx.cfg, ctx.run_date, outputs=ctx.outputs,
-                              plan=ctx.plan.as_dict())
+    data = report_job.collect(ctx.spark, ctx.cfg, ctx.run_date, outputs=ctx.outputs, plan=ctx.plan.as_dict())
     data.steps = steps
     page = report_job.render(data, Path(ctx.cfg.lakehouse.path("reports")) / ctx.run_date)
     return {"path": str(page), "summary": str(page)}
@@ -255,9 +307,15 @@ def report(ctx: NightlyContext) -> dict[str, Any]:
 
 def default_steps() -> list[Step]:
     """The nightly's steps, in the order they run."""
-    return [Step("labels", labels), Step("features", features), Step("train", train),
-            Step("evaluate", evaluate), Step("gate", gate), Step("score", score),
-            Step("report", report)]
+    return [
+        Step("labels", labels),
+        Step("features", features),
+        Step("train", train),
+        Step("evaluate", evaluate),
+        Step("gate", gate),
+        Step("score", score),
+        Step("report", report),
+    ]
 
 
 STEPS = tuple(s.name for s in default_steps())

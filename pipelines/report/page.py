@@ -22,6 +22,7 @@ Two halves: :func:`collect` reads the tables (Spark and delta-rs) into a
 is self-contained (relative ``<img>`` paths, inline CSS, no scripts) and is
 written to a temporary folder then renamed, so a reader never sees half a report.
 """
+
 from __future__ import annotations
 
 import html
@@ -73,8 +74,14 @@ def _delta_rows(path: str) -> list[dict[str, Any]]:
         return []
 
 
-def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any]]] = None,
-            plan: Optional[dict[str, Any]] = None, score_sample: int = 20_000) -> ReportData:
+def collect(
+    spark,
+    cfg,
+    run_date: str,
+    outputs: Optional[dict[str, dict[str, Any]]] = None,
+    plan: Optional[dict[str, Any]] = None,
+    score_sample: int = 20_000,
+) -> ReportData:
     """Read what the page shows (small aggregates) for ``run_date``.
 
     ``outputs``: the nightly steps' outputs (default: read from the runs table);
@@ -100,27 +107,36 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
     for name in ("impressions", "clicks", "conversions"):
         df = table(name)
         if df is not None:
-            parts.append(df.where(F.col("dt") <= run_date).groupBy("dt").count()
-                         .toPandas().rename(columns={"count": name}))
+            parts.append(
+                df.where(F.col("dt") <= run_date).groupBy("dt").count().toPandas().rename(columns={"count": name})
+            )
     volumes = pd.DataFrame(columns=["dt", "impressions", "clicks", "conversions"])
     for p in parts:
         volumes = p if volumes.empty else volumes.merge(p, on="dt", how="outer")
     volumes = volumes.fillna(0).sort_values("dt").reset_index(drop=True)
 
     q = table("quarantine")
-    quarantine = (q.where(F.col("dt") <= run_date).groupBy("dt", "source").count()
-                  .withColumnRenamed("count", "n").toPandas() if q is not None
-                  else pd.DataFrame(columns=["dt", "source", "n"]))
+    quarantine = (
+        q.where(F.col("dt") <= run_date).groupBy("dt", "source").count().withColumnRenamed("count", "n").toPandas()
+        if q is not None
+        else pd.DataFrame(columns=["dt", "source", "n"])
+    )
 
     lab = table("labels")
     maturity = pd.DataFrame(columns=["dt", "rows", "mature_share", "ctr", "cvr"])
     if lab is not None:
-        maturity = (lab.where(F.col("dt") <= run_date).groupBy("dt").agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.avg(F.col("label_mature").cast("double")).alias("mature_share"),
-            F.avg("click").alias("ctr"),
-            (F.sum("conversion") / F.greatest(F.sum("click"), F.lit(1))).alias("cvr"))
-            .orderBy("dt").toPandas())
+        maturity = (
+            lab.where(F.col("dt") <= run_date)
+            .groupBy("dt")
+            .agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.avg(F.col("label_mature").cast("double")).alias("mature_share"),
+                F.avg("click").alias("ctr"),
+                (F.sum("conversion") / F.greatest(F.sum("click"), F.lit(1))).alias("cvr"),
+            )
+            .orderBy("dt")
+            .toPandas()
+        )
 
     sc = table("scores")
     score_dates = plan.get("score_dates") or [run_date]
@@ -130,8 +146,9 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
         scores = sel.orderBy(F.xxhash64("pctcvr", "pcvr")).limit(score_sample).toPandas()
 
     reg = registry.list_models(cfg.lakehouse.path("registry"))
-    models = pd.DataFrame(reg, columns=list(reg[0].keys()) if reg else
-                          ["model_id", "created_at", "status", "ctcvr_auc", "ctr_auc"])
+    models = pd.DataFrame(
+        reg, columns=list(reg[0].keys()) if reg else ["model_id", "created_at", "status", "ctcvr_auc", "ctr_auc"]
+    )
 
     ev = outputs.get("evaluate") or {}
     gate = outputs.get("gate") or {}
@@ -146,9 +163,22 @@ def collect(spark, cfg, run_date: str, outputs: Optional[dict[str, dict[str, Any
         losses = registry.read_losses(artifact)
         if losses:
             curves[role] = losses
-    return ReportData(run_date, volumes, quarantine, maturity, scores, models, steps, plan,
-                      metrics, model_ids, gate, reliability, curves,
-                      uncertainty=report_uncertainty.collect(ev.get("predictions") or {}))
+    return ReportData(
+        run_date,
+        volumes,
+        quarantine,
+        maturity,
+        scores,
+        models,
+        steps,
+        plan,
+        metrics,
+        model_ids,
+        gate,
+        reliability,
+        curves,
+        uncertainty=report_uncertainty.collect(ev.get("predictions") or {}),
+    )
 
 
 # --------------------------------------------------------------------------- charts
@@ -272,8 +302,7 @@ def chart_curves(d: ReportData, out: Path) -> Optional[str]:
         champ = [i for i, st in enumerate(mo["status"]) if st == "champion"]
         if champ:
             axes[1].axvline(champ[0], color="gold", lw=3, alpha=0.5, label="champion")
-        axes[1].set_xticks(list(x), [str(m)[-14:] for m in mo["model_id"]], rotation=45,
-                           ha="right", fontsize=7)
+        axes[1].set_xticks(list(x), [str(m)[-14:] for m in mo["model_id"]], rotation=45, ha="right", fontsize=7)
         axes[1].legend(fontsize=8)
     axes[1].set_title("registered models: evaluation AUC")
     return _save(fig, out / "curves.png")
@@ -303,8 +332,11 @@ def metric_table(metrics: dict[str, dict[str, float]]) -> str:
             delta = (a - b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
             cells += f"<td>{_fmt(float(delta)) if delta is not None else ''}</td>"
         rows.append(f"<tr><th>{html.escape(m)}</th>{cells}</tr>")
-    return (f"<table><tr><th>metric</th>{head}{'<th>candidate - champion</th>' if both else ''}</tr>"
-            + "".join(rows) + "</table>")
+    return (
+        f"<table><tr><th>metric</th>{head}{'<th>candidate - champion</th>' if both else ''}</tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def text_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -313,8 +345,7 @@ def text_table(metrics: dict[str, dict[str, float]]) -> str:
     if not roles:
         return "(no evaluation)"
     names = ordered(m for r in roles for m in metrics[r])
-    return format_table({m: {r: metrics[r].get(m, float("nan")) for r in roles} for m in names}, roles,
-                        corner="metric")
+    return format_table({m: {r: metrics[r].get(m, float("nan")) for r in roles} for m in names}, roles, corner="metric")
 
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}
@@ -331,9 +362,10 @@ def render(d: ReportData, out_dir: str | Path) -> Path:
     try:
         body = _body(d, tmp)
         (tmp / "index.html").write_text(
-            f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>esmm nightly {html.escape(d.run_date)}</title><style>{_CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
+            f"<body>{body}</body></html>\n"
+        )
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:6]}")
             os.replace(out_dir, old)
@@ -349,8 +381,8 @@ def render(d: ReportData, out_dir: str | Path) -> Path:
 
 def _img(name: Optional[str], alt: str, missing: str) -> str:
     if name is None:
-        return f"<p class=\"note\">{html.escape(missing)}</p>"
-    return f"<img src=\"{html.escape(name)}\" alt=\"{html.escape(alt)}\">"
+        return f'<p class="note">{html.escape(missing)}</p>'
+    return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
 
 def _body(d: ReportData, out: Path) -> str:
@@ -360,17 +392,27 @@ def _body(d: ReportData, out: Path) -> str:
             f"<tr><th>{html.escape(s['step'])}</th><td class=\"{'bad' if s['status'] == 'failed' else 'ok'}\">"
             f"{html.escape(s['status'])}</td><td>{s['attempt']}</td>"
             f"<td style=\"text-align:left\">{html.escape(s.get('message') or '')}</td></tr>"
-            for s in d.steps)
-        parts.append("<h2>Steps</h2><table><tr><th>step</th><th>status</th><th>attempt</th>"
-                     f"<th>message</th></tr>{rows}</table>")
+            for s in d.steps
+        )
+        parts.append(
+            "<h2>Steps</h2><table><tr><th>step</th><th>status</th><th>attempt</th>"
+            f"<th>message</th></tr>{rows}</table>"
+        )
     if d.plan:
         mature = d.plan.get("eval_mature", True)
-        note = "" if mature else (" <b class=\"bad\">(labels of this day are NOT mature: conversions "
-                                  "still to come are counted as negatives; demo setting)</b>")
+        note = (
+            ""
+            if mature
+            else (
+                ' <b class="bad">(labels of this day are NOT mature: conversions '
+                "still to come are counted as negatives; demo setting)</b>"
+            )
+        )
         parts.append(
             f"<p class=\"note\">Labels refreshed for {', '.join(d.plan.get('refresh_dates') or []) or 'none'}; "
             f"trained on {', '.join(d.plan.get('train_dates') or []) or 'none'}; evaluated on "
-            f"{d.plan.get('eval_date') or 'none'}{note}; scored {', '.join(d.plan.get('score_dates') or [])}.</p>")
+            f"{d.plan.get('eval_date') or 'none'}{note}; scored {', '.join(d.plan.get('score_dates') or [])}.</p>"
+        )
     parts.append("<h2>Candidate against champion</h2>")
     ids = ", ".join(f"{r}: {html.escape(m)}" for r, m in d.model_ids.items())
     if ids:
@@ -379,19 +421,26 @@ def _body(d: ReportData, out: Path) -> str:
     parts.append(report_uncertainty.interval_table(d.metrics, d.uncertainty))
     if d.gate:
         ok = d.gate.get("promoted")
-        parts.append(f"<p class=\"{'ok' if ok else 'bad'}\">Gate: {html.escape(str(d.gate.get('decision', d.gate.get('skipped', ''))))}</p>")
+        parts.append(
+            f"<p class=\"{'ok' if ok else 'bad'}\">Gate: {html.escape(str(d.gate.get('decision', d.gate.get('skipped', ''))))}</p>"
+        )
         parts.append(report_uncertainty.gate_table(d.gate))
     parts.append("<h2>Calibration</h2>")
     if d.uncertainty.get("bins"):
-        parts.append(_img(report_uncertainty.chart_reliability(d.uncertainty["bins"], out / "reliability.png"),
-                          "reliability diagrams with per-bin 95% intervals and counts", ""))
+        parts.append(
+            _img(
+                report_uncertainty.chart_reliability(d.uncertainty["bins"], out / "reliability.png"),
+                "reliability diagrams with per-bin 95% intervals and counts",
+                "",
+            )
+        )
     elif d.reliability:
         for role, png in d.reliability.items():
             name = f"reliability_{role}.png"
             shutil.copyfile(png, out / name)
             parts.append(f"<h3>{html.escape(role)}</h3>" + _img(name, f"reliability diagram, {role}", ""))
     else:
-        parts.append("<p class=\"note\">No reliability diagram this run.</p>")
+        parts.append('<p class="note">No reliability diagram this run.</p>')
     parts.append("<h2>Data volumes and quarantine</h2>")
     parts.append(_img(chart_volumes(d, out), "data volumes and quarantine counts", "No raw data found."))
     parts.append("<h2>Label maturity</h2>")

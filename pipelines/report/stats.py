@@ -1,4 +1,5 @@
 """Summaries of the tables, for the CLI, the demo and the run report."""
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
@@ -20,7 +21,10 @@ def raw_daily_counts(spark: SparkSession, cfg: Config) -> DataFrame:
         parts.append(df.groupBy("dt").agg(F.count(F.lit(1)).alias(name)))
     out = parts[0].join(parts[1], "dt", "full").join(parts[2], "dt", "full").na.fill(0)
     return out.select(
-        "dt", "impressions", "clicks", "conversions",
+        "dt",
+        "impressions",
+        "clicks",
+        "conversions",
         F.round(F.col("clicks") / F.col("impressions"), 4).alias("clicks_per_impression"),
         F.round(F.col("conversions") / F.col("clicks"), 4).alias("conversions_per_click"),
     ).orderBy("dt")

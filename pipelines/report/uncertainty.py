@@ -6,6 +6,7 @@ files the nightly ``evaluate`` step wrote, :func:`esmm.evaluation.predictions.sa
 into a small JSON-able dict; the rest turns that dict into HTML and a PNG
 without reading anything. Statistics: :mod:`esmm.evaluation.intervals`.
 """
+
 from __future__ import annotations
 
 import html
@@ -19,8 +20,7 @@ from esmm.evaluation.intervals import metric_intervals, paired_intervals, reliab
 from esmm.evaluation.table import ordered
 
 LEVEL = 0.95
-TASKS = (("ctr", "CTR (all impressions)"), ("cvr", "CVR (clicked impressions)"),
-         ("ctcvr", "CTCVR (all impressions)"))
+TASKS = (("ctr", "CTR (all impressions)"), ("cvr", "CVR (clicked impressions)"), ("ctcvr", "CTCVR (all impressions)"))
 ROLES = ("candidate", "champion")
 
 
@@ -45,7 +45,8 @@ def collect(predictions: dict[str, str], n_bins: int = 10) -> dict[str, Any]:
         out["intervals"][role] = metric_intervals(p, o, p["conversion"], LEVEL)
         out["bins"][role] = {
             task: {k: v.tolist() for k, v in reliability_bins(s, t, n_bins, LEVEL).items()}
-            for task, s, t in (("ctr", p["pctr"], o), ("cvr", p["pcvr"][c], y[c]), ("ctcvr", p["pctcvr"], y))}
+            for task, s, t in (("ctr", p["pctr"], o), ("cvr", p["pcvr"][c], y[c]), ("ctcvr", p["pctcvr"], y))
+        }
     return out
 
 
@@ -79,15 +80,24 @@ def interval_table(metrics: dict[str, dict[str, float]], unc: dict[str, Any]) ->
         cells = "".join(f"<td>{_iv(metrics[r], ivs[r], m)}</td>" for r in roles)
         if both:
             a, b = metrics["candidate"].get(m), metrics["champion"].get(m)
-            cells += (f"<td>{_iv({m: a - b}, paired, m)}</td>" if m in paired and a is not None and b is not None
-                      else "<td></td>")
+            cells += (
+                f"<td>{_iv({m: a - b}, paired, m)}</td>"
+                if m in paired and a is not None and b is not None
+                else "<td></td>"
+            )
         rows.append(f"<tr><th>{html.escape(m)}</th>{cells}</tr>")
-    note = ("<p class=\"note\">95% intervals on the evaluation day's rows: AUCs DeLong; log losses normal over "
-            "rows; calibration (mean prediction / observed rate) Poisson score interval of the positive count; "
-            "candidate - champion paired on the same rows. Metrics without one (truth-based, counts) are in "
-            "the table above.</p>")
-    return (f"<table><tr><th>metric</th>{head}{'<th>candidate - champion [95%]</th>' if both else ''}</tr>"
-            + "".join(rows) + "</table>" + note)
+    note = (
+        '<p class="note">95% intervals on the evaluation day\'s rows: AUCs DeLong; log losses normal over '
+        "rows; calibration (mean prediction / observed rate) Poisson score interval of the positive count; "
+        "candidate - champion paired on the same rows. Metrics without one (truth-based, counts) are in "
+        "the table above.</p>"
+    )
+    return (
+        f"<table><tr><th>metric</th>{head}{'<th>candidate - champion [95%]</th>' if both else ''}</tr>"
+        + "".join(rows)
+        + "</table>"
+        + note
+    )
 
 
 def gate_table(gate: dict[str, Any]) -> str:
@@ -100,20 +110,28 @@ def gate_table(gate: dict[str, Any]) -> str:
         t = tests.get(name)
         if t:
             verdict = "worse beyond the noise" if t.get("worse") else "not worse beyond the noise"
-            rows.append(f"<tr><th>{name} (paired)</th><td>{_num(t['candidate'])}</td><td>{_num(t['champion'])}</td>"
-                        f"<td>{_num(t['diff'])}</td><td>{_num(t['se'])}</td><td>{_num(t['z'])}</td>"
-                        f"<td>{t['p_worse']:.3g}</td><td>{t['level']:.3g}</td><td>{verdict}</td></tr>")
+            rows.append(
+                f"<tr><th>{name} (paired)</th><td>{_num(t['candidate'])}</td><td>{_num(t['champion'])}</td>"
+                f"<td>{_num(t['diff'])}</td><td>{_num(t['se'])}</td><td>{_num(t['z'])}</td>"
+                f"<td>{t['p_worse']:.3g}</td><td>{t['level']:.3g}</td><td>{verdict}</td></tr>"
+            )
     c = tests.get("calibration")
     if c:
         verdict = "interval wholly outside the bounds" if c.get("outside") else "interval overlaps the bounds"
-        rows.append(f"<tr><th>ctcvr_calibration</th><td>{_num(c['ratio'])} [{_num(c['lo'])}, {_num(c['hi'])}]</td>"
-                    f"<td colspan=\"6\">bounds [{c['min']}, {c['max']}], {c['level']:.0%} interval</td>"
-                    f"<td>{verdict}</td></tr>")
-    counts = (f"<p class=\"note\">{gate.get('n_conversions', 0):,} conversions on {gate.get('n_rows', 0):,} "
-              f"evaluation rows. p: one-sided p-value of \"the candidate is not worse\"; the candidate is "
-              f"rejected when p &lt; level on either test (alpha split over the two).</p>")
-    return ("<table><tr><th>test</th><th>candidate</th><th>champion</th><th>diff</th><th>SE</th><th>z</th>"
-            "<th>p</th><th>level</th><th>verdict</th></tr>" + "".join(rows) + "</table>" + counts)
+        rows.append(
+            f"<tr><th>ctcvr_calibration</th><td>{_num(c['ratio'])} [{_num(c['lo'])}, {_num(c['hi'])}]</td>"
+            f"<td colspan=\"6\">bounds [{c['min']}, {c['max']}], {c['level']:.0%} interval</td>"
+            f"<td>{verdict}</td></tr>"
+        )
+    counts = (
+        f"<p class=\"note\">{gate.get('n_conversions', 0):,} conversions on {gate.get('n_rows', 0):,} "
+        f"evaluation rows. p: one-sided p-value of \"the candidate is not worse\"; the candidate is "
+        f"rejected when p &lt; level on either test (alpha split over the two).</p>"
+    )
+    return (
+        "<table><tr><th>test</th><th>candidate</th><th>champion</th><th>diff</th><th>SE</th><th>z</th>"
+        "<th>p</th><th>level</th><th>verdict</th></tr>" + "".join(rows) + "</table>" + counts
+    )
 
 
 def chart_reliability(bins: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> Optional[str]:
@@ -138,13 +156,27 @@ def chart_reliability(bins: dict[str, dict[str, dict[str, list[float]]]], path: 
                 continue
             hi = max(float(np.nanmax(b["hi"])), float(b["mean_pred"].max()), 1e-4) * 1.1
             ax.plot([0, hi], [0, hi], "--", color="grey", lw=1, label="calibrated")
-            ax.errorbar(b["mean_pred"], b["rate"], yerr=np.clip([b["rate"] - b["lo"], b["hi"] - b["rate"]], 0.0, None),
-                        fmt="o-", capsize=3, label="observed, 95% Wilson interval")
+            ax.errorbar(
+                b["mean_pred"],
+                b["rate"],
+                yerr=np.clip([b["rate"] - b["lo"], b["hi"] - b["rate"]], 0.0, None),
+                fmt="o-",
+                capsize=3,
+                label="observed, 95% Wilson interval",
+            )
             for x, yv, k in zip(b["mean_pred"], b["rate"], b["positives"]):
                 ax.annotate(f"{int(k)}", (x, yv), textcoords="offset points", xytext=(4, -9), fontsize=6)
             n_lo, n_hi = int(b["n"].min()), int(b["n"].max())
-            ax.text(0.98, 0.02, f"{len(b['n'])} bins of {n_lo:,}{'' if n_lo == n_hi else f'-{n_hi:,}'} rows; "
-                    f"numbers: positives per bin", transform=ax.transAxes, ha="right", fontsize=7, color="#555")
+            ax.text(
+                0.98,
+                0.02,
+                f"{len(b['n'])} bins of {n_lo:,}{'' if n_lo == n_hi else f'-{n_hi:,}'} rows; "
+                f"numbers: positives per bin",
+                transform=ax.transAxes,
+                ha="right",
+                fontsize=7,
+                color="#555",
+            )
             ax.set_xlim(0, hi)
             ax.set_ylim(0, hi)
             ax.set_title(f"{role}: {title}")

@@ -12,6 +12,7 @@ Reasons, first match wins: ``missing_key`` (a key is blank, see
 :func:`pipelines.io.quarantine.is_blank`), ``unparseable:<column>`` (a numeric
 feature that does not parse as a number) and ``conflicting_duplicate_key``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,7 +41,8 @@ def check_candidates(df: DataFrame, spec: FeatureSpec, keys: list[str], where: s
         raise ScoringInputError(
             f"candidates {where}: missing key column(s) {missing_keys} and raw feature column(s) "
             f"{missing_feats} that the model's feature spec ({spec.mapping_id}) reads; present: "
-            f"{sorted(have)}. Score a table with these columns, or a model trained on this table's features")
+            f"{sorted(have)}. Score a table with these columns, or a model trained on this table's features"
+        )
 
 
 def _row_reason(spec: FeatureSpec, keys: list[str]) -> Column:
@@ -84,8 +86,9 @@ class KeyRepeats:
     reasons: Optional[dict[str, int]] = None
 
 
-def check_keys(df: DataFrame, spec: FeatureSpec, keys: list[str], partitions: int,
-               limit: int = 2_000_000) -> KeyRepeats:
+def check_keys(
+    df: DataFrame, spec: FeatureSpec, keys: list[str], partitions: int, limit: int = 2_000_000
+) -> KeyRepeats:
     """The key hashes that repeat among ``df``'s non-blank keys, and its per-row reasons, in one query.
 
     It groups a 64-bit hash of the keys (``xxhash64``), not the keys: distinct
@@ -109,11 +112,21 @@ def check_keys(df: DataFrame, spec: FeatureSpec, keys: list[str], partitions: in
     obs = Observation(f"score_check_{uuid.uuid4().hex}")
     reason = _row_reason(spec, keys)
     per_row = known_reasons(spec)[:-1]
-    observed = df.observe(obs, F.count(F.lit(1)).alias("rows"),
-                          *[F.count(F.when(reason == r, 1)).alias(f"r{i}") for i, r in enumerate(per_row)])
-    repeated = (observed.where(~any_blank(keys)).select(_key_hash(keys).alias(KEY_HASH))
-                .repartition(partitions, KEY_HASH).groupBy(KEY_HASH).count()
-                .where(F.col("count") > 1).select(KEY_HASH).limit(limit + 1))
+    observed = df.observe(
+        obs,
+        F.count(F.lit(1)).alias("rows"),
+        *[F.count(F.when(reason == r, 1)).alias(f"r{i}") for i, r in enumerate(per_row)],
+    )
+    repeated = (
+        observed.where(~any_blank(keys))
+        .select(_key_hash(keys).alias(KEY_HASH))
+        .repartition(partitions, KEY_HASH)
+        .groupBy(KEY_HASH)
+        .count()
+        .where(F.col("count") > 1)
+        .select(KEY_HASH)
+        .limit(limit + 1)
+    )
     # toPandas travels as Arrow (spark.sql.execution.arrow.pyspark.enabled): a million
     # hashes are 8 MB, not a million Row objects.
     hashes = repeated.toPandas()[KEY_HASH].to_numpy(dtype=np.int64)
@@ -147,12 +160,16 @@ def _tag_exact(df: DataFrame, spec: FeatureSpec, keys: list[str]) -> DataFrame:
     per_key = Window.partitionBy(*[F.col(k) for k in keys])
     tagged = df.repartition(*[F.col(k) for k in keys]).dropDuplicates().withColumn("reason", _row_reason(spec, keys))
     return tagged.withColumn(
-        "reason", F.when(F.col("reason").isNull() & (F.count(F.lit(1)).over(per_key) > 1),
-                         F.lit("conflicting_duplicate_key")).otherwise(F.col("reason")))
+        "reason",
+        F.when(
+            F.col("reason").isNull() & (F.count(F.lit(1)).over(per_key) > 1), F.lit("conflicting_duplicate_key")
+        ).otherwise(F.col("reason")),
+    )
 
 
-def tag_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str],
-                   repeats: Optional[KeyRepeats] = None) -> DataFrame:
+def tag_unscorable(
+    df: DataFrame, spec: FeatureSpec, keys: list[str], repeats: Optional[KeyRepeats] = None
+) -> DataFrame:
     """``df`` with exact duplicate rows collapsed and a ``reason`` column (NULL: scorable).
 
     Reasons, first match wins: ``missing_key`` (a key NULL/blank),
@@ -184,8 +201,9 @@ def join_parts(per_row: Optional[DataFrame], shuffled: Optional[DataFrame]) -> D
     return per_row.unionByName(shuffled)
 
 
-def tag_parts(df: DataFrame, spec: FeatureSpec, keys: list[str], repeats: Optional[KeyRepeats] = None
-              ) -> tuple[Optional[DataFrame], Optional[DataFrame]]:
+def tag_parts(
+    df: DataFrame, spec: FeatureSpec, keys: list[str], repeats: Optional[KeyRepeats] = None
+) -> tuple[Optional[DataFrame], Optional[DataFrame]]:
     """(per-row part, shuffled part) of :func:`tag_unscorable`; None for a part the plan lacks.
 
     The shuffled part holds the rows that took the exact path. The job caches
@@ -218,8 +236,9 @@ def split_tagged(tagged: DataFrame, per_row: bool = False) -> tuple[DataFrame, D
     return good, bad
 
 
-def split_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str],
-                     repeats: Optional[KeyRepeats] = None) -> tuple[DataFrame, DataFrame]:
+def split_unscorable(
+    df: DataFrame, spec: FeatureSpec, keys: list[str], repeats: Optional[KeyRepeats] = None
+) -> tuple[DataFrame, DataFrame]:
     """(scorable rows, rows with a ``reason`` column) of the candidates ``df``.
 
     Exact duplicate rows (at-least-once delivery) collapse to one; the reasons
@@ -230,13 +249,17 @@ def split_unscorable(df: DataFrame, spec: FeatureSpec, keys: list[str],
     return split_tagged(tagged, per_row=repeats is not None and not repeats.overflow)
 
 
-def quarantine_records(bad: DataFrame, keys: list[str], day: str, run_id: str,
-                       now: dt.datetime) -> DataFrame:
+def quarantine_records(bad: DataFrame, keys: list[str], day: str, run_id: str, now: dt.datetime) -> DataFrame:
     """Quarantine rows (curated/quarantine schema) of ``bad`` (candidates + ``reason``)."""
     data_cols = [c for c in bad.columns if c != "reason"]
     record = F.to_json(F.struct(*[F.col(c) for c in data_cols]))
-    rows = bad.select(F.lit(QUARANTINE_SOURCE).alias("source"), record_id(keys, record).alias("record_id"),
-                      F.col("reason"), record.alias("record"), F.lit(day).alias("dt"))
+    rows = bad.select(
+        F.lit(QUARANTINE_SOURCE).alias("source"),
+        record_id(keys, record).alias("record_id"),
+        F.col("reason"),
+        record.alias("record"),
+        F.lit(day).alias("dt"),
+    )
     return stamp(rows, run_id, now)
 
 

@@ -54,6 +54,7 @@ One row per key per dt. Quarantine rows (``curated/quarantine``, the schema of
 'sha256:<hex>' of the record when a key is blank), reason (``missing_key``, ``unparseable:<column>``,
 ``conflicting_duplicate_key``), record (JSON), run_id, quarantined_at, dt.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -71,8 +72,16 @@ from esmm.data.examples import pack_categorical
 from esmm.util.timeutil import new_run_id
 from pipelines.features.job import encode_features, feature_names
 from pipelines.io.quarantine import write_quarantine
-from pipelines.scoring.checks import (QUARANTINE_SOURCE, check_candidates, check_keys, count_reasons,
-                                    join_parts, quarantine_records, split_tagged, tag_parts)
+from pipelines.scoring.checks import (
+    QUARANTINE_SOURCE,
+    check_candidates,
+    check_keys,
+    count_reasons,
+    join_parts,
+    quarantine_records,
+    split_tagged,
+    tag_parts,
+)
 from pipelines.scoring.model import ScoringInputError, ScoringModel, cached_network, resolve_model
 
 SCORE_COLUMNS = ("pctr", "pcvr", "pctcvr")
@@ -82,8 +91,13 @@ RAW_COLUMNS = ("pctr_raw", "pcvr_raw", "pctcvr_raw")
 # --------------------------------------------------------------------------- transforms
 
 
-def score_frame(encoded: DataFrame, model: ScoringModel, keys: list[str], torch_threads: int,
-                fail_after_batches: Optional[int] = None) -> DataFrame:
+def score_frame(
+    encoded: DataFrame,
+    model: ScoringModel,
+    keys: list[str],
+    torch_threads: int,
+    fail_after_batches: Optional[int] = None,
+) -> DataFrame:
     """Run the model over ``encoded`` (keys + encoded features) inside the executors.
 
     Output: the key columns, ``pctr``, ``pcvr``, ``pctcvr`` FLOAT (calibrated by
@@ -178,13 +192,16 @@ def read_candidates(spark: SparkSession, cfg: Config, day: str) -> tuple[DataFra
             where = sc.candidates
         df = read_delta(spark, where, pin=True)
     if sc.date_column not in df.columns:
-        raise ScoringInputError(f"candidates {where}: no column {sc.date_column!r} (score.date_column) "
-                                f"to select day {day} by; present: {sorted(df.columns)}")
+        raise ScoringInputError(
+            f"candidates {where}: no column {sc.date_column!r} (score.date_column) "
+            f"to select day {day} by; present: {sorted(df.columns)}"
+        )
     return df.where(F.col(sc.date_column) == day), where
 
 
-def write_scores(scores: DataFrame, path: str, day: str, keys: list[str], mode: str,
-                 run_id: Optional[str] = None) -> None:
+def write_scores(
+    scores: DataFrame, path: str, day: str, keys: list[str], mode: str, run_id: Optional[str] = None
+) -> None:
     """One Delta commit replacing day ``day`` of ``serving/scores`` (see module docstring).
 
     ``run_id`` is recorded as the commit's userMetadata, so the job can read its
@@ -229,21 +246,32 @@ class ScoreReport:
     def line(self) -> str:
         q = ", ".join(f"{r} {n:,}" for r, n in sorted(self.quarantined.items())) or "none"
         cal = f"calibrated by {self.calibration_id}" if self.calibration_id else "UNCALIBRATED (no maps)"
-        return (f"score {self.day}: {self.scored:,} rows scored by {self.model_id} ({cal}) from "
-                f"{self.candidates} in {self.seconds:.1f}s; quarantined: {q}")
+        return (
+            f"score {self.day}: {self.scored:,} rows scored by {self.model_id} ({cal}) from "
+            f"{self.candidates} in {self.seconds:.1f}s; quarantined: {q}"
+        )
 
 
-def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = None,
-        model: Optional[ScoringModel] = None, run_id: Optional[str] = None,
-        fail_after_batches: Optional[int] = None, log=print) -> ScoreReport:
+def run(
+    spark: SparkSession,
+    cfg: Config,
+    day: str,
+    model_id: Optional[str] = None,
+    model: Optional[ScoringModel] = None,
+    run_id: Optional[str] = None,
+    fail_after_batches: Optional[int] = None,
+    log=print,
+) -> ScoreReport:
     """Score the candidates of ``day`` and write ``serving/scores`` (see the module docstring)."""
     t0 = time.time()
     sc = cfg.score
     model = model or resolve_model(cfg, model_id)
     spec = model.spec
     if spec.mapping_id != cfg.features.mapping_id:
-        log(f"score {day}: model {model.model_id} uses feature mapping {spec.mapping_id}, the "
-            f"configuration {cfg.features.mapping_id}; encoding with the model's own spec")
+        log(
+            f"score {day}: model {model.model_id} uses feature mapping {spec.mapping_id}, the "
+            f"configuration {cfg.features.mapping_id}; encoding with the model's own spec"
+        )
     run_id = run_id or new_run_id("score")
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     phases: dict[str, float] = {}
@@ -257,8 +285,9 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
 
     cand, where = read_candidates(spark, cfg, day)
     check_candidates(cand, spec, sc.key_columns, where)
-    raw_cols = list(dict.fromkeys(sc.key_columns + [f.source for f in spec.categorical]
-                                  + [f.source for f in spec.numeric]))
+    raw_cols = list(
+        dict.fromkeys(sc.key_columns + [f.source for f in spec.categorical] + [f.source for f in spec.numeric])
+    )
     base = cand.select(*raw_cols)
     parallelism = spark.sparkContext.defaultParallelism
     # Usually every key is unique: then the split is a per-row projection and the
@@ -286,12 +315,16 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         try:
             scores = score_frame(encoded, model, sc.key_columns, task_threads(spark, sc), fail_after_batches)
             cal_id = model.calibration.calibration_id if model.calibration is not None else None
-            scores = scores.select(*sc.key_columns, *SCORE_COLUMNS, *RAW_COLUMNS,
-                                   F.lit(cal_id is not None).alias("calibrated"),
-                                   F.lit(cal_id).cast("string").alias("calibration_id"),
-                                   F.lit(model.model_id).alias("model_id"),
-                                   F.lit(now).cast("timestamp").alias("scored_at"),
-                                   F.lit(day).alias("dt"))
+            scores = scores.select(
+                *sc.key_columns,
+                *SCORE_COLUMNS,
+                *RAW_COLUMNS,
+                F.lit(cal_id is not None).alias("calibrated"),
+                F.lit(cal_id).cast("string").alias("calibration_id"),
+                F.lit(model.model_id).alias("model_id"),
+                F.lit(now).cast("timestamp").alias("scored_at"),
+                F.lit(day).alias("dt"),
+            )
             write_scores(scores, cfg.lakehouse.path("scores"), day, sc.key_columns, sc.write_mode, run_id)
         finally:
             spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", prev_batch)
@@ -306,8 +339,13 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
         else:
             quarantined = count_reasons(bad)
         # Quarantine after the scores commit: a failed scoring run leaves both tables as they were.
-        write_quarantine(quarantine_records(bad, sc.key_columns, day, run_id, now),
-                         cfg.lakehouse.path("quarantine"), [day], [QUARANTINE_SOURCE], empty=not quarantined)
+        write_quarantine(
+            quarantine_records(bad, sc.key_columns, day, run_id, now),
+            cfg.lakehouse.path("quarantine"),
+            [day],
+            [QUARANTINE_SOURCE],
+            empty=not quarantined,
+        )
         lap("quarantine_write")
     finally:
         if shuffled is not None:
@@ -320,7 +358,15 @@ def run(spark: SparkSession, cfg: Config, day: str, model_id: Optional[str] = No
 
         scored = read_delta(spark, cfg.lakehouse.path("scores")).where(F.col("dt") == day).count()
     lap("count")
-    report = ScoreReport(day, model.model_id, scored, quarantined, time.time() - t0, where, phases,
-                         model.calibration.calibration_id if model.calibration is not None else None)
+    report = ScoreReport(
+        day,
+        model.model_id,
+        scored,
+        quarantined,
+        time.time() - t0,
+        where,
+        phases,
+        model.calibration.calibration_id if model.calibration is not None else None,
+    )
     log(report.line())
     return report

@@ -8,6 +8,7 @@ of the ``model.pt`` bytes, and each Python worker builds the network once and
 keeps it in a per-process cache keyed by model id (:func:`cached_network`;
 Spark reuses Python workers across tasks).
 """
+
 from __future__ import annotations
 
 import io
@@ -49,7 +50,8 @@ def resolve_model(cfg: Config, model_id: Optional[str] = None) -> ScoringModel:
         if champ is None:
             raise ScoringInputError(
                 f"no champion in the registry {cfg.lakehouse.path('registry')}: train and promote a "
-                f"model first (esmm nightly, or esmm train then promote), or pass --model MODEL_ID")
+                f"model first (esmm nightly, or esmm train then promote), or pass --model MODEL_ID"
+            )
         model_id, artifact_dir = champ["model_id"], champ["artifact_dir"]
     else:
         rows = [r for r in registry.list_models(cfg.lakehouse.path("registry")) if r["model_id"] == model_id]
@@ -60,7 +62,8 @@ def resolve_model(cfg: Config, model_id: Optional[str] = None) -> ScoringModel:
         raise ScoringInputError(
             f"model {model_id} ({artifact_dir}/meta.json): its feature spec hashes to "
             f"{spec.mapping_id} but it was trained on feature mapping {meta.get('feature_mapping_id')}; "
-            f"the artifact does not describe its own inputs, refusing to score with it")
+            f"the artifact does not describe its own inputs, refusing to score with it"
+        )
     state_bytes = (Path(artifact_dir) / "model.pt").read_bytes()
     from esmm.calibration import maps as calibration
 
@@ -76,8 +79,8 @@ def cached_network(model_id: str, meta_json: str, state_bytes_bc) -> Any:
     if net is None:
         import torch
 
-        from esmm.config.schema import ModelConfig
         from esmm.config.loader import section_from_dict
+        from esmm.config.schema import ModelConfig
         from esmm.model.network import build_model
         from esmm.registry.artifacts import spec_of
 

@@ -16,6 +16,7 @@ plus ``sim/truth`` and ``sim/oracle`` as ``esmm generate`` writes them, so
 out (deduplication, attribution, lateness) is covered by the label job's tests
 and by ``esmm bench quality --pipeline full``.
 """
+
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
@@ -29,11 +30,14 @@ def examples_from_outcomes(outcomes: DataFrame, spec: FeatureSpec) -> DataFrame:
     """Outcomes rows -> ``curated/examples`` rows (pure; schema of
     :func:`pipelines.features.job.build_examples`)."""
     labelled = outcomes.select(
-        "*", (F.col("click") * F.col("potential_conversion")).cast("int").alias("conversion"),
-        F.lit(True).alias("label_mature"))
+        "*",
+        (F.col("click") * F.col("potential_conversion")).cast("int").alias("conversion"),
+        F.lit(True).alias("label_mature"),
+    )
     cat, num = feature_names(spec)
     return encode_features(labelled.withColumn("click", F.col("click").cast("int")), spec).select(
-        *EXAMPLE_LABELS, *cat, *num, "feature_mapping_id")
+        *EXAMPLE_LABELS, *cat, *num, "feature_mapping_id"
+    )
 
 
 def write_world(spark: SparkSession, cfg: Config, log=print) -> dict:
@@ -52,6 +56,8 @@ def write_world(spark: SparkSession, cfg: Config, log=print) -> dict:
     rows = {r["dt"]: r.asDict() for r in spark.read.format("delta").load(oracle_path).collect()}
     spark.catalog.clearCache()
     overall = rows.pop("all")
-    log(f"world seed {cfg.generate.seed}, cvr {cfg.generate.cvr}, selection_bias "
-        f"{cfg.generate.selection_bias}: {format_oracle(overall)}")
+    log(
+        f"world seed {cfg.generate.seed}, cvr {cfg.generate.cvr}, selection_bias "
+        f"{cfg.generate.selection_bias}: {format_oracle(overall)}"
+    )
     return {**overall, "days": rows}

@@ -66,6 +66,7 @@ DOUBLE: the click probability, and the conversion probability *if clicked*,
 impression's ``ts``) and ``sim/oracle`` (:func:`pipelines.sim.oracle.world_oracle`:
 the oracle AUCs of the true probabilities, one row per ``dt`` plus ``dt`` = 'all').
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -77,15 +78,29 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from esmm.config.schema import Config, GenerateConfig
-from esmm.util.timeutil import parse_duration
+from esmm.util.timeutil import DAY_S, US, parse_duration
+from pipelines.labels.rules import date_of_us
 
 K = 4  # latent dimensions per factor
 _TWO53 = float(2**53)
 DEVICES = ["ios", "android", "pc", "mweb"]
 # Raw feature columns of every generated impression (the default feature spec's sources).
-FEATURE_COLUMNS = ("user_id", "item_id", "user_gender", "user_age", "user_city", "item_category",
-                   "item_brand", "item_shop", "position", "device", "hour", "price", "item_rating",
-                   "user_activity")
+FEATURE_COLUMNS = (
+    "user_id",
+    "item_id",
+    "user_gender",
+    "user_age",
+    "user_city",
+    "item_category",
+    "item_brand",
+    "item_shop",
+    "position",
+    "device",
+    "hour",
+    "price",
+    "item_rating",
+    "user_activity",
+)
 
 
 def uniform(seed: int, tag: str, *cols: Column) -> Column:
@@ -120,16 +135,16 @@ def _dot(prefix_a: str, prefix_b: str) -> Column:
 # items, category x age/gender); the per-user latent factors over 100k users, which a
 # million rows cannot learn, carry a tenth.
 SIGNAL_SHARES = {
-    "category": 0.30,       # 300 categories, Zipf
-    "brand": 0.20,          # 3,000 brands, Zipf
-    "shop": 0.10,           # 12,000 shops, Zipf
-    "item": 0.15,           # 50,000 items, Zipf
-    "category_age": 0.10,   # affinity of an age bucket for a category
+    "category": 0.30,  # 300 categories, Zipf
+    "brand": 0.20,  # 3,000 brands, Zipf
+    "shop": 0.10,  # 12,000 shops, Zipf
+    "item": 0.15,  # 50,000 items, Zipf
+    "category_age": 0.10,  # affinity of an age bucket for a category
     "category_gender": 0.05,
-    "user_latent": 0.10,    # k=4 user x item latent factors
+    "user_latent": 0.10,  # k=4 user x item latent factors
 }
-SIGMA_CTR = 1.2    # scale of the click signal in logit CTR
-SIGMA_CVR = 1.2    # scale of the conversion signal in logit CVR
+SIGMA_CTR = 1.2  # scale of the click signal in logit CTR
+SIGMA_CVR = 1.2  # scale of the conversion signal in logit CVR
 POSITION_WEIGHT = 0.5
 PRICE_WEIGHT = 0.3
 RATING_WEIGHT = 0.2
@@ -147,8 +162,11 @@ def users(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
         F.round(F.exp(2.0 + 1.0 * normal(s, "activity", u)), 0).alias("user_activity"),
     ]
     for k in range(K):
-        cols += [normal(s, f"su{k}", u).alias(f"su{k}"), normal(s, f"cu{k}", u).alias(f"cu{k}"),
-                 normal(s, f"vu{k}", u).alias(f"vu{k}")]
+        cols += [
+            normal(s, f"su{k}", u).alias(f"su{k}"),
+            normal(s, f"cu{k}", u).alias(f"cu{k}"),
+            normal(s, f"vu{k}", u).alias(f"vu{k}"),
+        ]
     return spark.range(cfg.n_users).select(*cols)
 
 
@@ -169,8 +187,11 @@ def items(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
         F.round(F.lit(1.0) + 4.0 * F.pow(uniform(s, "rating", i), 0.4), 1).alias("item_rating"),
     ]
     for k in range(K):
-        cols += [normal(s, f"si{k}", i).alias(f"si{k}"), normal(s, f"ci{k}", i).alias(f"ci{k}"),
-                 normal(s, f"vi{k}", i).alias(f"vi{k}")]
+        cols += [
+            normal(s, f"si{k}", i).alias(f"si{k}"),
+            normal(s, f"ci{k}", i).alias(f"ci{k}"),
+            normal(s, f"vi{k}", i).alias(f"vi{k}"),
+        ]
     return spark.range(cfg.n_items).select(*cols)
 
 
@@ -212,10 +233,14 @@ def logit_offsets(seed: int, selection_bias: float) -> tuple[Column, Column]:
     own = math.sqrt(1.0 - lam * lam)
     sign = 1.0 if selection_bias >= 0 else -1.0
     shared = signal(seed, "s")
-    zc0 = (SIGMA_CTR * (lam * shared + own * signal(seed, "c"))
-           - POSITION_WEIGHT * F.log(F.col("position").cast("double")))
-    zv0 = (SIGMA_CVR * (sign * lam * shared + own * signal(seed, "v"))
-           - PRICE_WEIGHT * F.col("price_z") + RATING_WEIGHT * (F.col("item_rating") - 3.5))
+    zc0 = SIGMA_CTR * (lam * shared + own * signal(seed, "c")) - POSITION_WEIGHT * F.log(
+        F.col("position").cast("double")
+    )
+    zv0 = (
+        SIGMA_CVR * (sign * lam * shared + own * signal(seed, "v"))
+        - PRICE_WEIGHT * F.col("price_z")
+        + RATING_WEIGHT * (F.col("item_rating") - 3.5)
+    )
     return zc0, zv0
 
 
@@ -226,7 +251,7 @@ def _day_start_epoch(cfg: GenerateConfig) -> int:
 
 def _date_of(epoch_s: Column) -> Column:
     """UTC date string of epoch seconds, independent of the session time zone."""
-    return F.date_add(F.lit("1970-01-01").cast("date"), F.floor(epoch_s / 86400).cast("int")).cast("string")
+    return date_of_us(epoch_s * F.lit(US))
 
 
 def _ts(epoch_s: Column) -> Column:
@@ -235,7 +260,7 @@ def _ts(epoch_s: Column) -> Column:
 
 def _arrival_dt(epoch_s: Column, late: Column) -> Column:
     """Arrival partition: the UTC date of the event, or the next date for late events."""
-    return F.when(late, _date_of(epoch_s + 86400)).otherwise(_date_of(epoch_s))
+    return F.when(late, _date_of(epoch_s + DAY_S)).otherwise(_date_of(epoch_s))
 
 
 def base_impressions(spark: SparkSession, cfg: GenerateConfig, ids: DataFrame) -> DataFrame:
@@ -262,15 +287,28 @@ def base_impressions(spark: SparkSession, cfg: GenerateConfig, ids: DataFrame) -
     start = _day_start_epoch(cfg)
     zc0, zv0 = logit_offsets(s, cfg.selection_bias)
     return x.select(
-        "rid", "day", "uidx", "iidx",
+        "rid",
+        "day",
+        "uidx",
+        "iidx",
         F.concat(F.lit("imp-"), F.lpad(F.col("rid").cast("string"), 12, "0")).alias("impression_id"),
         (F.lit(start) + F.col("day") * 86400 + F.col("sec")).alias("epoch"),
-        "user_id", "item_id", "user_gender", "user_age", "user_city",
-        "item_category", "item_brand", "item_shop", "position",
+        "user_id",
+        "item_id",
+        "user_gender",
+        "user_age",
+        "user_city",
+        "item_category",
+        "item_brand",
+        "item_shop",
+        "position",
         F.element_at(F.array(*[F.lit(d) for d in DEVICES]), F.col("dev") + 1).alias("device"),
         F.floor(F.col("sec") / 3600).cast("long").alias("hour"),
-        "price", "item_rating", "user_activity",
-        zc0.alias("zc0"), zv0.alias("zv0"),
+        "price",
+        "item_rating",
+        "user_activity",
+        zc0.alias("zc0"),
+        zv0.alias("zv0"),
     )
 
 
@@ -335,8 +373,7 @@ class GeneratedLogs:
     outcomes: DataFrame
 
 
-def generate_logs(spark: SparkSession, cfg: GenerateConfig,
-                  intercepts: Intercepts | None = None) -> GeneratedLogs:
+def generate_logs(spark: SparkSession, cfg: GenerateConfig, intercepts: Intercepts | None = None) -> GeneratedLogs:
     """Build the four output DataFrames (lazy; the caller writes them).
 
     Schemas follow :mod:`pipelines.io.contract`; see the module docstring for the
@@ -362,10 +399,18 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
         (uniform(s, "convert", rid) < F.col("true_cvr")).cast("int").alias("potential_conversion"),
     ).persist()
 
-    truth = base.select("impression_id", "true_ctr", "true_cvr", "potential_conversion",
-                        _date_of(F.col("epoch")).alias("dt"))
-    outcomes = base.select("impression_id", *FEATURE_COLUMNS, "true_ctr", "true_cvr", "click",
-                           "potential_conversion", _date_of(F.col("epoch")).alias("dt"))
+    truth = base.select(
+        "impression_id", "true_ctr", "true_cvr", "potential_conversion", _date_of(F.col("epoch")).alias("dt")
+    )
+    outcomes = base.select(
+        "impression_id",
+        *FEATURE_COLUMNS,
+        "true_ctr",
+        "true_cvr",
+        "click",
+        "potential_conversion",
+        _date_of(F.col("epoch")).alias("dt"),
+    )
 
     # ---- impressions
     bad = _malformed_kind(s, "bad_imp", rid, cfg.malformed_rate, 4)
@@ -375,8 +420,15 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
         _ts(F.when(bad == 2, F.col("epoch") - years).otherwise(F.col("epoch"))).alias("ts"),
         F.when(bad == 3, F.lit("")).otherwise(F.col("user_id")).alias("user_id"),
         F.when(bad == 4, F.lit(None).cast("string")).otherwise(F.col("item_id")).alias("item_id"),
-        "user_gender", "user_age", "user_city", "item_category", "item_brand", "item_shop",
-        "position", "device", "hour",
+        "user_gender",
+        "user_age",
+        "user_city",
+        "item_category",
+        "item_brand",
+        "item_shop",
+        "position",
+        "device",
+        "hour",
         F.col("price").cast("double").alias("price"),
         F.col("item_rating").cast("double").alias("item_rating"),
         F.col("user_activity").cast("double").alias("user_activity"),
@@ -386,22 +438,24 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
 
     # ---- clicks: one or two per clicked impression
     clicked = base.where(F.col("click") == 1).select(
-        "*", F.when(uniform(s, "multi", rid) < cfg.multi_click_rate, 2).otherwise(1).alias("n_clicks"))
+        "*", F.when(uniform(s, "multi", rid) < cfg.multi_click_rate, 2).otherwise(1).alias("n_clicks")
+    )
     # Log-normal delays: median 20 s for the first click; a repeat click minutes later.
     d1 = F.ceil(F.exp(math.log(20.0) + 1.2 * normal(s, "cdelay1", rid)))
     d2 = F.ceil(F.exp(math.log(180.0) + 1.0 * normal(s, "cdelay2", rid)))
-    clicks_x = clicked.select(
-        "*", F.explode(F.sequence(F.lit(0), F.col("n_clicks") - 1)).alias("j")).select(
+    clicks_x = clicked.select("*", F.explode(F.sequence(F.lit(0), F.col("n_clicks") - 1)).alias("j")).select(
         "*",
         (F.col("epoch") + d1 + F.when(F.col("j") == 1, d2).otherwise(0)).alias("cepoch"),
-        F.concat(F.lit("clk-"), F.lpad(rid.cast("string"), 12, "0"), F.lit("-"),
-                 F.col("j").cast("string")).alias("click_id"),
+        F.concat(F.lit("clk-"), F.lpad(rid.cast("string"), 12, "0"), F.lit("-"), F.col("j").cast("string")).alias(
+            "click_id"
+        ),
     )
     ckey = F.col("click_id")
     cbad = _malformed_kind(s, "bad_clk", ckey, cfg.malformed_rate, 3)
     clicks = clicks_x.select(
         F.when(cbad == 1, F.lit(None).cast("string")).otherwise(ckey).alias("click_id"),
-        F.when(cbad == 2, F.concat(F.lit("imp-unknown-"), ckey)).otherwise(F.col("impression_id"))
+        F.when(cbad == 2, F.concat(F.lit("imp-unknown-"), ckey))
+        .otherwise(F.col("impression_id"))
         .alias("impression_id"),
         _ts(F.when(cbad == 3, F.col("cepoch") + years).otherwise(F.col("cepoch"))).alias("ts"),
         _arrival_dt(F.col("cepoch"), uniform(s, "late_clk", ckey) < cfg.late_rate).alias("dt"),
@@ -410,12 +464,16 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
 
     # ---- conversions: after the last click of a converting clicked impression
     median = parse_duration(cfg.conversion_delay_median, "conversion_delay_median")
-    conv_x = clicks_x.where(F.col("j") == F.col("n_clicks") - 1).where(
-        F.col("potential_conversion") == 1).select(
-        "*",
-        (F.col("cepoch") + F.ceil(F.exp(math.log(max(median, 1)) + 2.0 * normal(s, "vdelay", rid))))
-        .alias("vepoch"),
-        F.concat(F.lit("cnv-"), F.lpad(rid.cast("string"), 12, "0")).alias("conversion_id"),
+    conv_x = (
+        clicks_x.where(F.col("j") == F.col("n_clicks") - 1)
+        .where(F.col("potential_conversion") == 1)
+        .select(
+            "*",
+            (F.col("cepoch") + F.ceil(F.exp(math.log(max(median, 1)) + 2.0 * normal(s, "vdelay", rid)))).alias(
+                "vepoch"
+            ),
+            F.concat(F.lit("cnv-"), F.lpad(rid.cast("string"), 12, "0")).alias("conversion_id"),
+        )
     )
     vkey = F.col("conversion_id")
     vbad = _malformed_kind(s, "bad_cnv", vkey, cfg.malformed_rate, 3)
@@ -423,11 +481,15 @@ def generate_logs(spark: SparkSession, cfg: GenerateConfig,
     conversions = conv_x.select(
         F.when(vbad == 1, F.lit("")).otherwise(vkey).alias("conversion_id"),
         F.when(vbad == 2, F.concat(F.lit("clk-unknown-"), vkey))
-        .when(no_click_id, F.lit(None).cast("string")).otherwise(F.col("click_id")).alias("click_id"),
-        "user_id", "item_id",
+        .when(no_click_id, F.lit(None).cast("string"))
+        .otherwise(F.col("click_id"))
+        .alias("click_id"),
+        "user_id",
+        "item_id",
         _ts(F.when(vbad == 3, F.col("vepoch") - years).otherwise(F.col("vepoch"))).alias("ts"),
         F.when(uniform(s, "value_null", vkey) < 0.05, F.lit(None).cast("double"))
-        .otherwise(F.round(F.col("price") * (1 + F.floor(uniform(s, "qty", vkey) * 3)), 2)).alias("value"),
+        .otherwise(F.round(F.col("price") * (1 + F.floor(uniform(s, "qty", vkey) * 3)), 2))
+        .alias("value"),
         _arrival_dt(F.col("vepoch"), uniform(s, "late_cnv", vkey) < cfg.late_rate).alias("dt"),
     )
     conversions = _with_duplicates(conversions, s, "dup_cnv", "conversion_id", cfg.duplicate_rate)
@@ -446,15 +508,21 @@ def run(spark: SparkSession, cfg: Config, log=print) -> dict[str, int]:
     logs = generate_logs(spark, cfg.generate)
     check_raw(logs.impressions, "impressions", cfg.features, "generated impressions")
     counts: dict[str, int] = {}
-    for name, df in (("truth", logs.truth), ("impressions", logs.impressions),
-                     ("clicks", logs.clicks), ("conversions", logs.conversions)):
+    for name, df in (
+        ("truth", logs.truth),
+        ("impressions", logs.impressions),
+        ("clicks", logs.clicks),
+        ("conversions", logs.conversions),
+    ):
         path = cfg.lakehouse.path(name)
         write_delta(df, path, ["dt"])
         counts[name] = spark.read.format("delta").load(path).count()
     oracle_path = cfg.lakehouse.path("oracle")
     write_delta(world_oracle(logs.outcomes).coalesce(1), oracle_path)
     overall = spark.read.format("delta").load(oracle_path).where("dt = 'all'").first()
-    log(f"generate: world seed {cfg.generate.seed}, selection_bias {cfg.generate.selection_bias}: "
-        + format_oracle(overall.asDict()))
+    log(
+        f"generate: world seed {cfg.generate.seed}, selection_bias {cfg.generate.selection_bias}: "
+        + format_oracle(overall.asDict())
+    )
     spark.catalog.clearCache()
     return counts

@@ -24,6 +24,7 @@ result is the exact AUC of the binned score; the error against the unbinned
 score is at most the share of pairs that share a bin (below 1e-3 on any world
 generated here, whose logits spread over several units).
 """
+
 from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -48,17 +49,18 @@ def binned_auc(df: DataFrame, group: str, metric: str, score: str, label: str) -
     (group, metric): ``group``, ``metric``, ``auc`` DOUBLE (NULL without a positive
     or without a negative).
     """
-    b = (df.select(group, metric, _logit_bin(F.col(score)).alias("bin"),
-                   F.col(label).cast("double").alias("y"))
-         .groupBy(group, metric, "bin")
-         .agg(F.sum("y").alias("pos"), F.sum(1.0 - F.col("y")).alias("neg")))
+    b = (
+        df.select(group, metric, _logit_bin(F.col(score)).alias("bin"), F.col(label).cast("double").alias("y"))
+        .groupBy(group, metric, "bin")
+        .agg(F.sum("y").alias("pos"), F.sum(1.0 - F.col("y")).alias("neg"))
+    )
     below = Window.partitionBy(group, metric).orderBy("bin").rowsBetween(Window.unboundedPreceding, -1)
     b = b.select("*", F.coalesce(F.sum("neg").over(below), F.lit(0.0)).alias("neg_below"))
     agg = b.groupBy(group, metric).agg(
         F.sum(F.col("pos") * (F.col("neg_below") + 0.5 * F.col("neg"))).alias("num"),
-        (F.sum("pos") * F.sum("neg")).alias("den"))
-    return agg.select(group, metric,
-                      F.when(F.col("den") > 0, F.col("num") / F.col("den")).alias("auc"))
+        (F.sum("pos") * F.sum("neg")).alias("den"),
+    )
+    return agg.select(group, metric, F.when(F.col("den") > 0, F.col("num") / F.col("den")).alias("auc"))
 
 
 def oracle_metrics(outcomes: DataFrame, group: str = "dt") -> DataFrame:
@@ -73,21 +75,36 @@ def oracle_metrics(outcomes: DataFrame, group: str = "dt") -> DataFrame:
     """
     click, pot = F.col("click"), F.col("potential_conversion")
     variants = F.array(
-        F.struct(F.lit("ctr_auc").alias("m"), F.col("true_ctr").alias("s"), click.alias("y"),
-                 F.lit(True).alias("keep")),
-        F.struct(F.lit("cvr_auc_clicked").alias("m"), F.col("true_cvr").alias("s"), pot.alias("y"),
-                 (click == 1).alias("keep")),
-        F.struct(F.lit("cvr_auc_all").alias("m"), F.col("true_cvr").alias("s"), pot.alias("y"),
-                 F.lit(True).alias("keep")),
-        F.struct(F.lit("ctcvr_auc").alias("m"), (F.col("true_ctr") * F.col("true_cvr")).alias("s"),
-                 (click * pot).alias("y"), F.lit(True).alias("keep")),
+        F.struct(
+            F.lit("ctr_auc").alias("m"), F.col("true_ctr").alias("s"), click.alias("y"), F.lit(True).alias("keep")
+        ),
+        F.struct(
+            F.lit("cvr_auc_clicked").alias("m"),
+            F.col("true_cvr").alias("s"),
+            pot.alias("y"),
+            (click == 1).alias("keep"),
+        ),
+        F.struct(
+            F.lit("cvr_auc_all").alias("m"), F.col("true_cvr").alias("s"), pot.alias("y"), F.lit(True).alias("keep")
+        ),
+        F.struct(
+            F.lit("ctcvr_auc").alias("m"),
+            (F.col("true_ctr") * F.col("true_cvr")).alias("s"),
+            (click * pot).alias("y"),
+            F.lit(True).alias("keep"),
+        ),
     )
-    long = (outcomes.select(group, F.explode(variants).alias("v"))
-            .where(F.col("v.keep"))
-            .select(group, F.col("v.m").alias("metric"), F.col("v.s").alias("score"),
-                    F.col("v.y").alias("label")))
-    aucs = (binned_auc(long, group, "metric", "score", "label")
-            .groupBy(group).pivot("metric", list(ORACLE_METRICS)).agg(F.first("auc")))
+    long = (
+        outcomes.select(group, F.explode(variants).alias("v"))
+        .where(F.col("v.keep"))
+        .select(group, F.col("v.m").alias("metric"), F.col("v.s").alias("score"), F.col("v.y").alias("label"))
+    )
+    aucs = (
+        binned_auc(long, group, "metric", "score", "label")
+        .groupBy(group)
+        .pivot("metric", list(ORACLE_METRICS))
+        .agg(F.first("auc"))
+    )
     counts = outcomes.groupBy(group).agg(
         F.count(F.lit(1)).alias("impressions"),
         F.sum(click).cast("long").alias("clicks"),
@@ -111,8 +128,10 @@ def format_oracle(row: dict) -> str:
     """One line of a world's oracle metrics (a row of :func:`oracle_metrics` as a dict)."""
     aucs = " ".join(f"{m}={row[m]:.4f}" for m in ORACLE_METRICS if row.get(m) is not None)
     ratio = row["mean_true_cvr_clicked"] / row["mean_true_cvr_all"] if row.get("mean_true_cvr_all") else float("nan")
-    return (f"{row['impressions']:,} impressions, {row['clicks']:,} clicks, {row['conversions']:,} conversions; "
-            f"oracle {aucs}; mean true CVR clicked/all = {ratio:.3f}")
+    return (
+        f"{row['impressions']:,} impressions, {row['clicks']:,} clicks, {row['conversions']:,} conversions; "
+        f"oracle {aucs}; mean true CVR clicked/all = {ratio:.3f}"
+    )
 
 
 def read_oracle(spark: SparkSession, cfg, day: str = "all") -> dict:

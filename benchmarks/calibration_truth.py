@@ -6,6 +6,7 @@ carries +-1/sqrt(N) of counting noise; ``sim/truth`` gives every impression's tr
 CTR and CVR, so the bench also measures the calibration against the expected rate
 ``sum(true_ctr x true_cvr)``, where only the calibration days' noise remains.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,15 @@ import numpy as np
 from esmm.calibration.metrics import ece, field_rce, pcoc
 
 
-def truth_calibration(artifact_dir: str, model_id: str, examples_path: str, version: int,
-                      truth_path: str, eval_date: str, field: str = "position") -> dict[str, float]:
+def truth_calibration(
+    artifact_dir: str,
+    model_id: str,
+    examples_path: str,
+    version: int,
+    truth_path: str,
+    eval_date: str,
+    field: str = "position",
+) -> dict[str, float]:
     """Metrics of the model's raw and calibrated scores on ``eval_date`` (mature rows joined
     with ``sim/truth``), keys ``<name>_raw`` and ``<name>_cal``:
 
@@ -31,9 +39,9 @@ def truth_calibration(artifact_dir: str, model_id: str, examples_path: str, vers
     ``eval_conversions``. An artifact without maps gives the raw keys only.
     """
     from esmm.calibration import maps as calibration
-    from esmm.registry import artifacts as registry
     from esmm.data.examples import pack_categorical, read_arrow, resolve_snapshot
     from esmm.evaluation.metrics import predict, read_truth
+    from esmm.registry import artifacts as registry
 
     model, meta = registry.load_model(artifact_dir)
     maps = calibration.load(artifact_dir, model_id)
@@ -41,22 +49,24 @@ def truth_calibration(artifact_dir: str, model_id: str, examples_path: str, vers
     cat_names = [f.name for f in spec.categorical]
     num_names = [f.name for f in spec.numeric]
     snap = resolve_snapshot(examples_path, [eval_date], version)
-    table = read_arrow(snap, ["impression_id", "click", "conversion", "label_mature", *cat_names, *num_names],
-                       filter_mature=True)
+    table = read_arrow(
+        snap, ["impression_id", "click", "conversion", "label_mature", *cat_names, *num_names], filter_mature=True
+    )
     df = table.to_pandas()
     cat = pack_categorical({n: table.column(n) for n in cat_names}, spec)
     num = df[num_names].to_numpy(np.float32) if num_names else np.zeros((len(df), 0), np.float32)
     raw = predict(model, cat, num)
     variants = {"raw": raw}
     if maps is not None:
-        pctr, pcvr, pctcvr = calibration.apply(maps, raw["pctr"], raw["pctcvr"],
-                                               {f: df[f].to_numpy() for f in maps.fields})
+        pctr, pcvr, pctcvr = calibration.apply(
+            maps, raw["pctr"], raw["pctcvr"], {f: df[f].to_numpy() for f in maps.fields}
+        )
         variants["cal"] = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctcvr}
     truth = read_truth(truth_path, [eval_date]).drop_duplicates("impression_id")
     j = df[["impression_id"]].assign(_row=np.arange(len(df))).merge(truth, on="impression_id", how="inner")
     rows = j["_row"].to_numpy()
     t_ctr, t_cvr = j["true_ctr"].to_numpy(np.float64), j["true_cvr"].to_numpy(np.float64)
-    y = (df["click"].to_numpy(np.float64) * df["conversion"].to_numpy(np.float64))
+    y = df["click"].to_numpy(np.float64) * df["conversion"].to_numpy(np.float64)
     values = df[field].to_numpy()[rows] if field in df else np.zeros(len(rows))
     out: dict[str, float] = {"eval_conversions": float(y.sum()), "truth_rows": float(len(rows))}
     for v, p in variants.items():

@@ -15,11 +15,12 @@ peak memory and its own Spark JVM) and each writing its numbers as JSON:
 
 Writes under ``--out`` (default ``<lakehouse.root>/reports/bench_perf``):
 ``perf.json`` (``size``, ``machine``, ``seconds`` per part, ``raw`` per part,
-``measures``: the rows of :func:`jobs.perf_table.measures`), ``perf.md`` (the
+``measures``: the rows of :func:`benchmarks.perf_table.measures`), ``perf.md`` (the
 table) and one ``<part>.log`` per script. Prints the table. ``--write-readme``
 puts the table and the machine line between the markers of README.md's
 performance section. Exit 0 when every part ran (aims met or not), 1 otherwise.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,9 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import perf_table
+from benchmarks.sizes import PERF_SIZES
 from esmm.config.schema import Config
-from jobs import perf_table
-from jobs.bench_sizes import PERF_SIZES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,25 +66,48 @@ def run_parts(size: str, out: Path, rechub_python: str | None) -> tuple[dict, di
         secs[part] = round(time.time() - t0, 1)
 
     sizes = sorted({s["fixed_day"], *s["labels"]})
-    timed("labels", lambda: _script("bench_labels.py", [
-        "--impressions-per-day", *map(str, sizes), "--root", str(work / "labels"), "--reuse"], out, "labels"))
-    train_args = ["--workdir", str(work / "train"), "--ratio-rows", str(s["train_rows"]),
-                  "--steps", str(s["train_steps"]), "--mem-rows", *map(str, s["mem_rows"])]
+    timed(
+        "labels",
+        lambda: _script(
+            "bench_labels.py",
+            ["--impressions-per-day", *map(str, sizes), "--root", str(work / "labels"), "--reuse"],
+            out,
+            "labels",
+        ),
+    )
+    train_args = [
+        "--workdir",
+        str(work / "train"),
+        "--ratio-rows",
+        str(s["train_rows"]),
+        "--steps",
+        str(s["train_steps"]),
+        "--mem-rows",
+        *map(str, s["mem_rows"]),
+    ]
     rechub_missing = None
     if rechub_python and Path(rechub_python).exists():
         train_args += ["--rechub-python", rechub_python]
     else:
-        rechub_missing = ("not measured: no torch-rechub environment"
-                          + (f" ({rechub_python} does not exist)" if rechub_python else " (give --rechub-python PATH)"))
+        rechub_missing = "not measured: no torch-rechub environment" + (
+            f" ({rechub_python} does not exist)" if rechub_python else " (give --rechub-python PATH)"
+        )
     timed("train", lambda: _script("bench_train.py", train_args, out, "train"))
     if rechub_missing and "error" not in raw["train"]:
         raw["train"]["rechub_missing"] = rechub_missing
-    timed("score", lambda: _script("bench_score.py", ["--rows", *map(str, s["score"]),
-                                                    "--repeats", str(s["score_repeats"])],
-                                   out, "score"))
+    timed(
+        "score",
+        lambda: _script(
+            "bench_score.py", ["--rows", *map(str, s["score"]), "--repeats", str(s["score_repeats"])], out, "score"
+        ),
+    )
     if s["ingest"]:
-        timed("ingest", lambda: _script("bench_ingest.py", ["--sizes", *map(str, s["ingest"]),
-                                                            "--dir", str(work / "ingest")], out, "ingest"))
+        timed(
+            "ingest",
+            lambda: _script(
+                "bench_ingest.py", ["--sizes", *map(str, s["ingest"]), "--dir", str(work / "ingest")], out, "ingest"
+            ),
+        )
     else:
         raw["ingest"] = {"skipped": f"no ingest sizes at size {size}"}
     return raw, secs
@@ -107,14 +131,22 @@ def main(cfg: Config, args) -> int:
     when = f"{started:%Y-%m-%d %H:%M} UTC, {sum(secs.values()) / 60:.0f} min"
     block = perf_table.readme_block(rows, mach, size, when)
     (out / "perf.md").write_text(block + "\n")
-    body = {"size": size, "started": started.isoformat(), "machine": mach, "seconds": secs, "raw": raw,
-            "measures": rows}
+    body = {
+        "size": size,
+        "started": started.isoformat(),
+        "machine": mach,
+        "seconds": secs,
+        "raw": raw,
+        "measures": rows,
+    }
     (out / "perf.json").write_text(json.dumps(body, indent=1, default=float))
     print("\n" + block + f"\n\nJSON: {out / 'perf.json'}")
     if args.write_readme:
         write_readme(REPO / "README.md", block)
-        print(f"README.md: performance section rewritten between {perf_table.README_BEGIN} and "
-              f"{perf_table.README_END}")
+        print(
+            f"README.md: performance section rewritten between {perf_table.README_BEGIN} and "
+            f"{perf_table.README_END}"
+        )
     failed = [p for p, r in raw.items() if "error" in r]
     if failed:
         print(f"esmm bench perf: parts failed: {', '.join(failed)} (see their logs under {out})", file=sys.stderr)

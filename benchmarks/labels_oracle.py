@@ -12,6 +12,7 @@ at-least-once redelivery does). Output: one row per labelled impression of the
 day: ``impression_id``, ``ts``, ``first_click_ts``, ``conversion_ts`` (NULL when
 no click / conversion).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,13 +26,14 @@ def _ok_id(c: str) -> str:
 
 def _visible(as_of: str, w: Windows) -> str:
     """ts present, arrived in time (date(ts) <= dt <= date(ts + L)), and ts <= as_of."""
-    return (f"ts IS NOT NULL AND dt IS NOT NULL AND ts <= TIMESTAMP '{as_of}' "
-            f"AND dt >= CAST(CAST(ts AS DATE) AS STRING) "
-            f"AND dt <= CAST(CAST(ts + INTERVAL {w.max_lateness} SECOND AS DATE) AS STRING)")
+    return (
+        f"ts IS NOT NULL AND dt IS NOT NULL AND ts <= TIMESTAMP '{as_of}' "
+        f"AND dt >= CAST(CAST(ts AS DATE) AS STRING) "
+        f"AND dt <= CAST(CAST(ts + INTERVAL {w.max_lateness} SECOND AS DATE) AS STRING)"
+    )
 
 
-def label_sql(impressions: str, clicks: str, conversions: str, day: str,
-              as_of: dt.datetime, w: Windows) -> str:
+def label_sql(impressions: str, clicks: str, conversions: str, day: str, as_of: dt.datetime, w: Windows) -> str:
     """SQL labelling ``day`` from three table expressions (view names or ``read_parquet(...)``).
 
     ``as_of`` is an aware or naive-UTC datetime; the session time zone must be UTC.
@@ -85,5 +87,7 @@ WHERE CAST(CAST(d.ts AS DATE) AS STRING) = '{day}'
 
 def count_sql(label_query: str) -> str:
     """Counts of a :func:`label_sql` result: rows, clicks, conversions."""
-    return (f"SELECT count(*) AS n, count(first_click_ts) AS clicks, count(conversion_ts) AS conversions "
-            f"FROM ({label_query}) q")
+    return (
+        f"SELECT count(*) AS n, count(first_click_ts) AS clicks, count(conversion_ts) AS conversions "
+        f"FROM ({label_query}) q"
+    )
