@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each sets itself up.
 SHELL := /bin/bash
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,9 +11,13 @@ demo: setup
 test: setup
 	@. scripts/env.sh && python -m pytest $(ARGS)
 
-# Unit tests only: no end-to-end (slow) and no whole-job / multi-process (integration) tests.
+# Unit tests only (tests/unit): no JVM, no subprocess, no training loop; a few minutes at most.
 test-fast: setup
-	@. scripts/env.sh && python -m pytest -m "not slow and not integration" $(ARGS)
+	@. scripts/env.sh && python -m pytest tests/unit $(ARGS)
+
+# ruff lint and format check (configured in pyproject.toml); `ruff format .` fixes the format.
+lint: setup
+	@. scripts/env.sh && ruff check . && ruff format --check .
 
 # naive vs ESMM vs ESCM2 on generated logs; e.g. make bench ARGS="--size tiny --seeds 2"
 bench: setup

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from examples_data import TINY_OVERRIDES, TINY_SPEC
+from helpers.examples_data import TINY_OVERRIDES, TINY_SPEC
 
 from esmm.training.trainer import _release_group_defaults
 
 pytestmark = pytest.mark.integration  # torchrun with two ranks, several times
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATES = ["2026-11-01", "2026-11-02"]
 
 # ``--init-first``: the script creates the process group itself before it imports esmm, so

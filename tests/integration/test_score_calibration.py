@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.scoring_data import DAY, GOOD, SCHEMA, SPEC, _candidates, _model, _scores
 
 from esmm.calibration.maps import CalibrationError, CalibrationMaps, Map
 from esmm.registry import artifacts as registry
 from pipelines.features.job import encode_features, feature_names
 from pipelines.scoring import job as score
-from tests.test_score_job import DAY, GOOD, SCHEMA, SPEC, _candidates, _model, _scores
 
 
 def _hand_maps(model_id: str, ios: int) -> CalibrationMaps:

@@ -203,7 +203,7 @@ def test_5_a_reader_without_spark_reads_the_same_scores(spark, world, next_night
 
 
 def test_6_the_report_of_the_night(next_night):
-    from tests.test_report import CHROMIUM, browser_probe, check_page_images
+    from helpers.report_pages import CHROMIUM, browser_probe, check_page_images
 
     page = Path(next_night.outputs["report"]["path"])
     srcs = check_page_images(page)

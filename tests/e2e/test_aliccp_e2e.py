@@ -16,7 +16,7 @@ from pipelines.scoring import job as score
 
 # shared/ sits beside the clone (CI keeps a copy there); ESMM_SHARED_DIR points elsewhere
 # (e.g. from a git worktree).
-SHARED = Path(os.environ.get("ESMM_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+SHARED = Path(os.environ.get("ESMM_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
 SAMPLE = SHARED / "data" / "aliccp-sample"
 # clicks / purchases per file, from the sample's README
 EXPECTED = {"train": (100, 7, 1), "val": (50, 3, 1), "test": (50, 2, 1)}

@@ -69,7 +69,7 @@ def ingested(spark, tmp_path):
     skel, common = tmp_path / "sample_skeleton_train.csv", tmp_path / "common_features_train.csv"
     skel.write_text("\n".join(SKELETON) + "\n")
     common.write_text("\r\n".join(COMMON) + "\r\n")  # CRLF line ends are tolerated
-    # Most lines are bad on purpose: the bad-fraction gate (tests/test_aliccp_gate.py) is off here.
+    # Most lines are bad on purpose: the bad-fraction gate (tests/integration/test_aliccp_gate.py) is off here.
     cfg = load_config(
         [REPO_ROOT / "conf" / "aliccp.yaml"], [f"lakehouse.root={tmp_path / 'lh'}", "aliccp.max_bad_fraction=1.0"]
     )

@@ -17,7 +17,7 @@ from esmm.registry import artifacts as registry
 
 pytestmark = pytest.mark.integration  # several fresh interpreters
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _artifact(root: Path, model_id: str) -> Path:
@@ -66,7 +66,7 @@ def test_promote_repeatedly_without_a_terminal(tmp_path):
 def test_score_repeatedly_without_a_terminal(spark, tmp_path):
     """Four scoring runs (each day twice: the re-runs replace, never add) and one with an
     unknown model id, which must end with its documented code 2 every time."""
-    from faults_data import DAYS, PER_DAY, save_champion, score_cmd, write_raw_world
+    from helpers.faults_data import DAYS, PER_DAY, save_champion, score_cmd, write_raw_world
 
     from esmm.config.loader import load_config
 

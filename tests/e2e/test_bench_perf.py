@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import perf_table as T
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCALE = (1_000_000, 4_000_000)
 
 

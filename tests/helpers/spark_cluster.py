@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipelines.io.session import cached_delta_jars
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("esmm", "pipelines", "jobs", "conf")  # the README's `zip -r esmm.zip esmm pipelines jobs conf`
 
 

@@ -1,6 +1,6 @@
 """Every Spark job under spark-submit on a real standalone cluster, against local Spark.
 
-One cluster for the module (tests/spark_cluster.py): a master and two 1-core
+One cluster for the module (tests/helpers/spark_cluster.py): a master and two 1-core
 workers, separate JVMs on this machine, so each application runs on two
 executors. Jobs are submitted as the README's cluster section tells a user:
 the code as a zip through ``--py-files``, ``jobs/cli.py <command>``. Each job's
@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from spark_cluster import StandaloneCluster, executor_pid, rest, wait_for
+from helpers.spark_cluster import StandaloneCluster, executor_pid, rest, wait_for
 
 from esmm.config.loader import load_config
 from jobs.cli import main

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from examples_data import TINY_SPEC, examples_df, write_examples
+from helpers.examples_data import TINY_SPEC, examples_df, write_examples
 
 from esmm.data.examples import example_batches, resolve_snapshot
 

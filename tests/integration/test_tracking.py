@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from examples_data import TINY_OVERRIDES, examples_df, write_examples
+from helpers.examples_data import TINY_OVERRIDES, examples_df, write_examples
 
 from benchmarks import quality as bench_quality
 from esmm.config.errors import ConfigError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from examples_data import TINY_OVERRIDES, examples_df, write_examples
+from helpers.examples_data import TINY_OVERRIDES, examples_df, write_examples
 
 from esmm.calibration import maps as calibration
 from esmm.calibration.fit import fit_calibration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
+from helpers.examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
 from esmm.config.errors import ConfigError
 from esmm.config.loader import load_config
@@ -19,7 +19,7 @@ from esmm.model.parallel import allreduce_bytes_per_step, embedding_gradients, p
 from esmm.registry import artifacts as registry
 from esmm.training.trainer import _optimizers, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATES = ["2026-11-01", "2026-11-02"]
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

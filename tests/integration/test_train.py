@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
+from helpers.examples_data import TINY_OVERRIDES, TINY_SPEC, ddp_worker, examples_df, write_examples
 
 from esmm.config.loader import load_config
 from esmm.data.examples import resolve_snapshot
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration  # multi-process DDP and whole training run
 
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 600
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ CRASH = """
 import sys; sys.path.insert(0, {tests!r})
 from esmm.config.loader import load_config
 from esmm.training.trainer import train
-from examples_data import TINY_OVERRIDES
+from helpers.examples_data import TINY_OVERRIDES
 cfg = load_config(overrides=[*TINY_OVERRIDES, *{overrides!r}])
 train(cfg)
 """

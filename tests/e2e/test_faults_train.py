@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from examples_data import TINY_OVERRIDES, TINY_SPEC
+from helpers.examples_data import TINY_OVERRIDES, TINY_SPEC
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # torchrun with two ranks, twice
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATES = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS_PER_DAY = 600
 EPOCHS = 3

@@ -14,7 +14,7 @@ from pipelines.io.delta import read_delta
 pytestmark = pytest.mark.integration  # whole jobs on real tables
 
 D, D1 = "2026-11-02", "2026-11-03"
-# The spec of tests/test_features.py, whose golden indices are pinned there.
+# The spec of tests/integration/test_features.py, whose golden indices are pinned there.
 SPEC = [
     "features.categorical=[{name: user_city, buckets: 50}, {name: position, buckets: 8}]",
     "features.numeric=[{name: price, transform: log1p, clip_min: 0.0, clip_max: 3.0, fill: -1.0}]",

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults_data import DAYS, labels_cmd, save_champion, score_cmd, tables, without_versions, write_raw_world
+from helpers.faults_data import DAYS, labels_cmd, save_champion, score_cmd, tables, without_versions, write_raw_world
 
 from jobs.cli import EXIT_INPUT_UNREADABLE, EXIT_WRITE_FAILED, main
 
@@ -35,7 +35,7 @@ def raw(spark, tmp_path_factory):
     return write_raw_world(spark, tmp_path_factory.mktemp("raw"))
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The nightly holds calibration days out of training (the gate then judges calibrated
-scores on the evaluation day: tests/test_gate.py and the nightly end-to-end test)."""
+scores on the evaluation day: tests/unit/test_gate.py and the nightly end-to-end test)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.report_pages import check_page_images, sample_data
 
 from esmm.config.schema import GateConfig
 from esmm.evaluation.intervals import reliability_bins
@@ -12,7 +13,6 @@ from esmm.evaluation.predictions import save_predictions
 from pipelines.nightly.gate import decide
 from pipelines.report import uncertainty as report_uncertainty
 from pipelines.report.page import render
-from tests.test_report import check_page_images, sample_data
 
 
 def _day(seed: int, n: int = 30_000):

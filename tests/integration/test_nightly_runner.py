@@ -158,7 +158,7 @@ def test_a_step_left_running_by_a_killed_run_is_retried(spark, make_cfg, tmp_pat
 
     cfg = make_cfg()
     marker = tmp_path / "in-train"
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     code = KILLED_CHILD.format(marker=str(marker), root=cfg.lakehouse.root, days=DAYS)
     child = subprocess.Popen(
