@@ -140,12 +140,12 @@ def bench_overrides(
 
 def backfill_as_of(cfg: Config) -> dt.datetime:
     """As-of time of the full pipeline's label runs: the end of the last generated day plus
-    click_window + attribution_window, so every generated day's labels are mature."""
+    the label horizon (:attr:`pipelines.labels.rules.Windows.horizon_s`), so every generated
+    day's labels are mature."""
     from esmm.util.timeutil import default_as_of
+    from pipelines.labels.rules import Windows
 
-    return default_as_of(cfg.generate.dates[-1]) + dt.timedelta(
-        seconds=cfg.labels.seconds("click_window") + cfg.labels.seconds("attribution_window")
-    )
+    return default_as_of(cfg.generate.dates[-1]) + dt.timedelta(seconds=Windows.from_config(cfg.labels).horizon_s)
 
 
 def prepare(spark, cfg: Config, log=print) -> dict[str, int]:

@@ -39,7 +39,8 @@ Rules (W = click_window, S = click_skew, T = attribution_window, L = max_latenes
 5. *Labels*: one row per kept impression of D: ``click`` = 1 when it has a valid
    click, ``first_click_ts`` the earliest; ``conversion`` = 1 when a conversion
    is attributed to one of its clicks, ``conversion_ts`` the earliest;
-   ``label_mature = as_of >= ts + W + T``. ``conversion <= click`` by construction.
+   ``label_mature = as_of >= ts + W + T + L`` (the label horizon, ``Windows.horizon_s``).
+   ``conversion <= click`` by construction.
 
 Which run quarantines a record (its *owner date*; the quarantine ``dt``)
 -----------------------------------------------------------------------

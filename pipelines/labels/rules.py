@@ -73,6 +73,19 @@ class Windows:
         )
 
     @property
+    def horizon_s(self) -> int:
+        """Seconds after an impression until its label can no longer change: the click window,
+        the attribution window, and the lateness with which the last such event may still
+        arrive (W + T + L). The one definition of label maturity: the row flag
+        ``label_mature``, the nightly plan's ``H`` and the benches' backfill all use it."""
+        return self.click_window + self.attribution_window + self.max_lateness
+
+    @property
+    def horizon_days(self) -> int:
+        """:attr:`horizon_s` in whole days, rounded up (``H`` of the nightly plan)."""
+        return math.ceil(self.horizon_s / DAY_S)
+
+    @property
     def dedupe_days(self) -> int:
         """Days before an event date searched for earlier copies of an impression."""
         return max(1, math.ceil(self.max_lateness / DAY_S))
@@ -411,7 +424,8 @@ def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame, sc: S
         .agg(F.min("ts").alias("conversion_ts"))
     )
     j = kept.join(clicks, "impression_id", "left").join(convs, "impression_id", "left")
-    mature = F.lit(sc.as_of_us) >= F.col("__us") + F.lit((w.click_window + w.attribution_window) * US)
+    # W + T + L, not W + T: a conversion inside the windows may still arrive up to L late.
+    mature = F.lit(sc.as_of_us) >= F.col("__us") + F.lit(w.horizon_s * US)
     return j.select(
         *raw,
         F.col("first_click_ts").isNotNull().cast("int").alias("click"),

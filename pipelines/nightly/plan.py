@@ -19,13 +19,12 @@ report says the labels are immature.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from esmm.config.schema import Config, LabelConfig, NightlyConfig
-from esmm.util.timeutil import parse_date, parse_duration
+from esmm.util.timeutil import parse_date
 
 
 def _days(d: str, n: int) -> str:
@@ -33,9 +32,11 @@ def _days(d: str, n: int) -> str:
 
 
 def label_horizon_days(labels: LabelConfig) -> int:
-    """Days after which an impression day's labels can no longer change (``H``)."""
-    secs = sum(parse_duration(getattr(labels, k), k) for k in ("click_window", "attribution_window", "max_lateness"))
-    return math.ceil(secs / 86400)
+    """Days after which an impression day's labels can no longer change (``H``,
+    :attr:`pipelines.labels.rules.Windows.horizon_days`)."""
+    from pipelines.labels.rules import Windows
+
+    return Windows.from_config(labels).horizon_days
 
 
 @dataclass(frozen=True)

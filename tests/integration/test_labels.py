@@ -141,7 +141,7 @@ CONVERSIONS = [
     ("v_none", None, "u1", "x1", t("09:00"), 1.0, D),
     ("v19", "c19", "u19", "x19", t("01:01:01"), 1.0, D),
 ]
-FAR = t("00:00", 9)  # every window of D has closed
+FAR = t("00:00", 10)  # W + T + L after the end of D: every label of D is final
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def far(frames):
     return compute(frames)
 
 
-def row(click_at=None, conv_at=None, mature=True, as_of=(("00:00", 9)), day_=D):
+def row(click_at=None, conv_at=None, mature=True, as_of=(("00:00", 10)), day_=D):
     return (int(click_at is not None), ts(click_at), int(conv_at is not None), ts(conv_at), mature, ts(as_of), day_)
 
 
@@ -294,6 +294,17 @@ def test_counts_in_out_duplicates_and_reasons(far):
     # Gated: before-skew, orphan, missing id (3 of 13 distinct); after-window is not gated.
     assert counts["clicks"].gated == 3 and counts["clicks"].bad_fraction == pytest.approx(3 / 13)
     assert counts["conversions"].gated == 3  # unknown, before click, missing user
+
+
+def test_maturity_waits_for_the_lateness_too(frames):
+    """label_mature needs as_of >= ts + W + T + L (Windows.horizon_s): at D+9 00:00 the windows
+    of every impression of D have closed (W + T = 8 days), but a conversion may still arrive up
+    to L = 1 day late, so no row of D is mature yet; at D+10 00:00 all are."""
+    assert W.horizon_s == W.click_window + W.attribution_window + W.max_lateness == 9 * 86_400
+    early, _, _ = compute(frames, as_of=t("00:00", 9))
+    final, _, _ = compute(frames, as_of=FAR)
+    assert early.keys() == final.keys() and len(early) > 5
+    assert not any(r[4] for r in early.values()) and all(r[4] for r in final.values())
 
 
 def test_as_of_cuts_events_and_maturity(frames):
