@@ -15,7 +15,7 @@ SIZES = {  # name: (days, impressions per day); the last day is the evaluation d
 # score_repeats: interleaved scoring / in-memory measurements per size (the median is judged).
 PERF_SIZES = {
     "tiny": {
-        "labels": (10_000, 20_000, 40_000),
+        "labels": (10_000, 40_000),
         "fixed_day": 10_000,
         "score": (10_000, 40_000),
         "score_repeats": 1,

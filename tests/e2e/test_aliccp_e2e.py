@@ -71,4 +71,4 @@ def test_real_sample_end_to_end(spark, tmp_path):
     rows = score.run(spark, cfg, days["test"], model_id=r.model_id)
     scores = read_delta(spark, cfg.lakehouse.path("scores")).where(F.col("dt") == days["test"])
     assert scores.count() == 50 and scores.where("pctr IS NULL OR pctcvr > pctr").count() == 0
-    assert rows is not None
+    assert (rows.scored, rows.model_id, sum(rows.quarantined.values())) == (50, r.model_id, 0)

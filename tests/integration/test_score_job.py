@@ -75,6 +75,9 @@ def test_score_job_scores_each_key_once_and_quarantines_the_rest(spark, make_cfg
     assert (rep2.scored, rep2.quarantined) == (rep.scored, rep.quarantined)
     after = _scores(spark, cfg)
     assert sorted(after) == sorted(before)
+    # _scores keys by impression id, which would hide appended copies: count the rows too.
+    day_rows = spark.read.format("delta").load(cfg.lakehouse.path("scores")).where(f"dt = '{DAY}'").count()
+    assert day_rows == len(GOOD)
     assert all(after[k]["pctr"] == before[k]["pctr"] for k in after)
     assert len(_quarantine(spark, cfg)) == sum(EXPECT_QUARANTINE.values())
 
