@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.examples_data import TINY_OVERRIDES, TINY_SPEC
+from helpers.examples_data import TINY_OVERRIDES, write_examples_rs
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # torchrun with two ranks, twice
 
@@ -31,31 +31,8 @@ EPOCHS = 3
 def lake(tmp_path_factory):
     """curated/examples, 3 days x 600 rows, one file (one row group) per day, written with
     delta-rs (no JVM needed)."""
-    import numpy as np
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
     root = tmp_path_factory.mktemp("lake")
-    rng = np.random.default_rng(0)
-    n = len(DATES) * ROWS_PER_DAY
-    a = (np.arange(n) * 7 % 49 + 1).astype("int32")
-    b = (np.arange(n) * 13 % 19 + 1).astype("int32")
-    click = (rng.random(n) < np.where(a % 3 == 0, 0.5, 0.1)).astype("int32")
-    conv = (click.astype(bool) & (rng.random(n) < np.where(b % 2 == 0, 0.6, 0.1))).astype("int32")
-    table = pa.table(
-        {
-            "impression_id": [f"imp-{i}" for i in range(n)],
-            "dt": np.repeat(DATES, ROWS_PER_DAY).tolist(),
-            "click": click,
-            "conversion": conv,
-            "label_mature": np.ones(n, dtype=bool),
-            "a": a,
-            "b": b,
-            "x": rng.random(n).astype("float32"),
-            "feature_mapping_id": [TINY_SPEC.mapping_id] * n,
-        }
-    )
-    write_deltalake(str(root / "curated" / "examples"), table, partition_by=["dt"])
+    write_examples_rs(str(root / "curated" / "examples"), DATES, ROWS_PER_DAY)
     return root
 
 

@@ -102,3 +102,32 @@ def ddp_worker(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
             },
             f,
         )
+
+
+def write_examples_rs(path: str, dates: list[str], rows_per_day: int, seed: int = 0) -> None:
+    """The rows of :func:`examples_df` (same signal, all labels mature) written by delta-rs:
+    no JVM, one file (one row group) per day."""
+    import numpy as np
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(seed)
+    n = len(dates) * rows_per_day
+    a = (np.arange(n) * 7 % 49 + 1).astype("int32")
+    b = (np.arange(n) * 13 % 19 + 1).astype("int32")
+    click = (rng.random(n) < np.where(a % 3 == 0, 0.5, 0.1)).astype("int32")
+    conv = (click.astype(bool) & (rng.random(n) < np.where(b % 2 == 0, 0.6, 0.1))).astype("int32")
+    table = pa.table(
+        {
+            "impression_id": [f"imp-{i}" for i in range(n)],
+            "dt": np.repeat(dates, rows_per_day).tolist(),
+            "click": click,
+            "conversion": conv,
+            "label_mature": np.ones(n, dtype=bool),
+            "a": a,
+            "b": b,
+            "x": rng.random(n).astype("float32"),
+            "feature_mapping_id": [TINY_SPEC.mapping_id] * n,
+        }
+    )
+    write_deltalake(path, table, partition_by=["dt"])

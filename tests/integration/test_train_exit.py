@@ -9,9 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers.examples_data import TINY_OVERRIDES, TINY_SPEC
+from helpers.examples_data import TINY_OVERRIDES, write_examples_rs
 
 from esmm.training.trainer import _release_group_defaults
 
@@ -47,27 +46,8 @@ USER_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
     """2 days x 400 rows of the examples contract, written by delta-rs (no JVM needed)."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
     root = tmp_path_factory.mktemp("exit_lake")
-    n, rng = 400 * len(DATES), np.random.default_rng(0)
-    a, b = (np.arange(n) * 7 % 49 + 1).astype("int32"), (np.arange(n) * 13 % 19 + 1).astype("int32")
-    click = (rng.random(n) < 0.3).astype("int32")
-    table = pa.table(
-        {
-            "impression_id": [f"imp-{i}" for i in range(n)],
-            "dt": np.repeat(DATES, 400).tolist(),
-            "click": click,
-            "conversion": click * (rng.random(n) < 0.3).astype("int32"),
-            "label_mature": np.ones(n, dtype=bool),
-            "a": a,
-            "b": b,
-            "x": rng.random(n).astype("float32"),
-            "feature_mapping_id": [TINY_SPEC.mapping_id] * n,
-        }
-    )
-    write_deltalake(str(root / "curated" / "examples"), table, partition_by=["dt"])
+    write_examples_rs(str(root / "curated" / "examples"), DATES, 400)
     return root
 
 
