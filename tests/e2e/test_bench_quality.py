@@ -17,7 +17,7 @@ def test_prepare_labels_all_days_mature_with_last_touch(spark, make_cfg):
     cfg = make_cfg(*bench_overrides("tiny", cvr=0.3), "generate.days=2", "generate.impressions_per_day=3000")
     assert cfg.generate.no_click_id_rate == 0.1  # generator defaults kept
     # Last day 2026-11-02 ends 2026-11-03T00:00Z; + click_window 1d + attribution_window 7d.
-    assert backfill_as_of(cfg) == dt.datetime(2026, 11, 11, tzinfo=dt.timezone.utc)
+    assert backfill_as_of(cfg) == dt.datetime(2026, 11, 12, tzinfo=dt.timezone.utc)  # day end + W + T + L
     counts = prepare(spark, cfg, log=lambda _: None)
 
     ex = read_delta(spark, cfg.lakehouse.path("examples"))
@@ -35,7 +35,7 @@ def test_prepare_labels_all_days_mature_with_last_touch(spark, make_cfg):
     assert got == expected and sorted(got) == ["2026-11-01", "2026-11-02"]
     assert ex.where(~F.col("label_mature")).count() == 0
     labels = read_delta(spark, cfg.lakehouse.path("labels"))
-    assert [r["as_of"] for r in labels.select("as_of").distinct().collect()] == [dt.datetime(2026, 11, 11)]
+    assert [r["as_of"] for r in labels.select("as_of").distinct().collect()] == [dt.datetime(2026, 11, 12)]
 
     # Conversions come from click_id attribution AND last touch (NULL click_id).
     by_click_id = (
