@@ -154,8 +154,47 @@ def cluster_root(local, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster_labels(cluster, cluster_root):
-    return _ok(cluster.submit([*LABELS, *_sets(cluster_root)]), "esmm labels")
+def cluster_labels(cluster, cluster_root, free_port, tmp_path_factory):
+    """The label job on the cluster, with one executor JVM killed while it runs a task and holds
+    cached blocks (Delta's snapshot state or the job's persisted intermediates): Spark must re-run
+    the task and recompute what died with it. One run serves both label tests and the feature job:
+    its tables must equal the uninterrupted local run's, so it also shows the job works on a cluster.
+    Returns (the job's output, the killed executor)."""
+    ui = free_port()
+    log = tmp_path_factory.mktemp("labels-log") / "labels.log"
+    job = cluster.submit_background([*LABELS, *_sets(cluster_root)], log, conf={"spark.ui.port": str(ui)})
+    victim: dict = {}
+    try:
+        apps: list[dict] = []
+
+        def driver_up() -> bool:
+            apps[:] = rest(ui, "applications") or []
+            return bool(apps) or job.poll() is not None
+
+        wait_for(driver_up, 300, "the label job's driver UI")
+        assert apps, f"the label job ended before its UI came up:\n{log.read_text()[-4000:]}"
+        app_id = apps[0]["id"]
+
+        def busy_executor() -> bool:
+            assert job.poll() is None, f"the label job ended before an executor was killed:\n{log.read_text()[-4000:]}"
+            for e in rest(ui, f"applications/{app_id}/executors") or []:
+                if e["id"] != "driver" and e["activeTasks"] > 0 and e["rddBlocks"] > 0:
+                    pid = executor_pid(app_id, e["id"])
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        victim.update(id=e["id"], pid=pid, tasks=e["activeTasks"], blocks=e["rddBlocks"])
+                        return True
+            return False
+
+        wait_for(busy_executor, 300, "an executor running a task and holding cached blocks", interval=0.05)
+        rc = job.wait(600)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    out = log.read_text()
+    assert rc == 0, f"the label job failed after executor {victim} was killed:\n{out[-6000:]}"
+    return out, victim
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +212,8 @@ def test_generate_job(cluster, local, spark, tmp_path):
 
 
 def test_label_job(cluster, local, cluster_root, cluster_labels, spark):
-    _on_cluster(cluster_labels, cluster.url)
+    _on_cluster(cluster_labels[0], cluster.url)
+    # Nothing lost or doubled: the tables equal the uninterrupted local run's.
     assert assert_same_table(spark, cluster_root, local[0], "labels") >= 3000
     assert assert_same_table(spark, cluster_root, local[0], "quarantine") > 0
 
@@ -202,55 +242,12 @@ def test_score_job(cluster, local, cluster_root, spark):
     assert assert_same_table(spark, cluster_root, local_root, "quarantine", where="source = 'score'") == 0
 
 
-def test_label_job_survives_a_killed_executor(cluster, local, spark, tmp_path, free_port):
-    root = tmp_path / "lakehouse"
-    _copy_tables(local[0], root, RAW)
-    ui = free_port()
-    log = tmp_path / "labels.log"
-    job = cluster.submit_background([*LABELS, *_sets(root)], log, conf={"spark.ui.port": str(ui)})
-    try:
-        apps: list[dict] = []
-
-        def driver_up() -> bool:
-            apps[:] = rest(ui, "applications") or []
-            return bool(apps) or job.poll() is not None
-
-        wait_for(driver_up, 300, "the label job's driver UI")
-        assert apps, f"the label job ended before its UI came up:\n{log.read_text()[-4000:]}"
-        app_id = apps[0]["id"]
-
-        # Kill, once, the JVM of an executor that is running a task and holds cached blocks (Delta's
-        # snapshot state or the job's persisted intermediates): Spark must re-run the task, and
-        # recompute the blocks and shuffle outputs that died with it.
-        victim = {}
-
-        def busy_executor() -> bool:
-            assert job.poll() is None, f"the label job ended before an executor was killed:\n{log.read_text()[-4000:]}"
-            for e in rest(ui, f"applications/{app_id}/executors") or []:
-                if e["id"] != "driver" and e["activeTasks"] > 0 and e["rddBlocks"] > 0:
-                    pid = executor_pid(app_id, e["id"])
-                    if pid is not None:
-                        os.kill(pid, signal.SIGKILL)
-                        victim.update(id=e["id"], pid=pid, tasks=e["activeTasks"], blocks=e["rddBlocks"])
-                        return True
-            return False
-
-        wait_for(busy_executor, 300, "an executor running a task and holding cached blocks", interval=0.05)
-        rc = job.wait(600)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    out = log.read_text()
-    assert rc == 0, f"the label job failed after executor {victim} was killed:\n{out[-6000:]}"
-    _on_cluster(out, cluster.url)
-    # Spark saw the executor go and re-ran what it had been doing.
+def test_label_job_survives_a_killed_executor(cluster_labels):
+    out, victim = cluster_labels
+    # Spark saw the executor go and re-ran what it had been doing (the tables are test_label_job's).
     assert f"Lost executor {victim['id']} " in out, out[-4000:]
     # (Spark 3.5 words it "failed because while it was being computed, its executor exited"
     # when the executor's exit is not blamed on the task, ExecutorLostFailure otherwise.)
     assert (
         "its executor exited" in out or "ExecutorLostFailure" in out
     ), f"no running task was lost with executor {victim}: the kill landed between tasks"
-    # Nothing lost or doubled: the tables equal the uninterrupted local run's.
-    assert assert_same_table(spark, root, local[0], "labels") >= 3000
-    assert assert_same_table(spark, root, local[0], "quarantine") > 0
