@@ -140,6 +140,7 @@ def fit_calibration(
     metrics, stored in ``meta.json`` under ``calibration.metrics``.
     """
     from esmm.calibration.metrics import format_report
+    from esmm.evaluation.metrics import eval_maturity
     from esmm.registry import artifacts as registry
 
     rows = [r for r in registry.list_models(cfg.lakehouse.path("registry")) if r["model_id"] == model_id]
@@ -159,18 +160,20 @@ def fit_calibration(
         snap,
         spec,
         cfg.calibration,
-        mature_only=cfg.train.mature_only,
+        # Maps are fitted on final labels only, whatever the training used.
+        mature_only=True,
         batch_size=cfg.train.eval_batch_size,
     )
     summary = maps.summary()
     if eval_dates:
+        eval_snap = resolve_snapshot(table, eval_dates)
         flat, per_value = evaluate_calibration(
             model,
             maps,
-            resolve_snapshot(table, eval_dates),
+            eval_snap,
             spec,
             report_fields(cfg.calibration, spec),
-            mature_only=cfg.train.mature_only,
+            mature_only=eval_maturity(eval_snap, log) > 0,
             batch_size=cfg.train.eval_batch_size,
         )
         summary.update(metrics=flat, per_value=per_value, eval_dates=eval_dates)
@@ -201,6 +204,8 @@ def after_training(
     ``train.eval_dates``: the calibration metrics on them, raw and (with maps)
     calibrated. Returns (flat metrics for the registry, ``meta["calibration"]``).
     """
+    from esmm.evaluation.metrics import eval_maturity
+
     t, cal = cfg.train, cfg.calibration
     spec = cfg.features
     maps = None
@@ -210,8 +215,9 @@ def after_training(
         check_fields(cal, spec)
         snap = resolve_snapshot(examples.table_path, list(cal.dates), examples.version)
         try:
+            # Maps are fitted on final labels only, whatever the training used.
             maps = fit_on_snapshot(
-                model, model_id, snap, spec, cal, mature_only=t.mature_only, batch_size=t.eval_batch_size, device=device
+                model, model_id, snap, spec, cal, mature_only=True, batch_size=t.eval_batch_size, device=device
             )
         except CalibrationError as e:
             # A day without a conversion cannot be calibrated on; the model is still a
@@ -236,7 +242,7 @@ def after_training(
             snap,
             spec,
             report_fields(cal, spec),
-            mature_only=t.mature_only,
+            mature_only=eval_maturity(snap, log=lambda _m: None) > 0,  # the trainer said the share
             batch_size=t.eval_batch_size,
             device=device,
         )

@@ -371,6 +371,10 @@ class ModelConfig:
             _require(getattr(self, name) >= 0.0, f"{key}.{name}", f"{getattr(self, name)} must be >= 0")
 
 
+# train.delayed_feedback: wait, vanilla (plain losses), then the corrected losses (esmm/model/losses.py).
+DELAYED_FEEDBACK = ("wait", "vanilla", "dfm", "esdfm")
+
+
 @dataclass
 class TrainConfig:
     """One training run: data window, optimisation, checkpoints (see esmm/training/trainer.py).
@@ -385,13 +389,24 @@ class TrainConfig:
     is in rows. ``checkpoint_dir`` null = ``<lakehouse.root>/checkpoints``.
     ``fail_after_steps`` > 0 raises after that many steps (crash drills and tests).
     ``amp``: bf16 autocast on CUDA (esmm/model/parallel.py); refused with ``device=cpu``.
+    ``delayed_feedback`` (:data:`DELAYED_FEEDBACK`): how rows whose labels are not mature
+    are used. ``wait``: left out; ``vanilla``: taken as observed (an unconverted click
+    counts as a negative); ``dfm`` / ``esdfm``: taken with the conversion term corrected
+    by a delay survival curve (esmm/model/losses.py), which is fitted on the label-mature
+    converted rows of the ``delay_fit_days`` days of ``curated/examples`` ending
+    ``train_end`` (esmm/training/delay.py).
     """
+
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "mature_only": "use train.delayed_feedback (true -> wait, false -> vanilla)"
+    }
 
     train_start: Optional[str] = None
     train_end: Optional[str] = None
     eval_dates: list[str] = field(default_factory=list)
     examples_version: Optional[int] = None
-    mature_only: bool = True
+    delayed_feedback: str = "wait"
+    delay_fit_days: int = 28
     epochs: int = 1
     batch_size: int = 1024
     lr: float = 0.001
@@ -429,6 +444,12 @@ class TrainConfig:
             )
         for i, d in enumerate(self.eval_dates):
             parse_date(d, f"{key}.eval_dates[{i}]")
+        _require(
+            self.delayed_feedback in DELAYED_FEEDBACK,
+            f"{key}.delayed_feedback",
+            f"{self.delayed_feedback!r} is not one of {', '.join(DELAYED_FEEDBACK)}",
+        )
+        _require(self.delay_fit_days >= 1, f"{key}.delay_fit_days", f"{self.delay_fit_days} must be >= 1")
         _require(self.epochs >= 1, f"{key}.epochs", f"{self.epochs} must be >= 1")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size} must be >= 1")
         _require(self.lr > 0 and self.embedding_lr > 0, f"{key}.lr", "lr and embedding_lr must be > 0")
@@ -461,6 +482,11 @@ class TrainConfig:
         _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
         if self.examples_version is not None:
             _require(self.examples_version >= 0, f"{key}.examples_version", "must be >= 0")
+
+    @property
+    def mature_only(self) -> bool:
+        """Training (and its own evaluation) reads label-mature rows only: ``wait``."""
+        return self.delayed_feedback == "wait"
 
     @property
     def dates(self) -> list[str]:

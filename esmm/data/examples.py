@@ -10,6 +10,8 @@ and a folder read would mix them in.
 Input table ``curated/examples`` (written by :mod:`pipelines.features.job`), partitioned by ``dt``::
 
     impression_id STRING, dt STRING, click INT, conversion INT, label_mature BOOLEAN,
+    click_elapsed_s DOUBLE (seconds from the first click to the labels' as-of; null without a click),
+    conversion_delay_s DOUBLE (seconds from the first click to the conversion; null without one),
     <categorical feature name> INT (one per spec.categorical, in [0, buckets)),
     <numeric feature name> FLOAT (one per spec.numeric), feature_mapping_id STRING
 
@@ -18,7 +20,9 @@ A multi-valued field (``multi``) is ARRAY<INT> in the table; in ``cat`` it takes
 mask: not an embedding row). ``W`` = :func:`cat_width` (``F`` without multi fields).
 
 A :class:`Batch` holds ``cat`` [B, W] long, ``num`` [B, N] float, ``click`` [B]
-float and ``conversion`` [B] float, column order = spec order.
+float and ``conversion`` [B] float, column order = spec order, and with a delay curve
+``survival`` [B] float: for a clicked, unconverted row whose label is not mature,
+S(click_elapsed_s), the probability that its conversion is still to come; 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -35,6 +39,8 @@ from torch import Tensor
 from esmm.config.schema import FeatureSpec
 
 LABEL_COLUMNS = ("click", "conversion", "label_mature")
+# Read only by the delayed-feedback methods (an examples table of an older release lacks them).
+DELAY_COLUMNS = ("click_elapsed_s", "conversion_delay_s")
 PAD = -1  # padding of a multi-valued field's ids in ``cat``
 
 
@@ -173,19 +179,47 @@ class Batch:
     num: Tensor  # [B, N] float
     click: Tensor  # [B] float
     conversion: Tensor  # [B] float
+    survival: Optional[Tensor] = None  # [B] float, with a delay curve (module docstring)
 
     def __len__(self) -> int:
         return self.click.shape[0]
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.cat, self.num, self.click, self.conversion)))
+        return Batch(
+            *(
+                None if t is None else t.to(device, non_blocking=True)
+                for t in (self.cat, self.num, self.click, self.conversion, self.survival)
+            )
+        )
 
 
-def to_batch(cols: dict[str, Tensor], spec: FeatureSpec, mature_only: bool) -> Batch:
+def pending_survival(cols: dict[str, Tensor], survival: Callable[[Tensor], Tensor]) -> Tensor:
+    """[B] float: ``survival(click_elapsed_s)`` on clicked, unconverted rows whose label is
+    not mature, 0 on every other row (their label is final)."""
+    pending = (cols["click"] > 0) & (cols["conversion"] == 0) & ~cols["label_mature"].bool()
+    elapsed = cols["click_elapsed_s"].double()
+    if bool(torch.isnan(elapsed[pending]).any()):
+        raise ValueError(
+            "curated/examples: a clicked row whose label is not mature has no click_elapsed_s "
+            "(labels written before the column existed); re-run `esmm labels` and `esmm features` "
+            "for the training days"
+        )
+    s = survival(torch.nan_to_num(elapsed, nan=0.0)).float()
+    return torch.where(pending, s, torch.zeros_like(s))
+
+
+def to_batch(
+    cols: dict[str, Tensor],
+    spec: FeatureSpec,
+    mature_only: bool,
+    survival: Optional[Callable[[Tensor], Tensor]] = None,
+) -> Batch:
     """Column tensors (names of the examples contract) -> a :class:`Batch`.
 
     With ``mature_only`` rows whose ``label_mature`` is false are dropped: their
     conversions may still arrive, so they would be learned as false negatives.
+    With ``survival`` (a delay curve: elapsed seconds [B] -> S [B]) the batch carries
+    :func:`pending_survival`.
     """
     if any(f.multi for f in spec.categorical):  # [B] or [B, max_len] blocks, in spec order
         cat = torch.cat([cols[f.name].reshape(len(cols["click"]), -1).long() for f in spec.categorical], 1)
@@ -196,15 +230,22 @@ def to_batch(cols: dict[str, Tensor], spec: FeatureSpec, mature_only: bool) -> B
     else:
         num = torch.zeros(cat.shape[0], 0)
     click, conv = cols["click"].float(), cols["conversion"].float()
+    surv = pending_survival(cols, survival) if survival is not None else None
     if mature_only:
         keep = cols["label_mature"].bool()
         if not bool(keep.all()):
             cat, num, click, conv = cat[keep], num[keep], click[keep], conv[keep]
-    return Batch(cat, num, click, conv)
+            surv = None if surv is None else surv[keep]
+    return Batch(cat, num, click, conv, surv)
 
 
-def _columns(spec: FeatureSpec) -> list[str]:
-    return [*LABEL_COLUMNS, *(f.name for f in spec.categorical), *(f.name for f in spec.numeric)]
+def _columns(spec: FeatureSpec, delay: bool = False) -> list[str]:
+    return [
+        *LABEL_COLUMNS,
+        *(DELAY_COLUMNS if delay else ()),
+        *(f.name for f in spec.categorical),
+        *(f.name for f in spec.numeric),
+    ]
 
 
 @contextlib.contextmanager
@@ -220,6 +261,7 @@ def example_batches(
     cur_shard: int = 0,
     shard_count: int = 1,
     workers: int = 2,
+    survival: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Iterator[Iterator[Batch]]:
     """One pass over this rank's shard of ``snapshot`` as :class:`Batch` es.
 
@@ -229,7 +271,8 @@ def example_batches(
     round-robin), ``BatchedDataLoader`` turns column batches into
     tensors through a shuffle buffer of ``shuffle_buffer`` rows. A shard with no
     file yields nothing (the trainer's stop flag ends the epoch for all ranks). Batches may be
-    smaller than ``batch_size`` after the ``mature_only`` filter.
+    smaller than ``batch_size`` after the ``mature_only`` filter. With ``survival`` (a delay
+    curve) the delay columns are read too and each batch carries its ``survival``.
 
     Use as ``with example_batches(...) as batches: for b in batches: ...``.
     """
@@ -251,7 +294,7 @@ def example_batches(
     try:
         reader = make_batch_reader(
             files,
-            schema_fields=_columns(spec),
+            schema_fields=_columns(spec, survival is not None),
             num_epochs=1,
             shuffle_row_groups=shuffle,
             seed=seed,
@@ -262,13 +305,14 @@ def example_batches(
         )
     except Exception as e:
         raise ValueError(
-            f"{snapshot.table_path} v{snapshot.version}: cannot read examples " f"(columns {_columns(spec)}): {e}"
+            f"{snapshot.table_path} v{snapshot.version}: cannot read examples "
+            f"(columns {_columns(spec, survival is not None)}): {e}"
         ) from e
     with reader:
         loader = BatchedDataLoader(
             reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer if shuffle else 0
         )
-        yield (b for b in (to_batch(cols, spec, mature_only) for cols in loader) if len(b))
+        yield (b for b in (to_batch(cols, spec, mature_only, survival) for cols in loader) if len(b))
 
 
 def _row_group_count(files: list[str]) -> int:
@@ -298,6 +342,12 @@ def read_arrow(snapshot: Snapshot, columns: list[str], filter_mature: bool = Fal
 
     table = ds.dataset(_local_paths(snapshot), format="parquet").to_table(columns=columns)
     return table.filter(_mature(table)) if filter_mature else table
+
+
+def mature_share(snapshot: Snapshot) -> float:
+    """The share of the snapshot's rows whose labels are mature (1.0 for no row)."""
+    m = _mature(read_arrow(snapshot, ["label_mature"]))
+    return float(m.mean()) if len(m) else 1.0
 
 
 def arrow_batches(snapshot: Snapshot, columns: list[str], batch_size: int, filter_mature: bool = False) -> Iterator:

@@ -206,6 +206,26 @@ def read_truth(truth_path: str, dates: list[str]):
     return t.to_pyarrow_table(partitions=[("dt", "in", list(dates))], columns=cols).to_pandas()
 
 
+def eval_maturity(snapshot: Snapshot, log=print) -> float:
+    """The share of the evaluation rows whose labels are mature, said when it is not 1.
+
+    Metrics use the mature rows when there are any (an immature row's conversion may still
+    come, so it would count as a negative); on a day with none they use every row, and the
+    caller records the share (``eval_label_mature_share``) beside them."""
+    from esmm.data.examples import mature_share
+
+    share = mature_share(snapshot)
+    days = ", ".join(snapshot.dates)
+    if share == 0.0:
+        log(
+            f"evaluation on {days}: no label is mature yet (as-of < ts + click + attribution + lateness "
+            "windows); the metrics count conversions still to come as negatives"
+        )
+    elif share < 1.0:
+        log(f"evaluation on {days}: {share:.1%} of the labels are mature; the metrics use those rows")
+    return share
+
+
 def evaluate(
     model: torch.nn.Module,
     snapshot: Snapshot,

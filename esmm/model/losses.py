@@ -56,17 +56,55 @@ details and the ablation in docs/model.md):
   (paper and PaddleRec: the tower outputs the imputed error itself);
 - ``ips_normalization=self`` and ``propensity_calibration=batch`` are not in the
   paper; they are options, measured in the ablation.
+
+Delayed feedback (``train.delayed_feedback``; docs/model.md, "Delayed feedback")
+--------------------------------------------------------------------------------
+A clicked impression whose label is not yet mature and that has not converted by the
+label run's as-of may still convert. ``s_i = S(e_i)`` is the probability that a
+conversion of it comes later than ``e_i``, the seconds since its click at as-of
+(``S`` the delay survival curve, :mod:`esmm.training.delay`); ``s_i = 0`` for every
+other row (converted, unclicked, or label-mature). Every conversion term above,
+``CE(t, p)`` with ``t`` the CTCVR or CVR label and ``p`` its prediction, becomes:
+
+* ``dfm`` (Chapelle 2014, the delay model fitted beforehand, so its density term,
+  which does not involve ``p``, is left out)::
+
+      CE_dfm(t, p, s) = -(t log p + (1 - t) log(1 - p + p s))
+
+  the likelihood of "not converted yet": a true negative, or a conversion still to come.
+
+* ``esdfm`` (importance weights of the ES-DFM / FNW family, in batch form): an observed
+  negative counts as a positive with weight ``w_i = stopgrad(p s / (1 - p + p s))``
+  (the posterior that it will convert) and as a negative with ``1 - w_i``::
+
+      CE_esdfm(t, p, s) = CE(t + (1 - t) w, p)
+
+Both equal ``CE(t, p)`` where ``s = 0``: on label-mature rows every method is plain
+training. ``wait`` (mature rows only) and ``vanilla`` (every row, observed labels) use
+``CE`` itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from esmm.config.schema import ModelConfig
+
+DELAY_METHODS = ("dfm", "esdfm")
+
+
+@dataclass
+class Feedback:
+    """The delayed-feedback correction of one batch: ``method`` in :data:`DELAY_METHODS`,
+    ``survival`` [B] the per-row ``s_i`` of the module docstring (0 where the label is final)."""
+
+    method: str
+    survival: Tensor
 
 
 @dataclass
@@ -82,28 +120,59 @@ def ce_logits(logit: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logit, target, reduction="none")
 
 
+def _log1mexp(logp: Tensor) -> Tensor:
+    """log(1 - exp(logp)) [B] for logp <= 0.
+
+    Clamped off 0, where expm1(0) = 0 would give log(0): p can only reach 1 numerically."""
+    return torch.log(-torch.expm1(logp.clamp(max=-1e-7)))
+
+
 def ce_product(a: Tensor, b: Tensor, y: Tensor) -> Tensor:
     """Per-row CE(y, sigmoid(a) * sigmoid(b)) [B], in log space.
 
     log p = logsigmoid(a) + logsigmoid(b); log(1 - p) = log(-expm1(log p)).
     """
     logp = F.logsigmoid(a) + F.logsigmoid(b)
-    # expm1(0) = 0 would give log(0): p can only reach 1 numerically, never in theory.
-    log1mp = torch.log(-torch.expm1(logp.clamp(max=-1e-7)))
-    return -(y * logp + (1.0 - y) * log1mp)
+    return -(y * logp + (1.0 - y) * _log1mexp(logp))
 
 
-def esmm_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
+def ce_delayed(logp: Tensor, target: Tensor, fb: Feedback) -> Tensor:
+    """Per-row conversion CE [B] under delayed feedback (module docstring), from log p [B]."""
+    s = fb.survival.clamp(0.0, 1.0 - 1e-6)
+    if fb.method == "dfm":
+        # log(1 - p + p s) = log(1 - p (1 - s)) = log1mexp(log p + log(1 - s))
+        return -(target * logp + (1.0 - target) * _log1mexp(logp + torch.log1p(-s)))
+    if fb.method == "esdfm":
+        p = logp.detach().exp()
+        w = p * s / (1.0 - p + p * s)
+        t = target + (1.0 - target) * w
+        return -(t * logp + (1.0 - t) * _log1mexp(logp))
+    raise ValueError(f"train.delayed_feedback={fb.method!r}: a loss correction is one of {DELAY_METHODS}")
+
+
+def _ce_cvr(logit: Tensor, r: Tensor, fb: Optional[Feedback]) -> Tensor:
+    """CE(r, sigmoid(logit)) [B], corrected for delayed feedback when ``fb``."""
+    return ce_logits(logit, r) if fb is None else ce_delayed(F.logsigmoid(logit), r, fb)
+
+
+def esmm_loss(
+    out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig, fb: Optional[Feedback] = None
+) -> LossParts:
     o, y = click.float(), (click * conversion).float()
     l_ctr = ce_logits(out["ctr_logit"], o).mean()
-    l_ctcvr = ce_product(out["ctr_logit"], out["cvr_logit"], y).mean()
+    if fb is None:
+        l_ctcvr = ce_product(out["ctr_logit"], out["cvr_logit"], y).mean()
+    else:
+        l_ctcvr = ce_delayed(F.logsigmoid(out["ctr_logit"]) + F.logsigmoid(out["cvr_logit"]), y, fb).mean()
     return LossParts(l_ctr + cfg.ctcvr_weight * l_ctcvr, {"ctr": l_ctr.detach(), "ctcvr": l_ctcvr.detach()})
 
 
-def naive_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
+def naive_loss(
+    out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig, fb: Optional[Feedback] = None
+) -> LossParts:
     o, r = click.float(), conversion.float()
     l_ctr = ce_logits(out["ctr_logit"], o).mean()
-    l_cvr = (o * ce_logits(out["cvr_logit"], r)).sum() / o.sum().clamp(min=1.0)
+    l_cvr = (o * _ce_cvr(out["cvr_logit"], r, fb)).sum() / o.sum().clamp(min=1.0)
     return LossParts(l_ctr + l_cvr, {"ctr": l_ctr.detach(), "cvr_clicked": l_cvr.detach()})
 
 
@@ -124,19 +193,23 @@ def ipw_mean(o: Tensor, p: Tensor, v: Tensor, cfg: ModelConfig) -> Tensor:
     return (w * v).sum() / den
 
 
-def escm2_ips_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
-    base = esmm_loss(out, click, conversion, cfg)
+def escm2_ips_loss(
+    out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig, fb: Optional[Feedback] = None
+) -> LossParts:
+    base = esmm_loss(out, click, conversion, cfg, fb)
     o, r = click.float(), conversion.float()
-    risk = ipw_mean(o, propensity(out, click, cfg), ce_logits(out["cvr_logit"], r), cfg)
+    risk = ipw_mean(o, propensity(out, click, cfg), _ce_cvr(out["cvr_logit"], r, fb), cfg)
     return LossParts(base.total + cfg.cvr_risk_weight * risk, {**base.parts, "ips": risk.detach()})
 
 
-def escm2_dr_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
-    base = esmm_loss(out, click, conversion, cfg)
+def escm2_dr_loss(
+    out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig, fb: Optional[Feedback] = None
+) -> LossParts:
+    base = esmm_loss(out, click, conversion, cfg, fb)
     o, r = click.float(), conversion.float()
     p = propensity(out, click, cfg)
     b, c = out["cvr_logit"], out["imp_logit"]
-    e = ce_logits(b, r)  # observed error (clicked rows matter)
+    e = _ce_cvr(b, r, fb)  # observed error (clicked rows matter), corrected for delayed feedback
     eh = ce_logits(b, torch.sigmoid(c).detach())  # imputed error, grads to the CVR tower
     risk = eh.mean() + ipw_mean(o, p, e - eh, cfg)
     eh_imp = ce_logits(b.detach(), torch.sigmoid(c))  # imputed error, grads to the imputation tower
@@ -148,6 +221,9 @@ def escm2_dr_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg
 LOSSES = {"naive": naive_loss, "esmm": esmm_loss, "escm2-ips": escm2_ips_loss, "escm2-dr": escm2_dr_loss}
 
 
-def compute_loss(out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig) -> LossParts:
-    """The objective of ``cfg.kind`` for one batch (see the module docstring)."""
-    return LOSSES[cfg.kind](out, click, conversion, cfg)
+def compute_loss(
+    out: dict[str, Tensor], click: Tensor, conversion: Tensor, cfg: ModelConfig, fb: Optional[Feedback] = None
+) -> LossParts:
+    """The objective of ``cfg.kind`` for one batch (see the module docstring); ``fb``
+    corrects every conversion term for delayed feedback (None: plain CE)."""
+    return LOSSES[cfg.kind](out, click, conversion, cfg, fb)

@@ -63,9 +63,10 @@ from torch import nn
 
 from esmm.config.schema import Config
 from esmm.data.examples import Batch, Snapshot, cat_width, example_batches, latest_version, resolve_snapshot
-from esmm.model.losses import compute_loss
+from esmm.model.losses import DELAY_METHODS, Feedback, compute_loss
 from esmm.model.network import EntireSpaceModel, build_model
 from esmm.model.parallel import embedding_gradients, note, precision
+from esmm.training.delay import DelayCurve, fit_from_examples
 from esmm.training.result import TrainResult
 from esmm.util.files import atomic_torch_save
 from esmm.util.timeutil import utc_now
@@ -311,6 +312,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         dist.broadcast_object_list(box, src=0)
         version = box[0]
     snapshot = resolve_snapshot(table, t.dates, version)
+    curve = _delay_curve(cfg, table, version, d)
 
     # Seeds differ per rank (dropout, shuffling); DDP broadcasts rank 0's initial weights.
     torch.manual_seed(t.seed + d.rank)
@@ -405,6 +407,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
             cur_shard=d.rank,
             shard_count=d.world_size,
             workers=t.reader_workers,
+            survival=curve.survival if curve is not None else None,
         ) as batches:
             it = iter(batches)
             done_in_epoch = 0
@@ -419,7 +422,8 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
                 b = (_dummy_batch(cfg) if dry else batch).to(d.device)
                 with prec.autocast(d.device):
                     out = net(b.cat, b.num)
-                loss = compute_loss(prec.fp32(out), b.click, b.conversion, cfg.model)
+                fb = Feedback(t.delayed_feedback, b.survival) if b.survival is not None else None
+                loss = compute_loss(prec.fp32(out), b.click, b.conversion, cfg.model, fb)
                 dense_opt.zero_grad(set_to_none=True)
                 emb_opt.zero_grad(set_to_none=True)
                 (loss.total * 0.0 if dry else loss.total).backward()
@@ -482,8 +486,24 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         param_digest=_digest(model),
     )
     if d.is_main:
-        _finish(cfg, model, snapshot, result, key, d)
+        _finish(cfg, model, snapshot, result, key, d, curve)
     return result
+
+
+def _delay_curve(cfg: Config, table: str, version: int, d: _Dist) -> Optional[DelayCurve]:
+    """The delay curve of ``dfm`` / ``esdfm`` (None for the other methods). Every rank fits
+    the same curve from the same Delta version: no broadcast needed."""
+    t = cfg.train
+    if t.delayed_feedback not in DELAY_METHODS:
+        return None
+    curve = fit_from_examples(table, version, t.train_end, t.delay_fit_days)
+    q = curve.summary()
+    note(
+        f"delayed feedback {t.delayed_feedback}: delay curve from {q['conversions']:,} mature conversions "
+        f"on {q['dates'][0]} (median {q['median_s'] / 3600:.1f} h, p90 {q['p90_s'] / 3600:.1f} h)",
+        d.is_main,
+    )
+    return curve
 
 
 def _digest(model: nn.Module) -> str:
@@ -494,9 +514,17 @@ def _digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: TrainResult, key: str, d: _Dist) -> None:
+def _finish(
+    cfg: Config,
+    model: EntireSpaceModel,
+    snapshot: Snapshot,
+    result: TrainResult,
+    key: str,
+    d: _Dist,
+    curve: Optional[DelayCurve] = None,
+) -> None:
     """Rank 0: evaluate on ``eval_dates``, save the artifact, log it to MLflow, register it."""
-    from esmm.evaluation.metrics import evaluate
+    from esmm.evaluation.metrics import eval_maturity, evaluate
     from esmm.registry import artifacts as registry
     from esmm.registry import tracking
 
@@ -507,12 +535,13 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
     metrics: dict[str, float] = {}
     if t.eval_dates:
         eval_snap = resolve_snapshot(snapshot.table_path, list(t.eval_dates), snapshot.version)
+        share = eval_maturity(eval_snap, log=lambda m: note(m, True))
         metrics = evaluate(
             model,
             eval_snap,
             cfg.features,
             truth_path=cfg.lakehouse.path("truth"),
-            mature_only=t.mature_only,
+            mature_only=share > 0,
             batch_size=t.eval_batch_size,
             out_dir=artifact_dir,
             device=d.device,
@@ -521,6 +550,8 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
 
     cal_metrics, calibration = after_training(cfg, model, model_id, snapshot, artifact_dir, d.device)
     metrics.update(cal_metrics)
+    if t.eval_dates:
+        metrics["eval_label_mature_share"] = share
     meta = {
         "model_id": model_id,
         "kind": cfg.model.kind,
@@ -531,6 +562,7 @@ def _finish(cfg: Config, model: EntireSpaceModel, snapshot: Snapshot, result: Tr
         "examples": {"path": snapshot.table_path, "version": snapshot.version, "dates": list(snapshot.dates)},
         "window": {"train_start": t.train_start, "train_end": t.train_end, "eval_dates": list(t.eval_dates)},
         "train": dataclasses.asdict(t),
+        "delay_curve": curve.summary() if curve is not None else None,
         "training": {
             "steps": result.steps,
             "samples": result.samples,

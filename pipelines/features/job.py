@@ -88,13 +88,27 @@ def feature_names(spec: FeatureSpec) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- the feature job
 
 EXAMPLE_LABELS = ("impression_id", "dt", "click", "conversion", "label_mature")
+DELAY_COLUMNS = ("click_elapsed_s", "conversion_delay_s")
+
+
+def _delays(labels: DataFrame) -> list:
+    """The labels' delay columns; derived from their timestamps for a labels table written
+    before the columns existed (or an ingest that has no click times: null then)."""
+    if all(c in labels.columns for c in DELAY_COLUMNS):
+        return [F.col(c).cast("double").alias(c) for c in DELAY_COLUMNS]
+    if all(c in labels.columns for c in ("first_click_ts", "conversion_ts", "as_of")):
+        from pipelines.labels.rules import delay_columns
+
+        return delay_columns(F.col("first_click_ts"), F.col("conversion_ts"), F.col("as_of"))
+    return [F.lit(None).cast("double").alias(c) for c in DELAY_COLUMNS]
 
 
 def build_examples(labels: DataFrame, spec: FeatureSpec) -> DataFrame:
     """``curated/labels`` rows -> ``curated/examples`` rows (pure).
 
     Output schema, in this order: impression_id STRING, dt STRING, click INT,
-    conversion INT, label_mature BOOLEAN, one INT column per categorical field
+    conversion INT, label_mature BOOLEAN, click_elapsed_s DOUBLE, conversion_delay_s DOUBLE
+    (seconds; null without a click / a conversion), one INT column per categorical field
     (``field.name``, index in [0, buckets), 0 = NULL/empty; ARRAY<INT> of every value's
     index for a ``multi`` field), one FLOAT column per
     numeric field (``field.name``), feature_mapping_id STRING (``spec.mapping_id``).
@@ -106,9 +120,11 @@ def build_examples(labels: DataFrame, spec: FeatureSpec) -> DataFrame:
             f"curated/labels lacks columns {missing} needed by the feature spec "
             f"(features.categorical / features.numeric); present: {sorted(labels.columns)}"
         )
-    base = labels.select(*EXAMPLE_LABELS, *[c for c in sources if c not in EXAMPLE_LABELS])
+    base = labels.select(
+        *EXAMPLE_LABELS, *_delays(labels), *[c for c in sources if c not in (*EXAMPLE_LABELS, *DELAY_COLUMNS)]
+    )
     cat, num = feature_names(spec)
-    return encode_features(base, spec).select(*EXAMPLE_LABELS, *cat, *num, "feature_mapping_id")
+    return encode_features(base, spec).select(*EXAMPLE_LABELS, *DELAY_COLUMNS, *cat, *num, "feature_mapping_id")
 
 
 def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
@@ -131,7 +147,8 @@ def run(spark, cfg, dates: list[str], log=print) -> dict[str, int]:
     examples = build_examples(labels, cfg.features)
     in_dates = ", ".join(f"'{d}'" for d in dates)
     path = cfg.lakehouse.path("examples")
-    write_delta(examples, path, ["dt"], replace_where=f"dt IN ({in_dates})")
+    # merge_schema: a table written before the delay columns existed gains them (older days: null).
+    write_delta(examples, path, ["dt"], replace_where=f"dt IN ({in_dates})", merge_schema=True)
     written = read_delta(spark, path).where(F.col("dt").isin(*dates))
     multi = [f for f in cfg.features.categorical if f.multi]
     # The table keeps every value of a multi-valued field; the model reads the first max_len

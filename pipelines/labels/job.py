@@ -39,7 +39,9 @@ Rules (W = click_window, S = click_skew, T = attribution_window, L = max_latenes
 5. *Labels*: one row per kept impression of D: ``click`` = 1 when it has a valid
    click, ``first_click_ts`` the earliest; ``conversion`` = 1 when a conversion
    is attributed to one of its clicks, ``conversion_ts`` the earliest;
-   ``label_mature = as_of >= ts + W + T + L`` (the label horizon, ``Windows.horizon_s``).
+   ``label_mature = as_of >= ts + W + T + L`` (the label horizon, ``Windows.horizon_s``);
+   ``click_elapsed_s = as_of - first_click_ts`` and ``conversion_delay_s =
+   conversion_ts - first_click_ts`` in seconds (null without a click / a conversion).
    ``conversion <= click`` by construction.
 
 Which run quarantines a record (its *owner date*; the quarantine ``dt``)
@@ -68,7 +70,8 @@ Tables
     <raw impression columns, in source order, without dt>   e.g. impression_id STRING,
         ts TIMESTAMP, user_id STRING, item_id STRING, user_gender BIGINT, ..., price DOUBLE
     click INT, first_click_ts TIMESTAMP, conversion INT, conversion_ts TIMESTAMP,
-    label_mature BOOLEAN, as_of TIMESTAMP, dt STRING (= UTC date of ts)
+    label_mature BOOLEAN, as_of TIMESTAMP, click_elapsed_s DOUBLE, conversion_delay_s DOUBLE,
+    dt STRING (= UTC date of ts)
 
 ``curated/quarantine``: the schema of :mod:`pipelines.io.quarantine`; this job writes
 sources impressions, clicks and conversions, record_id the record's id (or
@@ -114,7 +117,17 @@ from pipelines.labels.rules import (
 # A cached side up to this many rows is broadcast where the planner's static estimate
 # would shuffle the large side first (AQE switches to a broadcast only after that shuffle).
 BROADCAST_MAX_ROWS = 2_000_000
-LABEL_COLUMNS = ("click", "first_click_ts", "conversion", "conversion_ts", "label_mature", "as_of", "dt")
+LABEL_COLUMNS = (
+    "click",
+    "first_click_ts",
+    "conversion",
+    "conversion_ts",
+    "label_mature",
+    "as_of",
+    "click_elapsed_s",
+    "conversion_delay_s",
+    "dt",
+)
 
 
 class LabelGateError(RuntimeError):
@@ -366,7 +379,8 @@ def run_day(
         # Written straight from the plan (caching a full-width day costs more than one
         # more read); the summary is read back from the committed partition.
         labels_path = cfg.lakehouse.path("labels")
-        write_delta(res.labels, labels_path, ["dt"], replace_where=f"dt = '{day}'")
+        # merge_schema: a table written before the delay columns existed gains them (older days: null).
+        write_delta(res.labels, labels_path, ["dt"], replace_where=f"dt = '{day}'", merge_schema=True)
         report.written = True
         lap("labels")
         summary = (

@@ -410,6 +410,20 @@ def kept_impressions(full_day: DataFrame, multi: DataFrame, day: str) -> DataFra
     return single.unionByName(chosen)
 
 
+def delay_columns(first_click_ts: Column, conversion_ts: Column, as_of: Column) -> list[Column]:
+    """``click_elapsed_s`` (as_of - first click; null without a click) and
+    ``conversion_delay_s`` (conversion - first click; null without a conversion), DOUBLE
+    seconds: what a delayed-feedback trainer weighs an unconverted click by."""
+
+    def seconds(t: Column) -> Column:
+        return F.unix_micros(t).cast("double") / F.lit(float(US))
+
+    return [
+        (seconds(as_of) - seconds(first_click_ts)).alias("click_elapsed_s"),
+        (seconds(conversion_ts) - seconds(first_click_ts)).alias("conversion_delay_s"),
+    ]
+
+
 def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame, sc: Scope, w: Windows) -> DataFrame:
     """The ``curated/labels`` rows of the day (schema in the module docstring).
 
@@ -426,6 +440,7 @@ def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame, sc: S
     j = kept.join(clicks, "impression_id", "left").join(convs, "impression_id", "left")
     # W + T + L, not W + T: a conversion inside the windows may still arrive up to L late.
     mature = F.lit(sc.as_of_us) >= F.col("__us") + F.lit(w.horizon_s * US)
+    as_of = F.timestamp_micros(F.lit(sc.as_of_us))
     return j.select(
         *raw,
         F.col("first_click_ts").isNotNull().cast("int").alias("click"),
@@ -433,7 +448,8 @@ def label_rows(kept: DataFrame, status: DataFrame, conversions: DataFrame, sc: S
         F.col("conversion_ts").isNotNull().cast("int").alias("conversion"),
         "conversion_ts",
         mature.alias("label_mature"),
-        F.timestamp_micros(F.lit(sc.as_of_us)).alias("as_of"),
+        as_of.alias("as_of"),
+        *delay_columns(F.col("first_click_ts"), F.col("conversion_ts"), as_of),
         F.lit(sc.day).alias("dt"),
     )
 

@@ -53,6 +53,8 @@ def test_examples_follow_the_contract_per_date(spark, cfg):
         ("click", "int"),
         ("conversion", "int"),
         ("label_mature", "boolean"),
+        ("click_elapsed_s", "double"),
+        ("conversion_delay_s", "double"),
         ("user_city", "int"),
         ("position", "int"),
         ("price", "float"),
@@ -60,9 +62,13 @@ def test_examples_follow_the_contract_per_date(spark, cfg):
     ]
     got = {r.impression_id: tuple(r) for r in ex.collect()}
     mid = cfg.features.mapping_id
-    assert got["a"][:8] == ("a", D, 1, 1, True, GOLDEN_CITY7, GOLDEN_POS3, pytest.approx(math.log1p(1.0)))
-    assert got["b"] == ("b", D, 0, 0, False, 0, 0, 0.0, mid)  # NULLs -> row 0; NaN -> fill -> log1p(0)
-    assert got["a"][8] == mid and set(got) == {"a", "b"}  # D only
+    # These labels predate the delay columns: they are derived from the labels' timestamps
+    # (click 09:00, conversion 10:00, as-of next midnight).
+    assert got["a"][:10] == (
+        "a", D, 1, 1, True, 15 * 3600.0, 3600.0, GOLDEN_CITY7, GOLDEN_POS3, pytest.approx(math.log1p(1.0))
+    )  # fmt: skip
+    assert got["b"] == ("b", D, 0, 0, False, None, None, 0, 0, 0.0, mid)  # NULLs -> row 0; NaN -> fill -> log1p(0)
+    assert got["a"][10] == mid and set(got) == {"a", "b"}  # D only
     assert lines == [f"curated/examples dt={D}: 2 rows (feature mapping {mid})"]
 
 
@@ -72,7 +78,7 @@ def test_ranges_replace_exactly_their_dates_and_the_cli(spark, cfg):
     path = cfg.lakehouse.path("examples")
     before = sorted(tuple(r) for r in read_delta(spark, path).collect())
     assert [r[0] for r in before] == ["a", "b", "c"]
-    assert before[2][5:8] == (0, GOLDEN_POS3, pytest.approx(3.0))  # '' -> 0; log1p(100) clipped to 3
+    assert before[2][7:10] == (0, GOLDEN_POS3, pytest.approx(3.0))  # '' -> 0; log1p(100) clipped to 3
     # Re-running one date replaces only that date, with the same rows.
     assert main(["features", "--date", D1, *root]) == 0
     assert sorted(tuple(r) for r in read_delta(spark, path).collect()) == before
@@ -92,7 +98,7 @@ def test_ranges_replace_exactly_their_dates_and_the_cli(spark, cfg):
 def test_job_and_scorer_share_the_mapping(spark, cfg):
     """build_examples is encode_features on the label rows: the scorer's mapping, exactly."""
     labels = read_delta(spark, cfg.lakehouse.path("labels"))
-    ex = features.build_examples(labels, cfg.features)
+    ex = features.build_examples(labels, cfg.features).drop(*features.DELAY_COLUMNS)
     direct = features.encode_features(labels, cfg.features).select(*ex.columns)
     assert sorted(map(tuple, ex.collect())) == sorted(map(tuple, direct.collect()))
     with pytest.raises(ValueError, match=r"lacks columns \['user_city'\]"):

@@ -64,6 +64,9 @@ def labels_of(spark, cfg, day_=D):
     )
 
 
+DELAYS = ("click_elapsed_s", "conversion_delay_s")
+
+
 def quarantine_of(spark, cfg):
     df = read_delta(spark, cfg.lakehouse.path("quarantine"))
     return sorted(tuple(r) for r in df.select("source", "record_id", "reason", "record", "dt").collect())
@@ -252,6 +255,14 @@ def test_reruns_are_idempotent_and_late_conversions_flip_only_their_rows(spark, 
         ("d", 0, None, 0, None, True, as_of, D),
     ]
     assert [r[:3] for r in q1] == [("conversions", "vx", "unknown_click")]
+    # Seconds from the first click to the as-of (2026-11-12 00:00) and to the conversion.
+    delays = read_delta(spark, cfg.lakehouse.path("labels")).where(F.col("dt") == D)
+    assert {r[0]: (r[1], r[2]) for r in delays.select("impression_id", *DELAYS).collect()} == {
+        "a": (9 * 86400 + 15 * 3600 + 59 * 60, 3 * 3600 + 59 * 60),
+        "b": (9 * 86400 + 14 * 3600 + 59 * 60, None),
+        "c": (9 * 86400 + 13 * 3600 + 59 * 60, None),
+        "d": (None, None),
+    }
 
     # Same date, same as-of: a new version with identical contents, no duplicated quarantine rows.
     v = version(spark, cfg.lakehouse.path("labels"))
