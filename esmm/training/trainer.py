@@ -35,41 +35,29 @@ not exactly the same rows.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
-import inspect
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
-
-# Imported here, before any process group exists, on purpose (issue 24). This module binds
-# ``group=group.WORLD`` as the default argument of ten functions when it is first imported,
-# and DDP's constructor imports it. Imported after init_process_group it captures the
-# default group in those defaults, so destroy_process_group cannot free it: gloo's threads
-# (gloo_tcp_loop, pt_gloo_runloop) then outlive train() into interpreter finalisation, where
-# a rank intermittently aborted with "terminate called without an active exception"
-# (SIGABRT) after a successful run. Imported first, the defaults hold None (= the default
-# group at call time). :func:`_release_group_defaults` covers a caller that imported it late.
-import torch.distributed.nn.functional as _dist_nn_functional
 from torch import nn
 
 from esmm.config.schema import Config
-from esmm.data.examples import Batch, Snapshot, cat_width, example_batches, latest_version, resolve_snapshot
+from esmm.data.examples import Batch, cat_width, example_batches, latest_version, resolve_snapshot
 from esmm.model.losses import DELAY_METHODS, Feedback, compute_loss
 from esmm.model.network import EntireSpaceModel, build_model
 from esmm.model.parallel import embedding_gradients, note, precision
+from esmm.training.artifact import finish
 from esmm.training.delay import DelayCurve, fit_from_examples
+from esmm.training.distributed import Dist, any_has_batch, gather_counts, setup, shutdown
+from esmm.training.history import History, Running
 from esmm.training.result import TrainResult
 from esmm.util.files import atomic_torch_save
-from esmm.util.timeutil import utc_now
 
 # Fields that change how a run is observed, not what it computes: they do not
 # enter the checkpoint key, so a crashed run can be resumed with them changed.
@@ -87,58 +75,6 @@ _OPERATIONAL = {
     "device",
     "torch_threads",
 }
-
-
-@dataclass
-class _Dist:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup(cfg: Config) -> _Dist:
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = cfg.train.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no GPU; use train.device=cpu or auto")
-    use_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if cfg.train.torch_threads:
-        torch.set_num_threads(cfg.train.torch_threads)
-    if world > 1 and not dist.is_initialized():
-        _init_group("nccl" if use_cuda else "gloo", rank, world, dt.timedelta(minutes=30))
-    return _Dist(rank, world, local, device)
-
-
-def _init_group(backend: str, rank: int, world: int, timeout: dt.timedelta) -> None:
-    """The default process group; under torchrun, keyed by the restart round.
-
-    Why: torchrun's agent keeps one store across ``--max-restarts`` rounds, so the keys a
-    killed round left (its rank 0's address) are still there when the restarted ranks
-    meet; a rank that read the old address first failed with "Gloo connectFullMesh
-    failed ... Connection refused" (about every other restart here). A prefix per round
-    makes each round see only its own keys.
-    """
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is None or "MASTER_ADDR" not in os.environ:
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
-        return
-    hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=hosts_store, timeout=timeout
-    )
-    dist.init_process_group(
-        backend, store=dist.PrefixStore(f"esmm/restart_{restart}", store), rank=rank, world_size=world, timeout=timeout
-    )
 
 
 def _run_key(cfg: Config, table: str, version: int, world: int) -> str:
@@ -206,23 +142,6 @@ def _set_lr(opts: tuple[torch.optim.Optimizer, ...], bases: tuple[float, ...], f
             g["lr"] = base * factor
 
 
-def _any_has_batch(have: bool, d: _Dist) -> bool:
-    if d.world_size == 1:
-        return have
-    flag = torch.tensor([1 if have else 0], dtype=torch.int32, device=d.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def _gather_counts(n: int, d: _Dist) -> list[int]:
-    """``n`` of every rank, in rank order (a collective: all ranks call it together)."""
-    if d.world_size == 1:
-        return [n]
-    got = [torch.zeros(1, dtype=torch.long, device=d.device) for _ in range(d.world_size)]
-    dist.all_gather(got, torch.tensor([n], dtype=torch.long, device=d.device))
-    return [int(x.item()) for x in got]
-
-
 def _dummy_batch(cfg: Config) -> Batch:
     """One all-zero row: a dry rank's stand-in so it joins the gradient all-reduce."""
     return Batch(
@@ -233,73 +152,16 @@ def _dummy_batch(cfg: Config) -> Batch:
     )
 
 
-class _Running:
-    """Exponential moving averages of the loss parts (for the progress bar)."""
-
-    def __init__(self, alpha: float = 0.3) -> None:
-        self.alpha, self.values = alpha, {}
-
-    def update(self, parts: dict[str, torch.Tensor]) -> None:
-        for k, v in parts.items():
-            x = float(v)
-            self.values[k] = x if k not in self.values else (1 - self.alpha) * self.values[k] + self.alpha * x
-
-
-class _History:
-    """Per-step loss records: parts are summed as tensors (no device sync per step) and
-    averaged into one record every ``log_every`` steps."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, float]] = []
-        self._sums: dict[str, torch.Tensor] = {}
-        self._n, self._epoch = 0, 0
-
-    def add(self, loss, epoch: int) -> None:
-        for k, v in {"total": loss.total.detach(), **loss.parts}.items():
-            self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
-        self._n, self._epoch = self._n + 1, epoch
-
-    def record(self, step: int, samples: int) -> None:
-        if self._n:
-            self.records.append(
-                {
-                    "step": step,
-                    "epoch": self._epoch,
-                    "samples": samples,
-                    "time": time.time(),
-                    **{k: float(v) / self._n for k, v in self._sums.items()},
-                }
-            )
-            self._sums, self._n = {}, 0
-
-
 def train(cfg: Config) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.train``'s window of ``curated/examples`` (see module doc)."""
-    d = _setup(cfg)
+    d = setup(cfg)
     try:
         return _train(cfg, d)
     finally:
-        if d.world_size > 1 and dist.is_initialized():
-            group = dist.group.WORLD
-            dist.destroy_process_group()
-            _release_group_defaults(group)
+        shutdown(d)
 
 
-def _release_group_defaults(group: Any) -> int:
-    """Drop references to the destroyed ``group`` that ``torch.distributed.nn.functional``'s
-    default arguments hold (see the import at the top), so the group and its threads are
-    freed now rather than during interpreter finalisation. ``None`` is what those defaults
-    hold when the module is imported before a group exists. Returns how many were dropped."""
-    dropped = 0
-    for fn in vars(_dist_nn_functional).values():
-        defaults = getattr(fn, "__defaults__", None)
-        if inspect.isfunction(fn) and defaults and any(v is group for v in defaults):
-            fn.__defaults__ = tuple(None if v is group else v for v in defaults)
-            dropped += 1
-    return dropped
-
-
-def _train(cfg: Config, d: _Dist) -> TrainResult:
+def _train(cfg: Config, d: Dist) -> TrainResult:
     t = cfg.train
     sparse, why = embedding_gradients(cfg.model, d.world_size, d.device)
     prec = precision(t, d.device)
@@ -323,7 +185,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
     key = _run_key(cfg, table, version, d.world_size)
     ckpt_path = checkpoint_dir(cfg) / key / "last.pt"
     step, epoch0, skip, samples, resumed = 0, 0, 0, 0, 0
-    history = _History()
+    history = History()
     resume = t.resume and ckpt_path.exists()
     if d.world_size > 1:  # every rank must take the same decision
         box = [resume]
@@ -361,7 +223,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         net = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
     def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
-        rank_samples = _gather_counts(samples, d)  # every rank calls this at the same step
+        rank_samples = gather_counts(samples, d)  # every rank calls this at the same step
         if d.is_main:
             atomic_torch_save(
                 {
@@ -391,7 +253,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         initial=samples,
         mininterval=1.0,
     )
-    running = _Running()
+    running = Running()
     t0, samples0 = time.perf_counter(), samples
     net.train()
     stop = False
@@ -413,7 +275,7 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
             done_in_epoch = 0
             while True:
                 batch: Optional[Batch] = next(it, None)
-                if not _any_has_batch(batch is not None, d):
+                if not any_has_batch(batch is not None, d):
                     break
                 if epoch == epoch0 and done_in_epoch < skip:  # resume: batches already trained
                     done_in_epoch += 1
@@ -486,11 +348,11 @@ def _train(cfg: Config, d: _Dist) -> TrainResult:
         param_digest=_digest(model),
     )
     if d.is_main:
-        _finish(cfg, model, snapshot, result, key, d, curve)
+        finish(cfg, model, snapshot, result, key, d, curve)
     return result
 
 
-def _delay_curve(cfg: Config, table: str, version: int, d: _Dist) -> Optional[DelayCurve]:
+def _delay_curve(cfg: Config, table: str, version: int, d: Dist) -> Optional[DelayCurve]:
     """The delay curve of ``dfm`` / ``esdfm`` (None for the other methods). Every rank fits
     the same curve from the same Delta version: no broadcast needed."""
     t = cfg.train
@@ -512,89 +374,3 @@ def _digest(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _finish(
-    cfg: Config,
-    model: EntireSpaceModel,
-    snapshot: Snapshot,
-    result: TrainResult,
-    key: str,
-    d: _Dist,
-    curve: Optional[DelayCurve] = None,
-) -> None:
-    """Rank 0: evaluate on ``eval_dates``, save the artifact, log it to MLflow, register it."""
-    from esmm.evaluation.metrics import eval_maturity, evaluate
-    from esmm.registry import artifacts as registry
-    from esmm.registry import tracking
-
-    t = cfg.train
-    now = utc_now()
-    model_id = f"{cfg.model.kind}-{now.strftime('%Y%m%dT%H%M%S')}-{key[:8]}"
-    artifact_dir = Path(cfg.lakehouse.path("models")) / model_id
-    metrics: dict[str, float] = {}
-    if t.eval_dates:
-        eval_snap = resolve_snapshot(snapshot.table_path, list(t.eval_dates), snapshot.version)
-        share = eval_maturity(eval_snap, log=lambda m: note(m, True))
-        metrics = evaluate(
-            model,
-            eval_snap,
-            cfg.features,
-            truth_path=cfg.lakehouse.path("truth"),
-            mature_only=share > 0,
-            batch_size=t.eval_batch_size,
-            out_dir=artifact_dir,
-            device=d.device,
-        )
-    from esmm.calibration.fit import after_training
-
-    cal_metrics, calibration = after_training(cfg, model, model_id, snapshot, artifact_dir, d.device)
-    metrics.update(cal_metrics)
-    if t.eval_dates:
-        metrics["eval_label_mature_share"] = share
-    meta = {
-        "model_id": model_id,
-        "kind": cfg.model.kind,
-        "created_at": now.isoformat(),
-        "model": dataclasses.asdict(cfg.model),
-        "features": dataclasses.asdict(cfg.features),
-        "feature_mapping_id": cfg.features.mapping_id,
-        "examples": {"path": snapshot.table_path, "version": snapshot.version, "dates": list(snapshot.dates)},
-        "window": {"train_start": t.train_start, "train_end": t.train_end, "eval_dates": list(t.eval_dates)},
-        "train": dataclasses.asdict(t),
-        "delay_curve": curve.summary() if curve is not None else None,
-        "training": {
-            "steps": result.steps,
-            "samples": result.samples,
-            "seconds": result.seconds,
-            "samples_per_s": result.samples_per_s,
-            "world_size": d.world_size,
-            "embedding_gradients": "sparse" if model.embedding.table.sparse else "dense",
-            "losses": result.losses,
-            "resumed_from_step": result.resumed_from_step,
-        },
-        "metrics": metrics,
-        "calibration": calibration,
-        "code_version": registry.code_version(),
-    }
-    tracker = tracking.start_run(
-        cfg,
-        model_id,
-        tracking.training_tags(
-            cfg,
-            model_id,
-            snapshot.table_path,
-            snapshot.version,
-            list(snapshot.dates),
-            d.world_size,
-            meta["code_version"],
-        ),
-    )
-    meta["mlflow_run_id"] = tracker.run_id
-    with tracker:
-        registry.save_artifact(artifact_dir, model, meta, losses=result.history)
-        tracker.log_training(cfg, meta, result.history, artifact_dir)
-    if t.register:
-        registry.register(cfg.lakehouse.path("registry"), artifact_dir)
-    result.model_id, result.artifact_dir, result.metrics = model_id, str(artifact_dir), metrics
-    result.mlflow_run_id = meta["mlflow_run_id"]

@@ -85,12 +85,17 @@ def train_config(ctx: NightlyContext):
     """The run's Config with the training window, evaluation and calibration days of the
     plan, and the run date and run id as tracking tags."""
     p, cfg = ctx.plan, ctx.cfg
+    method = cfg.train.delayed_feedback
+    if not p.eval_mature and method == "wait":
+        # eval_day = latest: the window holds open labels, which `wait` would drop; train on
+        # them as observed (what `train.mature_only: false` did before delayed_feedback).
+        method = "vanilla"
     t = dataclasses.replace(
         cfg.train,
         train_start=p.train_dates[0],
         train_end=p.train_dates[-1],
         eval_dates=[p.eval_date],
-        mature_only=p.eval_mature,
+        delayed_feedback=method,
         register=True,
         progress=False,
     )

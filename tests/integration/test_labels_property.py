@@ -139,6 +139,8 @@ def test_curated_tables_are_readable_by_delta_rs(world):
             "conversion_ts",
             "label_mature",
             "as_of",
+            "click_elapsed_s",
+            "conversion_delay_s",
             "dt",
         )
     } == {
@@ -150,17 +152,32 @@ def test_curated_tables_are_readable_by_delta_rs(world):
         "conversion_ts": "timestamp[us, tz=UTC]",
         "label_mature": "bool",
         "as_of": "timestamp[us, tz=UTC]",
+        "click_elapsed_s": "double",
+        "conversion_delay_s": "double",
         "dt": "string",
     }
     pdf = lab.to_pandas()
     assert len(pdf) == t["labels"].count() and (pdf["conversion"] <= pdf["click"]).all()
     assert set(pdf["as_of"].astype(str)) == {"2026-11-13 00:00:00+00:00"}  # end of 2026-11-12
+    clicked, converted = pdf["click"] == 1, pdf["conversion"] == 1
+    # Seconds from the first click: to the as-of on every click, to the conversion on every conversion.
+    assert pdf["click_elapsed_s"].notna().eq(clicked).all() and pdf["conversion_delay_s"].notna().eq(converted).all()
+    gap = (pdf["first_click_ts"] - pdf["as_of"]).dt.total_seconds() + pdf["click_elapsed_s"]
+    assert gap[clicked].abs().max() < 1e-3
+    delay = (pdf["conversion_ts"] - pdf["first_click_ts"]).dt.total_seconds()
+    assert ((delay - pdf["conversion_delay_s"])[converted].abs() < 1e-3).all()
+    assert (pdf["conversion_delay_s"][converted] >= 0).all()
 
     ex = DeltaTable(cfg.lakehouse.path("examples"))
     names = [f.name for f in ex.schema().to_pyarrow()]
     cat = [f.name for f in cfg.features.categorical]
     num = [f.name for f in cfg.features.numeric]
-    assert names == ["impression_id", "dt", "click", "conversion", "label_mature", *cat, *num, "feature_mapping_id"]
+    assert names == [
+        *("impression_id", "dt", "click", "conversion", "label_mature", "click_elapsed_s", "conversion_delay_s"),
+        *cat,
+        *num,
+        "feature_mapping_id",
+    ]
     epdf = ex.to_pandas()
     assert len(epdf) == len(pdf)
     for f in cfg.features.categorical:

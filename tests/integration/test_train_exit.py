@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.examples_data import TINY_OVERRIDES, write_examples_rs
 
-from esmm.training.trainer import _release_group_defaults
+from esmm.training.distributed import release_group_defaults
 
 pytestmark = pytest.mark.integration  # torchrun with two ranks, several times
 
@@ -114,9 +114,9 @@ def test_release_group_defaults_drops_only_the_destroyed_group():
     try:
         fn.broadcast.__defaults__ = (group,)
         fn.all_reduce.__defaults__ = (fn.ReduceOp.SUM, group)
-        assert _release_group_defaults(group) == 2
+        assert release_group_defaults(group) == 2
         assert fn.broadcast.__defaults__ == (None,)
         assert fn.all_reduce.__defaults__ == (fn.ReduceOp.SUM, None)
-        assert _release_group_defaults(group) == 0
+        assert release_group_defaults(group) == 0
     finally:
         fn.broadcast.__defaults__, fn.all_reduce.__defaults__ = saved
