@@ -8,8 +8,12 @@ setup:
 demo: setup
 	@. scripts/env.sh && esmm demo $(ARGS)
 
+# Two test processes (pytest-xdist), each test file whole in one of them (its module fixtures, such as
+# the standalone cluster, built once): most of a test's time is one driver thread waiting on a JVM,
+# so two share two cores well. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
 test: setup
-	@. scripts/env.sh && python -m pytest $(ARGS)
+	@. scripts/env.sh && python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 # Unit tests only (tests/unit): no JVM, no subprocess, no training loop; a few minutes at most.
 test-fast: setup

@@ -25,9 +25,12 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 @command("score", "score a day's candidates into serving/scores", _score_args)
 def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
     from pipelines.scoring import job as score
+    from pipelines.scoring.model import resolve_model
 
     try:
-        score.run(spark_for(cfg), cfg, args.date, model_id=args.model)
+        # The model first: an unknown id or a missing champion fails before a JVM starts.
+        model = resolve_model(cfg, args.model)
+        score.run(spark_for(cfg), cfg, args.date, model=model)
     except (score.ScoringInputError, FileNotFoundError) as e:  # FileNotFoundError: an unknown --model id
         print(f"esmm score: {e}", file=sys.stderr)
         return 2

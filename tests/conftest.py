@@ -14,6 +14,11 @@ from esmm.config.schema import SparkConfig
 
 # Tests talk to this machine only: bind Spark (and the standalone cluster) to loopback.
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Under `make test` two test processes share the cores (pytest-xdist): torch's OpenMP pool, sized
+# to every core and spinning between ops, would fight the other process's JVM. A test that wants
+# more threads says so (train.torch_threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
